@@ -1,0 +1,31 @@
+"""hwai: hardware-aware AI. Profile, compress and co-design PyTorch models for a target.
+
+`import hwai` stays lean: submodules (and torch, onnxruntime, optuna) load on first use.
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute" (attribute None: the module itself)
+_LAZY = {
+    "data": ("hwai.data", None),
+    "models": ("hwai.models", None),
+    "train": ("hwai.train", None),
+    "errors": ("hwai.errors", None),
+    "UserError": ("hwai.errors", "UserError"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hwai' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,3 @@
+from hwai.cli import main
+
+main()

@@ -1,0 +1,228 @@
+"""Train and fine-tune (optionally with a distillation loss), evaluate, save and load checkpoints.
+
+A checkpoint is a plain dict (state dict + model spec + data spec + metrics) that loads with
+`torch.load(..., weights_only=True)`; structurally pruned models load too (shapes come from the
+state dict).
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwai import io
+from hwai.data import DataBundle
+from hwai.errors import UserError
+from hwai.models import ModelSpec, build, create
+
+CHECKPOINT_FORMAT = "hwai.checkpoint/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train or fine-tune."""
+
+    epochs: int = 10  # passes over the train split
+    batch_size: int = 128  # samples per step
+    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9, Nesterov)
+    lr: float | None = None  # peak learning rate; None: 2e-3 for AdamW, 0.05 for SGD
+    weight_decay: float = 5e-4  # decoupled (AdamW) or L2 (SGD)
+    label_smoothing: float = 0.1  # cross-entropy label smoothing
+    warmup_epochs: float = 0.5  # linear warm-up, then cosine decay to zero
+    augment: bool = True  # random shifts (and flips for natural images)
+    seed: int = 0  # seeds torch, numpy and random; same seed, same result
+    distill_alpha: float = 0.7  # with a teacher: weight of the distillation term
+    distill_temperature: float = 4.0  # with a teacher: softmax temperature (Hinton et al., 2015)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1:
+            raise UserError(f"epochs must be >= 0 and batch size >= 1, got {self.epochs}, {self.batch_size}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise UserError(f"unknown optimizer {self.optimizer!r}: use adamw or sgd")
+        if self.lr is not None and self.lr <= 0:
+            raise UserError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.distill_alpha <= 1:
+            raise UserError("label smoothing must be in [0, 1) and distillation alpha in [0, 1]")
+
+
+@dataclass
+class TrainResult:
+    """Measured outcome of a training run."""
+
+    test_accuracy: float
+    val_accuracy: float
+    train_loss: float
+    epochs: int
+    wall_s: float  # measured wall-clock time of the training loop
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: DataBundle, split: str = "test", limit: int | None = None) -> float:
+    """Top-1 accuracy (0..1) of `model` on a split."""
+    model.eval()
+    correct = total = 0
+    for x, y in data.batches(split, batch_size=512, shuffle=False, limit=limit):
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on softened distributions, scaled by T^2 (Hinton et al., 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr or 0.05, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr or 2e-3, weight_decay=cfg.weight_decay)
+
+
+def _schedule(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), teacher: nn.Module | None = None,
+          progress: bool = True, on_epoch: Callable[[int, nn.Module], None] | None = None,
+          description: str = "train") -> TrainResult:
+    """Train `model` in place; with a `teacher`, add a distillation loss. Returns measured accuracies.
+
+    `on_epoch(epoch, model)` runs after each epoch (used to checkpoint, so an interrupt loses one epoch).
+    """
+    seed_everything(cfg.seed)
+    batches = data.batches("train", cfg.batch_size, augment=cfg.augment, seed=cfg.seed)
+    opt = _optimizer(model, cfg)
+    total = cfg.epochs * len(batches)
+    sched = _schedule(opt, total, int(cfg.warmup_epochs * len(batches)))
+    if teacher is not None:
+        teacher.eval()
+    loss_avg, start = float("nan"), time.perf_counter()
+    with _progress(progress) as bar:
+        task = bar.add_task(description, total=total, loss=float("nan"), acc=float("nan"))
+        for epoch in range(cfg.epochs):
+            model.train()
+            seen = correct = 0
+            loss_sum = 0.0
+            for x, y in batches:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if teacher is not None:
+                    with torch.no_grad():
+                        target = teacher(x)
+                    kd = distillation_loss(logits, target, cfg.distill_temperature)
+                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                seen += len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                loss_sum += loss.item() * len(y)
+                bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+            loss_avg = loss_sum / max(seen, 1)
+            if on_epoch is not None:
+                on_epoch(epoch, model)
+    wall = time.perf_counter() - start
+    return TrainResult(evaluate(model, data, "test"), evaluate(model, data, "val"), loss_avg, cfg.epochs, wall)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}"),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, data: dict | None = None,
+                    metrics: dict | None = None) -> Path:
+    """Write a weights-only-loadable checkpoint atomically."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return io.torch_save(path, {"format": CHECKPOINT_FORMAT, "model": spec.to_dict(), "data": data or {},
+                                "metrics": metrics or {}, "state_dict": state})
+
+
+def _fit_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Resize Conv/Linear/BatchNorm layers to the stored shapes (a structurally pruned model)."""
+    for name, module in model.named_modules():
+        weight = state.get(f"{name}.weight" if name else "weight")
+        if isinstance(module, nn.Conv2d) and weight is not None and weight.shape != module.weight.shape:
+            depthwise = module.groups == module.in_channels == module.out_channels and module.groups > 1
+            module.out_channels = weight.shape[0]
+            module.groups = weight.shape[0] if depthwise else module.groups
+            module.in_channels = weight.shape[1] * module.groups
+        elif isinstance(module, nn.Linear) and weight is not None and weight.shape != module.weight.shape:
+            module.out_features, module.in_features = weight.shape
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm) and f"{name}.running_mean" in state:
+            module.num_features = state[f"{name}.running_mean"].shape[0]
+        else:
+            continue
+        for pname, param in list(module.named_parameters(recurse=False)):
+            setattr(module, pname, nn.Parameter(torch.empty_like(state[f"{name}.{pname}"])))
+        for bname, buf in list(module.named_buffers(recurse=False)):
+            if buf is not None and f"{name}.{bname}" in state:
+                setattr(module, bname, torch.empty_like(state[f"{name}.{bname}"]))
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild the model stored at `path`; returns (model in eval mode, checkpoint metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable hwai checkpoint ({exc.__class__.__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not an hwai checkpoint (train one with `hwai train --out {path.name}`)")
+    spec = ModelSpec.from_dict(ckpt["model"])
+    model = build(spec)
+    _fit_shapes(model, ckpt["state_dict"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def resolve_model(name: str, data: DataBundle, width: float = 1.0, **options) -> tuple[nn.Module, ModelSpec]:
+    """A zoo name, `file.py:factory` or a checkpoint `.pt`, shaped for `data`; checked with a forward pass."""
+    if name.endswith(".pt") or name.endswith(".pth"):
+        model, meta = load_checkpoint(name)
+        spec = ModelSpec.from_dict(meta["model"])
+    else:
+        size = data.image_size or (1, 1)
+        spec = ModelSpec(name, data.num_classes, data.in_channels, size, width, options)
+        model = create(name, spec.num_classes, spec.in_channels, size, width, **options)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(data.example(2))
+    except Exception as exc:
+        raise UserError(f"model {name!r} does not accept data {data.spec!r} "
+                        f"(input {tuple(data.sample_shape)}): {str(exc).splitlines()[0]}") from None
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise UserError(f"model {name!r} outputs {tuple(out.shape)}, but data {data.spec!r} has {data.num_classes} classes")
+    return model, spec

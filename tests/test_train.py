@@ -1,0 +1,84 @@
+import pytest
+import torch
+from torch import nn
+
+from hwai import models, train
+from hwai.errors import UserError
+from hwai.models import ModelSpec
+
+
+def test_training_learns_digits_and_is_seeded(digits):
+    cfg = train.TrainConfig(epochs=8, batch_size=64, seed=1, augment=False)
+    results, states = [], []
+    for _ in range(2):
+        train.seed_everything(1)  # initial weights come from the seed too
+        model = models.create("mlp", 10, 1, 8, width=0.25)
+        results.append(train.train(model, digits, cfg, progress=False))
+        states.append(model.state_dict())
+    assert results[0].test_accuracy > 0.85
+    assert results[0].test_accuracy == results[1].test_accuracy
+    assert torch.equal(states[0]["1.weight"], states[1]["1.weight"])
+
+
+def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    logits = torch.randn(8, 10)
+    assert float(train.distillation_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(train.distillation_loss(logits, torch.randn(8, 10), 4.0)) > 0
+
+
+def test_distillation_pulls_student_towards_teacher(digits):
+    teacher = models.create("mlp", 10, 1, 8, width=0.25)
+    train.train(teacher, digits, train.TrainConfig(epochs=8, seed=0, augment=False), progress=False)
+    student = models.create("mlp", 10, 1, 8, width=0.125)
+    result = train.train(student, digits, train.TrainConfig(epochs=8, seed=0, augment=False, distill_alpha=0.9), teacher=teacher,
+                         progress=False)
+    assert result.test_accuracy > 0.8
+
+
+def test_checkpoint_round_trip_is_weights_only(tmp_path, digits):
+    spec = ModelSpec("cnn", 10, 1, (8, 8), 0.25)
+    model = models.build(spec).eval()
+    path = train.save_checkpoint(tmp_path / "m.pt", model, spec, digits.describe(), {"test_accuracy": 0.5})
+    raw = torch.load(path, weights_only=True)
+    assert raw["data"] == {"spec": "digits", "input_size": None}
+    loaded, meta = train.load_checkpoint(path)
+    x = digits.example(4)
+    assert torch.allclose(loaded(x), model(x)) and meta["metrics"]["test_accuracy"] == 0.5
+
+
+def test_checkpoint_of_a_channel_pruned_model_loads(tmp_path, digits):
+    spec = ModelSpec("cnn", 10, 1, (8, 8), 0.25)
+    model = models.build(spec).eval()
+    first, bn, second = model[0][0], model[0][1], model[1][0]  # shrink 8 -> 5 channels by hand
+    keep = torch.arange(5)
+    first.weight = nn.Parameter(first.weight[keep]); first.out_channels = 5
+    bn.weight, bn.bias = nn.Parameter(bn.weight[keep]), nn.Parameter(bn.bias[keep])
+    bn.running_mean, bn.running_var, bn.num_features = bn.running_mean[keep], bn.running_var[keep], 5
+    second.weight = nn.Parameter(second.weight[:, keep]); second.in_channels = 5
+    path = train.save_checkpoint(tmp_path / "p.pt", model, spec)
+    loaded, _ = train.load_checkpoint(path)
+    x = digits.example(3)
+    assert loaded[0][0].out_channels == 5 and torch.allclose(loaded(x), model(x))
+
+
+def test_bad_checkpoints_and_configs(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="not a readable"):
+        train.load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(UserError, match="does not exist"):
+        train.load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(UserError, match="optimizer"):
+        train.TrainConfig(optimizer="lion")
+
+
+def test_resolve_model_rejects_mismatched_data(tmp_path):
+    import numpy as np
+
+    from hwai import data
+
+    np.savez(tmp_path / "f.npz", x=np.random.rand(40, 5).astype("float32"), y=np.arange(40) % 2)
+    features = data.load(f"npz:{tmp_path / 'f.npz'}")
+    with pytest.raises(UserError, match="does not accept"):
+        train.resolve_model("resnet18", features)
+    model, spec = train.resolve_model("mlp", features)
+    assert spec.num_classes == 2 and model(features.example(3)).shape == (3, 2)
