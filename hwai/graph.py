@@ -179,6 +179,21 @@ def _capture_fx(model: nn.Module, example: torch.Tensor) -> list[Node]:
     return nodes
 
 
+def fx_labels(gm) -> dict[str, str]:
+    """fx node name -> Graph node name, as `capture` names them: modules by qualified name (a module called
+    again gets name#1, ...), functions and methods by fx node name."""
+    counts: dict[str, int] = {}
+    labels: dict[str, str] = {}
+    for n in gm.graph.nodes:
+        if n.op not in ("call_module", "call_function", "call_method"):
+            continue
+        base = str(n.target) if n.op == "call_module" else n.name
+        k = counts.get(base, 0)
+        counts[base] = k + 1
+        labels[n.name] = f"{base}#{k}" if k else base
+    return labels
+
+
 def _capture_hooks(model: nn.Module, example: torch.Tensor) -> list[Node]:
     records: list[tuple[str, nn.Module, list[torch.Tensor], object]] = []
     handles = []
