@@ -13,6 +13,10 @@ _LAZY = {
     "train": ("hwai.train", None),
     "errors": ("hwai.errors", None),
     "UserError": ("hwai.errors", "UserError"),
+    "graph": ("hwai.graph", None),
+    "measure": ("hwai.measure", None),
+    "MeasureConfig": ("hwai.measure", "MeasureConfig"),
+    "profile": ("hwai.profile", None),  # hwai.profile.profile(model_or_onnx, data, target=None, ...)
 }
 
 

@@ -80,6 +80,88 @@ def train(
     console.print(f"checkpoint: {out}")
 
 
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+@app.command()
+def profile(
+    model: str = typer.Option("cnn", help=MODEL_HELP + ", or an .onnx file (e.g. written by hwai compress)"),
+    data: str = typer.Option("mnist", help=DATA_HELP),
+    target: Optional[str] = typer.Option(None, help="target name or YAML file: adds predicted columns"),
+    runtime: Optional[str] = typer.Option(None, help="torch or onnxruntime (default: torch; .onnx: onnxruntime)"),
+    batch: int = typer.Option(1, min=1, help="inputs per inference"),
+    threads: Optional[int] = typer.Option(None, min=1, help="intra-op threads (default: physical cores)"),
+    input_size: Optional[int] = typer.Option(None, help="resize images to this size (28 -> 32 pads)"),
+    width: float = typer.Option(1.0, help="width multiplier of zoo models"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the profile to this JSON file"),
+) -> None:
+    """Per-layer profile: params, MACs, activation KB, measured ms (this host), predicted ms/energy (--target)."""
+    from rich.table import Table
+
+    from hwai import data as hdata
+    from hwai import io as hio
+    from hwai import measure
+    from hwai import profile as hprofile
+    from hwai import train as htrain
+
+    bundle = hdata.load(data, input_size=input_size)
+    cfg = measure.MeasureConfig(threads=threads)
+    if model.endswith(".onnx"):
+        if runtime not in (None, "onnxruntime"):
+            raise UserError(f"{model} is an ONNX file: it runs with --runtime onnxruntime")
+        prof = hprofile.profile(model, bundle, target, "onnxruntime", cfg, batch)
+    else:
+        net, spec = htrain.resolve_model(model, bundle, width=width)
+        prof = hprofile.profile(net, bundle, target, runtime or "torch", cfg, batch, name=spec.name)
+    t, predicted = prof.total, prof.prediction is not None
+    table = Table(title=f"{prof.model} on {data}: {prof.runtime}, batch {prof.batch}, {prof.threads} thread(s)")
+    for col in ("layer", "op", "output shape", "params", "MACs", "act KB", "measured ms", "% of layers"):
+        table.add_column(col, justify="left" if col in ("layer", "op", "output shape") else "right")
+    if predicted:
+        table.add_column("predicted ms", justify="right")
+        table.add_column("predicted uJ", justify="right")
+    for r in prof.layers:
+        cells = [r.name, r.op if r.dtype == "float32" else f"{r.op} {r.dtype}", "x".join(map(str, r.output_shape)),
+                 _si(r.params), _si(r.macs), f"{r.activation_bytes / 1024:.1f}",
+                 "fused" if r.measured_ms is None else f"{r.measured_ms:.3f}",
+                 "" if r.percent is None else f"{r.percent:.1f}"]
+        if predicted:
+            cells += ["" if r.predicted_ms is None else f"{r.predicted_ms:.3f}",
+                      "" if r.predicted_energy_uj is None else f"{r.predicted_energy_uj:.1f}"]
+        table.add_row(*cells)
+    table.add_section()
+    cells = ["sum of layers", "", "", _si(t["params"]), _si(t["macs"]), f"{t['activation_bytes'] / 1024:.1f}",
+             f"{t['sum_layers_ms']:.3f}", "100.0"]
+    table.add_row(*(cells + ([f"{t['predicted_ms']:.3f}", f"{1000 * t['predicted_energy_mj']:.1f}"] if predicted else [])))
+    Console(width=max(console.width, 160)).print(table)  # layer names are long: do not squeeze the table
+    console.print(f"measured whole model: median {t['measured_ms_median']:.3f} ms, IQR {t['measured_ms_iqr']:.3f} ms "
+                  f"({t['measured_repeats']} repeats); layers add up to {t['sum_layers_ms']:.3f} ms = "
+                  f"{100 * t['sum_over_median']:.0f}% of it ({100 * t['sum_over_interleaved']:.0f}% of "
+                  f"{t['interleaved_ms_median']:.3f} ms, the median of plain runs interleaved with the profiled ones); "
+                  f"not attributed to a layer: {t['overhead_ms']:.3f} ms; a profiled run took "
+                  f"{t['profiled_ms_median']:.3f} ms" + (f"; runtime-inserted kernels {t['unmapped_ms']:.3f} ms"
+                                                        if t["unmapped_ms"] else ""))
+    if t["peak_memory_bytes"] is not None:
+        console.print(f"peak memory during inference: +{t['peak_memory_bytes'] / 1024:.0f} KB resident over the "
+                      "baseline (measured: /proc/self/statm sampled every 1 ms)")
+    if predicted:
+        console.print(f"predicted on {prof.prediction.target}: {t['predicted_ms']:.3f} ms, "
+                      f"{t['predicted_energy_mj']:.3f} mJ, peak activations "
+                      f"{t['predicted_peak_activation_bytes'] / 1024:.1f} KB; {t['predicted_fit_message']}")
+    if prof.notice:
+        console.print(f"notice: {prof.notice}", soft_wrap=True)
+    console.print(prof.measurement, style="dim")
+    if predicted:
+        console.print(f"predicted: {prof.prediction.describe()} (target file {prof.prediction.target_file})", style="dim")
+    if json_out is not None:
+        hio.write_json(json_out, prof.to_dict())
+        console.print(f"json: {json_out}")
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     try:

@@ -35,7 +35,7 @@ class MeasureConfig:
     max_repeats: int = 2000  # timed runs at most
     max_seconds: float = 3.0  # stop adding repeats after this long (min_repeats still run)
     rel_tol: float = 0.02  # stable: the median moved less than this fraction over the last half of runs
-    layer_runs: int = 20  # profiled runs for per-layer times (after `warmup` unprofiled ones)
+    layer_runs: int = 20  # profiled runs for per-layer times (fewer, but >= 5, once max_seconds have passed)
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -146,6 +146,7 @@ def latency(model: torch.nn.Module | str | Path | bytes, example: torch.Tensor, 
     raise UserError(f"unknown runtime {runtime!r}: use {' or '.join(RUNTIMES)}")
 
 
+MIN_LAYER_RUNS = 5  # profiled runs kept even past the time cap
 RUN_LABEL = "hwai::run"  # profiler range around one whole profiled inference
 UNMAPPED = "hwai::unmapped"  # runtime-inserted kernels that belong to no graph node
 
@@ -298,8 +299,11 @@ def torch_layer_times(model: torch.nn.Module, example: torch.Tensor, graph, cfg:
         prof = profile(activities=[ProfilerActivity.CPU])
         with _quiet_stderr():
             prof.start()
+        start = time.perf_counter()
         try:
-            for _ in range(cfg.layer_runs):
+            for i in range(cfg.layer_runs):
+                if i >= MIN_LAYER_RUNS and time.perf_counter() - start > cfg.max_seconds:
+                    break
                 with _quiet_stderr():  # toggling warns about GPU tracks, which a CPU-only trace lacks
                     prof.toggle_collection_dynamic(False, [ProfilerActivity.CPU])
                 t0 = time.perf_counter()
@@ -336,7 +340,10 @@ def ort_layer_times(model: str | Path | bytes, example: torch.Tensor, aliases: d
     plain = ort_session(model, cfg.threads)
     feed = {session.get_inputs()[0].name: example.detach().cpu().numpy()}
     whole: list[float] = []
+    start = time.perf_counter()
     for i in range(cfg.warmup + cfg.layer_runs):  # a plain session's run before each profiled run
+        if i >= cfg.warmup + MIN_LAYER_RUNS and time.perf_counter() - start > cfg.max_seconds:
+            break
         t0 = time.perf_counter()
         plain.run(None, feed)
         if i >= cfg.warmup:

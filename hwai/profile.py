@@ -38,7 +38,7 @@ class LayerRow:
     activation_bytes: int  # activations read + written
     fusion: str | None  # "conv+batchnorm+relu" on a fusion group's first node
     measured_ms: float | None  # None: the runtime ran no kernel of its own for this node (fused into another)
-    percent: float | None  # of the measured whole-model median
+    percent: float | None  # share of the summed per-layer times
     predicted_ms: float | None = None
     predicted_energy_uj: float | None = None
     predicted_bound: str | None = None  # "compute" | "memory" | "overhead"
@@ -154,14 +154,14 @@ def profile(model_or_onnx_path: torch.nn.Module | str | Path, data: DataBundle |
 def _assemble(label: str, g: Graph, lat: measure.LatencyStats, times: measure.LayerTimes, peak: int | None,
               prediction, notice: str | None) -> Profile:
     predicted = {p.name: p for p in prediction.layers} if prediction is not None else {}
+    summed = sum(times.layers.values())
     rows = []
     for n in g.nodes:
         ms = times.layers.get(n.name)
         p = predicted.get(n.name)
         rows.append(LayerRow(n.name, n.op, n.target, n.output_shape, n.dtype, n.params, n.macs, n.weight_bytes,
-                             n.activation_bytes, n.fusion, ms, None if ms is None else 100 * ms / lat.median_ms,
+                             n.activation_bytes, n.fusion, ms, None if ms is None else 100 * ms / summed,
                              p.latency_ms if p else None, p.energy_uj if p else None, p.bound if p else None))
-    summed = sum(times.layers.values())
     total = {
         "params": g.params, "macs": g.macs, "weight_bytes": sum(n.weight_bytes for n in g.nodes),
         "activation_bytes": sum(n.activation_bytes for n in g.nodes),
