@@ -107,12 +107,16 @@ def profile(
     from hwai import measure
     from hwai import profile as hprofile
     from hwai import train as htrain
+    from hwai.onnx_graph import check_path
 
-    bundle = hdata.load(data, input_size=input_size)
-    cfg = measure.MeasureConfig(threads=threads)
-    if model.endswith(".onnx"):
+    onnx_file = model.endswith(".onnx")
+    if onnx_file:
+        check_path(model)  # before loading data: a wrong path fails fast
         if runtime not in (None, "onnxruntime"):
             raise UserError(f"{model} is an ONNX file: it runs with --runtime onnxruntime")
+    bundle = hdata.load(data, input_size=input_size)
+    cfg = measure.MeasureConfig(threads=threads)
+    if onnx_file:
         prof = hprofile.profile(model, bundle, target, "onnxruntime", cfg, batch)
     else:
         net, spec = htrain.resolve_model(model, bundle, width=width)

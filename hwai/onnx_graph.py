@@ -36,12 +36,18 @@ FREE_OPS = ("reshape", "identity")  # views: no activation traffic (as hwai.grap
 CHAIN_OPS = ("relu", "activation", "add", "batchnorm")  # a runtime may fuse these into the producing conv
 
 
-def _load(path: str | Path):
-    import onnx
-
+def check_path(path: str | Path) -> Path:
+    """`path` as a Path, or a UserError when the file is missing."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass an .onnx file written by torch.onnx or `hwai compress`")
+    return path
+
+
+def _load(path: str | Path):
+    import onnx
+
+    path = check_path(path)
     try:
         return onnx.load(str(path))
     except Exception as exc:

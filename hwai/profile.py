@@ -101,7 +101,7 @@ def _measure_torch(model: torch.nn.Module, example: torch.Tensor, cfg: measure.M
     torch.set_num_threads(lat.threads)
     try:
         with torch.inference_mode():
-            peak = measure.peak_memory(lambda: model(example))
+            peak = measure.peak_memory(lambda: model(example), runs=2)
     finally:
         torch.set_num_threads(previous)
     return g, lat, times, peak
@@ -115,7 +115,7 @@ def _measure_onnx(path: Path, example: torch.Tensor, cfg: measure.MeasureConfig)
     times = measure.ort_layer_times(path, example, aliases, cfg)
     session = measure.ort_session(path, lat.threads)
     feed = {session.get_inputs()[0].name: example.numpy()}
-    peak = measure.peak_memory(lambda: session.run(None, feed))
+    peak = measure.peak_memory(lambda: session.run(None, feed), runs=2)
     return g, lat, times, peak
 
 
