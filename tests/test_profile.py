@@ -64,6 +64,26 @@ def test_untraceable_model_profiles_with_hooks_and_a_one_line_notice():
     assert p.total["params"] == sum(q.numel() for q in model.parameters())
 
 
+class Twice(nn.Module):
+    def __init__(self, traceable: bool):
+        super().__init__()
+        self.fc, self.traceable = nn.Linear(64, 64), traceable
+
+    def forward(self, x):
+        if not self.traceable and x.sum() > 1e9:
+            return x
+        return self.fc(torch.relu(self.fc(x)))
+
+
+@pytest.mark.parametrize("traceable", [True, False])
+def test_a_module_called_twice_gets_a_measured_row_per_call(traceable):
+    p = profile(Twice(traceable), torch.randn(4, 64), cfg=QUICK)
+    assert p.method == ("fx" if traceable else "hooks")
+    rows = {r.name: r for r in p.layers}
+    assert {"fc", "fc#1"} <= rows.keys() and rows["fc#1"].params == 0
+    assert rows["fc"].measured_ms > 0 and rows["fc#1"].measured_ms > 0
+
+
 @pytest.fixture(scope="module")
 def onnx_pair(tmp_path_factory):
     """A tiny exported FP32 model and its INT8 QDQ version (onnxruntime.quantization.quantize_static)."""
