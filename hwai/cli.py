@@ -149,6 +149,10 @@ def profile(
                   f"not attributed to a layer: {t['overhead_ms']:.3f} ms; a profiled run took "
                   f"{t['profiled_ms_median']:.3f} ms" + (f"; runtime-inserted kernels {t['unmapped_ms']:.3f} ms"
                                                         if t["unmapped_ms"] else ""))
+    if t["sum_over_interleaved"] > 1.25:
+        per_layer_us = 1000 * (t["sum_layers_ms"] - t["interleaved_ms_median"]) / len(prof.layers)
+        console.print(f"note: these layers are short, so the profiler's own cost (about {per_layer_us:.0f} us per "
+                      "layer, from the figures above) inflates per-layer times; compare their shares, not their sum")
     if t["peak_memory_bytes"] is not None:
         console.print(f"peak memory during inference: +{t['peak_memory_bytes'] / 1024:.0f} KB resident over the "
                       "baseline (measured: /proc/self/statm sampled every 1 ms)")
@@ -160,7 +164,8 @@ def profile(
         console.print(f"notice: {prof.notice}", soft_wrap=True)
     console.print(prof.measurement, style="dim")
     if predicted:
-        console.print(f"predicted: {prof.prediction.describe()} (target file {prof.prediction.target_file})", style="dim")
+        source, file = prof.prediction.describe(), str(prof.prediction.target_file)
+        console.print(source if file in source else f"{source} (target file {file})", style="dim")
     if json_out is not None:
         hio.write_json(json_out, prof.to_dict())
         console.print(f"json: {json_out}")

@@ -186,6 +186,21 @@ def test_target_adds_predicted_columns_and_totals(monkeypatch):
     assert json.loads(json.dumps(d))["layers"][0]["predicted_bound"] == "compute"
 
 
+def test_cli_prints_predicted_columns_and_their_source(monkeypatch):
+    from typer.testing import CliRunner
+
+    from hwai.cli import app
+
+    predict = lambda graph, target: FakePrediction([FakeLayer(n.name, 0.25, 3.0) for n in graph.nodes])  # noqa: E731
+    monkeypatch.setitem(sys.modules, "hwai.cost", types.SimpleNamespace(predict=predict))
+    monkeypatch.setitem(sys.modules, "hwai.targets", types.SimpleNamespace(load=lambda name: name))
+    r = CliRunner().invoke(app, ["profile", "--model", "mlp", "--data", "digits", "--threads", "1", "--width", "0.25",
+                                 "--target", "fake-mcu"])
+    assert r.exit_code == 0, r.output
+    assert "predicted ms" in r.output and "0.250" in r.output and "fits in 512" in r.output
+    assert "predicted: roofline on fake-mcu" in r.output and "/tmp/fake-mcu.yaml" in r.output
+
+
 def test_cli_profile_writes_the_documented_json(tmp_path):
     out = tmp_path / "p.json"
     start = time.perf_counter()
