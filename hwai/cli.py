@@ -155,7 +155,8 @@ def profile(
                       "layer, from the figures above) inflates per-layer times; compare their shares, not their sum")
     if t["peak_memory_bytes"] is not None:
         console.print(f"peak memory during inference: +{t['peak_memory_bytes'] / 1024:.0f} KB resident over the "
-                      "baseline (measured: /proc/self/statm sampled every 1 ms)")
+                      f"baseline, process peak {t['peak_rss_bytes'] / 2**20:.0f} MiB (measured: /proc/self/statm "
+                      "sampled every 1 ms over the first two runs)")
     if predicted:
         console.print(f"predicted on {prof.prediction.target}: {t['predicted_ms']:.3f} ms, "
                       f"{t['predicted_energy_mj']:.3f} mJ, peak activations "

@@ -361,9 +361,18 @@ def ort_layer_times(model: str | Path | bytes, example: torch.Tensor, aliases: d
     return _layer_times(spans, "ONNX Runtime profiler, kernels mapped to ONNX nodes", whole)
 
 
-def peak_memory(fn: Callable[[], object], runs: int = 3, interval_s: float = 0.001) -> int | None:
-    """Peak resident memory above the baseline just before, while `fn` runs `runs` times (bytes), sampled
-    from /proc/self/statm by a thread; None where /proc is not available."""
+@dataclass
+class MemoryStats:
+    """Resident memory of this process while inference ran (bytes, measured by sampling /proc/self/statm)."""
+
+    peak_rss_bytes: int  # the whole process: interpreter, libraries, weights, activations
+    increase_bytes: int  # above the baseline just before the runs (allocator caches hide reused buffers)
+    kind: str = "measured"
+
+
+def peak_memory(fn: Callable[[], object], runs: int = 3, interval_s: float = 0.001) -> MemoryStats | None:
+    """Peak resident memory while `fn` runs `runs` times, sampled from /proc/self/statm by a thread every
+    `interval_s`; None where /proc is not available."""
     statm = Path("/proc/self/statm")
     if not statm.exists():
         return None
@@ -389,4 +398,5 @@ def peak_memory(fn: Callable[[], object], runs: int = 3, interval_s: float = 0.0
     finally:
         stop.set()
         sampler.join()
-    return max(peak[0], rss()) - baseline
+    top = max(peak[0], rss())
+    return MemoryStats(top, top - baseline)

@@ -100,16 +100,16 @@ def _rewarm(cfg: measure.MeasureConfig) -> measure.MeasureConfig:
 
 
 def _measure_torch(model: torch.nn.Module, example: torch.Tensor, cfg: measure.MeasureConfig):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads or measure.physical_cores())
+    try:  # memory first, before the timing loops have filled the allocator's caches
+        with torch.inference_mode():
+            peak = measure.peak_memory(lambda: model.eval()(example), runs=2)
+    finally:
+        torch.set_num_threads(previous)
     g = capture(model, example)
     lat = measure.latency(model, example, cfg, "torch")
     times = measure.torch_layer_times(model, example, g, _rewarm(cfg))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(lat.threads)
-    try:
-        with torch.inference_mode():
-            peak = measure.peak_memory(lambda: model(example), runs=2)
-    finally:
-        torch.set_num_threads(previous)
     return g, lat, times, peak
 
 
@@ -117,11 +117,11 @@ def _measure_onnx(path: Path, example: torch.Tensor, cfg: measure.MeasureConfig)
     from hwai.onnx_graph import capture_onnx
 
     g, aliases = capture_onnx(path, tuple(example.shape))
+    session = measure.ort_session(path, cfg.threads)
+    feed = {session.get_inputs()[0].name: example.numpy()}
+    peak = measure.peak_memory(lambda: session.run(None, feed), runs=2)  # a fresh session: its arena grows here
     lat = measure.latency(path, example, cfg, "onnxruntime")
     times = measure.ort_layer_times(path, example, aliases, _rewarm(cfg))
-    session = measure.ort_session(path, lat.threads)
-    feed = {session.get_inputs()[0].name: example.numpy()}
-    peak = measure.peak_memory(lambda: session.run(None, feed), runs=2)
     return g, lat, times, peak
 
 
@@ -157,7 +157,8 @@ def profile(model_or_onnx_path: torch.nn.Module | str | Path, data: DataBundle |
     return _assemble(label, g, lat, times, peak, prediction, notice)
 
 
-def _assemble(label: str, g: Graph, lat: measure.LatencyStats, times: measure.LayerTimes, peak: int | None,
+def _assemble(label: str, g: Graph, lat: measure.LatencyStats, times: measure.LayerTimes,
+              peak: measure.MemoryStats | None,
               prediction, notice: str | None) -> Profile:
     predicted = {p.name: p for p in prediction.layers} if prediction is not None else {}
     summed = sum(times.layers.values())
@@ -182,7 +183,8 @@ def _assemble(label: str, g: Graph, lat: measure.LatencyStats, times: measure.La
         "profiled_ms_median": times.profiled_ms,  # whole run with the profiler on
         "profiler_overhead_ms": times.profiled_ms - lat.median_ms,
         "layer_runs": times.runs, "layer_runs_typical": times.typical,
-        "peak_memory_bytes": peak,  # resident memory above the pre-inference baseline (measured)
+        "peak_memory_bytes": peak.increase_bytes if peak else None,  # resident memory above the pre-run baseline
+        "peak_rss_bytes": peak.peak_rss_bytes if peak else None,  # the whole process's peak while inference ran
     }
     if prediction is not None:
         total.update({"predicted_ms": prediction.latency_ms, "predicted_energy_mj": prediction.energy_mj,
