@@ -278,11 +278,9 @@ def torch_layer_times(model: torch.nn.Module, example: torch.Tensor, graph, cfg:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     threads = cfg.threads or physical_cores()
-    names = {n.name for n in graph.nodes}
-    previous = torch.get_num_threads()
+    names, previous, whole = {n.name for n in graph.nodes}, torch.get_num_threads(), []
     torch.set_num_threads(threads)
     model.eval()
-    whole: list[float] = []
     with contextlib.ExitStack() as stack:
         stack.callback(torch.set_num_threads, previous)
         if graph.method == "fx":
@@ -381,9 +379,7 @@ def peak_memory(fn: Callable[[], object], runs: int = 3, interval_s: float = 0.0
     def rss() -> int:
         return int(statm.read_text().split()[1]) * page
 
-    baseline = rss()
-    peak = [baseline]
-    stop = threading.Event()
+    baseline, peak, stop = rss(), [0], threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
