@@ -13,6 +13,10 @@ _LAZY = {
     "train": ("hwai.train", None),
     "errors": ("hwai.errors", None),
     "UserError": ("hwai.errors", "UserError"),
+    "targets": ("hwai.targets", None),
+    "cost": ("hwai.cost", None),
+    "memory": ("hwai.memory", None),
+    "calibrate": ("hwai.calibrate", "calibrate"),
 }
 
 

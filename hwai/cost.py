@@ -49,7 +49,7 @@ def resolve_dtype(target: Target, dtype: str) -> str:
     if dtype in target.dtypes:
         return dtype
     wider = [d for d in reversed(DTYPES) if d in target.dtypes and BITS[d] > BITS[dtype]]
-    return wider[-1] if wider else max(target.dtypes, key=BITS.get)
+    return wider[0] if wider else max(target.dtypes, key=BITS.get)
 
 
 def _node_dtype(node: Node) -> str:
