@@ -16,7 +16,7 @@ _LAZY = {
     "targets": ("hwai.targets", None),
     "cost": ("hwai.cost", None),
     "memory": ("hwai.memory", None),
-    "calibrate": ("hwai.calibrate", "calibrate"),
+    "calibrate": ("hwai.calibrate", None),
 }
 
 
