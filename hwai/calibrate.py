@@ -23,6 +23,7 @@ from hwai.measure import MeasureConfig, latency, ort_session, physical_cores
 
 CLASSES = ("conv", "depthwise", "linear", "_default")  # efficiency / overhead groups the fit can identify
 FIT_DTYPES = ("fp32", "int8")
+LANES = (1, 4, 8, 16, 32)  # SIMD widths (channels) tried; the one that fits best is written
 PRIOR_EFF = {"conv": 0.5, "depthwise": 0.1, "linear": 0.3, "_default": 0.05}  # starting points, pulled weakly
 
 
@@ -55,7 +56,7 @@ class CalibrateConfig:
     held_out: tuple[Case, ...] = _grid([("cnn", 32, 0.75), ("resnet8", 24, 0.75), ("mobilenetv2", 24, 0.5),
                                         ("dscnn", 24, 0.75)])  # cases only used to report prediction error
     threads: int | None = None  # ONNX Runtime intra-op threads; None: physical cores
-    measure: MeasureConfig = MeasureConfig(warmup=3, min_repeats=10, max_repeats=400, max_seconds=0.6)  # per case
+    measure: MeasureConfig = MeasureConfig(warmup=5, min_repeats=30, max_repeats=1000, max_seconds=1.0)  # per case
     gemm_size: int = 512  # square GEMM edge for the peak-throughput microbenchmarks
     base: str = "host"  # target whose energy figures (not measured here) are carried over
 
@@ -109,15 +110,16 @@ def quantize_int8(onnx_model: bytes, example, samples: int = 4) -> bytes:
             return next(self.items, None)
 
     logging.disable(logging.WARNING)  # its advice to pre-process is noise for a timing model
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(onnx_model)
-        with warnings.catch_warnings():
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(onnx_model)
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            return dst.read_bytes()
+    finally:
         logging.disable(logging.NOTSET)
-        return dst.read_bytes()
 
 
 def build(case: Case):
@@ -245,9 +247,9 @@ def _predict(theta: np.ndarray, feats) -> float:
     return float((np.maximum(compute / eff[klass], mem) + ovh[klass]).sum())
 
 
-def fit(feats: list, measured: np.ndarray, overhead_prior_s: float) -> tuple[dict, dict]:
-    """Efficiency and overhead per (class, dtype): least squares on log(predicted / measured), weakly pulled
-    towards the priors (classes a data set does not exercise keep their prior)."""
+def fit(feats: list, measured: np.ndarray, overhead_prior_s: float) -> tuple[dict, dict, float]:
+    """Efficiency and overhead per (class, dtype), and the final cost: least squares on log(predicted / measured),
+    weakly pulled towards the priors (classes a data set does not exercise keep their prior)."""
     from scipy.optimize import least_squares
 
     prior = np.log([PRIOR_EFF[c] for c in CLASSES for _ in FIT_DTYPES] + [overhead_prior_s] * (len(CLASSES) * 2))
@@ -258,14 +260,14 @@ def fit(feats: list, measured: np.ndarray, overhead_prior_s: float) -> tuple[dic
 
     k = len(CLASSES) * len(FIT_DTYPES)
     lower = np.concatenate([np.full(k, np.log(1e-4)), np.full(k, np.log(1e-8))])
-    upper = np.concatenate([np.full(k, np.log(2.0)), np.full(k, np.log(1e-2))])
-    theta = least_squares(residuals, np.clip(prior, lower + 1e-9, upper - 1e-9), bounds=(lower, upper)).x
+    upper = np.concatenate([np.full(k, np.log(8.0)), np.full(k, np.log(1e-2))])
+    solution = least_squares(residuals, np.clip(prior, lower + 1e-9, upper - 1e-9), bounds=(lower, upper))
     keys = [f"{c}:{d}" for c in CLASSES for d in FIT_DTYPES]
-    return dict(zip(keys, np.exp(theta[:k]))), dict(zip(keys, np.exp(theta[k:])))
+    return dict(zip(keys, np.exp(solution.x[:k]))), dict(zip(keys, np.exp(solution.x[k:]))), float(solution.cost)
 
 
-def _target_yaml(micro: dict, eff: dict, ovh: dict, base: targets.Target, threads: int, n: int, stamp: str,
-                 fit_cases: int) -> dict:
+def _target_yaml(micro: dict, eff: dict, ovh: dict, lanes: int, base: targets.Target, threads: int, n: int,
+                 stamp: str, fit_cases: int) -> dict:
     import onnxruntime
 
     def num(value: float, source: str) -> dict:
@@ -275,9 +277,9 @@ def _target_yaml(micro: dict, eff: dict, ovh: dict, base: targets.Target, thread
                              "source": f"not measured by hwai calibrate; from {Path(base.path).name}: {base.sources[field][2]}"}
     fitted = f"fitted to {fit_cases} whole-model ONNX Runtime latencies (zoo models, fp32 + int8 QDQ)"
     efficiency = {k: num(v, fitted) for k, v in eff.items()}
-    efficiency["_default"] = efficiency["_default:fp32"]
+    efficiency["_default"] = dict(efficiency["_default:fp32"])  # a copy: YAML would write an anchor
     overhead = {k: num(v * 1e6, fitted) for k, v in ovh.items()}
-    overhead["_default"] = overhead["_default:fp32"]
+    overhead["_default"] = dict(overhead["_default:fp32"])
     overhead["identity"] = {"value": 0, "source": f"{stamp}: ONNX Runtime removes Identity/Dropout at graph optimisation"}
     return {
         "name": "host", "description": f"this machine ({cpu_model()}), measured by hwai calibrate", "kind": "cpu",
@@ -292,6 +294,8 @@ def _target_yaml(micro: dict, eff: dict, ovh: dict, base: targets.Target, thread
         "dram_gbps": num(micro["dram_bps"] / 1e9, "numpy copy of 64 MiB (read + write), one thread, best of 5"),
         **{f"energy_{d}_pj_per_mac": carried(f"energy_{d}_pj_per_mac") for d in FIT_DTYPES},
         **{f"energy_{lv}_pj_per_byte": carried(f"energy_{lv}_pj_per_byte") for lv in ("sram", "dram")},
+        **{f"lanes_{d}": num(lanes, f"channel block (SIMD lanes) that best fits the measurements among "
+                              f"{', '.join(map(str, LANES))}") for d in FIT_DTYPES},
         "efficiency": efficiency, "overhead_us": overhead,
     }
 
@@ -323,11 +327,16 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
                                bandwidth_bps={"sram": micro["sram_bps"], "dram": micro["dram_bps"]},
                                capacity_bytes={"sram": float(_cache_bytes()), "dram": float(_dram_bytes())},
                                dtypes=FIT_DTYPES, efficiency={"_default": 1.0}, overhead_s={"_default": 0.0})
-    feats = [_features(g, unit, case.dtype) for case, _, g, _ in measured]
     on_fit = [i for i, (_, split, _, _) in enumerate(measured) if split == "fit"]
     ms = np.array([s.median_ms * 1e-3 for _, _, _, s in measured])
-    eff, ovh = fit([feats[i] for i in on_fit], ms[on_fit], micro["overhead_s"])
-    raw = _target_yaml(micro, eff, ovh, base, threads, cfg.gemm_size, stamp, len(on_fit))
+    fits = {}
+    for lanes in LANES:  # SIMD lane padding is chosen by fit quality, the factors by least squares
+        padded = dataclasses.replace(unit, lanes={d: lanes for d in FIT_DTYPES})
+        feats = [_features(measured[i][2], padded, measured[i][0].dtype) for i in on_fit]
+        fits[lanes] = fit(feats, ms[on_fit], micro["overhead_s"])
+    lanes = min(fits, key=lambda b: fits[b][2])
+    eff, ovh, _ = fits[lanes]
+    raw = _target_yaml(micro, eff, ovh, lanes, base, threads, cfg.gemm_size, stamp, len(on_fit))
     text = f"# written by `hwai calibrate` ({stamp}); measured numbers, not datasheet figures\n"
     hio.write_text(out, text + yaml.safe_dump(raw, sort_keys=False, width=200))
     target = targets.load(out)

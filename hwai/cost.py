@@ -133,6 +133,10 @@ class Scorer:
         self.channel_node = np.array([nd.op in ("conv", "linear") and k != "depthwise" for nd, k in zip(nodes, self.keys)])
         self.both_scaled = self.channel_node.copy()  # MACs and weights scale with input x output channels
         self.sparse_ok = np.array([nd.op in _MAC_OPS for nd in nodes])
+        # SIMD lane padding: output channels of conv/linear, and input channels of full convs fed by a layer
+        self.cout0 = np.array([nd.attrs.get("out_channels", nd.attrs.get("out_features", 0)) for nd in nodes], float)
+        self.cin0 = np.array([nd.attrs.get("in_channels", 0) // nd.attrs.get("groups", 1) if ch and nd.inputs else 0
+                              for nd, ch in zip(nodes, self.channel_node)], float)
         # fusion groups: the head carries the work, its input and weights; the last member writes the output
         heads = [index[nd.fused_into] if (fuse and nd.fused_into in index) else i for i, nd in enumerate(nodes)]
         last = {h: i for i, h in enumerate(heads)}
@@ -153,6 +157,7 @@ class Scorer:
                     * is_head[:, None]).ravel()
         self.e_mac = np.array([target.energy_per_mac_j[d] for d in self.resolved])
         self.width = np.array([BITS[d] for d in self.resolved]) / 32.0
+        self.lanes = np.array([target.lanes.get(d, 1) for d in self.resolved], dtype=np.float64)
         self.bits_lut = np.zeros(33, dtype=np.intp)
         self.bits_lut[[32, 16, 8, 4]] = range(4)
         self.life = memory.lifetimes(graph, memory.best_order(graph, fuse), fuse)
@@ -192,6 +197,8 @@ class Scorer:
         w_bytes = col(self.w_bytes) * size * width
         act = (col(self.in_bytes * self.count_in) * in_s + col(self.out_bytes * self.count_out) * out_s) * width
         compute = ops * self.inv_rate[flat]
+        if (self.lanes > 1).any():
+            compute = compute * self._padding(self.lanes[dt], in_s, out_s)
         makers = self.life.buffer_node
         buffers = col(self.life.buffer_bytes) * np.where(col(makers >= 0), out_s[np.maximum(makers, 0)] *
                                                          width[np.maximum(makers, 0)], 1.0)
@@ -208,6 +215,14 @@ class Scorer:
                   + w_bytes * np.where(w_cached, e["sram"], e[w_level]))
         return {"compute": compute, "memory": mem, "overhead": self.ovh[flat], "energy": energy,
                 "bytes": act + w_bytes, "dtype": dt, "peak_act": peak_act, "weights": total_w, "ops": ops}
+
+    def _padding(self, lanes: np.ndarray, in_s: np.ndarray, out_s: np.ndarray) -> np.ndarray:
+        """Work inflation from rounding channel counts up to a multiple of the SIMD lanes."""
+        factor = np.ones_like(lanes)
+        for base, s in ((self.cout0, out_s), (self.cin0, in_s)):
+            c = np.maximum(base[:, None] * s, 1.0)
+            factor = factor * np.where(base[:, None] > 0, np.ceil(c / lanes) * lanes / c, 1.0)
+        return factor
 
     def _fit(self, peak_act: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         tgt = self.target

@@ -14,7 +14,7 @@ def test_fit_recovers_known_factors():
         g = int(rng.integers(5, 40))
         feats.append((rng.uniform(1e-6, 1e-3, g), rng.uniform(1e-7, 1e-4, g), rng.integers(-1, k, g)))
     measured = np.array([calibrate._predict(true, f) for f in feats])
-    eff, ovh = calibrate.fit(feats, measured, 3e-6)
+    eff, ovh, _ = calibrate.fit(feats, measured, 3e-6)
     theta = np.log(np.concatenate([list(eff.values()), list(ovh.values())]))
     fitted = np.array([calibrate._predict(theta, f) for f in feats])
     assert np.abs(fitted / measured - 1).max() < 0.05
@@ -31,6 +31,7 @@ def test_calibrate_writes_a_valid_calibrated_target(tmp_path):
     assert all(t.sources[f][2].startswith("calibrated ") for f in measured)
     assert all(t.sources[f][2].startswith("not measured") for f in t.sources if f.startswith("energy"))
     assert {"conv:fp32", "conv:int8", "depthwise:fp32", "_default"} <= set(t.efficiency)
+    assert t.lanes["fp32"] in calibrate.LANES
     assert t.peak_ops["fp32"] > 1e8 and t.bandwidth_bps["dram"] > 1e8 and result.micro["overhead_s"] > 0
     assert [r["split"] for r in result.rows] == ["fit"] * 4 + ["held-out"]
     fit_errors = [abs(r["error"]) for r in result.rows if r["split"] == "fit"]

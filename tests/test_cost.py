@@ -94,7 +94,7 @@ def test_more_macs_never_faster_over_real_widths():
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(0.1, 1.0), min_size=2, max_size=2), st.floats(0.0, 0.9),
-       st.sampled_from(["stm32h743", "rpi4", "jetson-orin-nano", "edgetpu", "h100"]))
+       st.sampled_from(["stm32h743", "rpi4", "x86-avx2", "jetson-orin-nano", "edgetpu", "h100"]))
 def test_more_channels_never_predict_faster(resnet8_graph, scales, grow, name):
     scorer = cost.prepare(resnet8_graph, targets.load(name))
     rng = np.random.default_rng(int(grow * 1000))

@@ -30,8 +30,9 @@ _SIZE = re.compile(rf"({'|'.join(LEVELS)})_({'|'.join(SIZE_UNITS)})")
 _BW = re.compile(rf"({'|'.join(LEVELS)})_gbps")
 _E_MAC = re.compile(rf"energy_({'|'.join(DTYPES)})_pj_per_mac")
 _E_BYTE = re.compile(rf"energy_({'|'.join(LEVELS)})_pj_per_byte")
+_LANES = re.compile(rf"lanes_({'|'.join(DTYPES)})")  # SIMD width in channels: convs pad channels to a multiple
 _SPARSE = re.compile(r"(sparse)_speedup_max")  # cap on the speed-up from zero weights (2:4 sparsity: 2x)
-_UNIT_HINTS = {r"peak_\w+": "peak_<dtype>_tops|gops|mops", r"(sram|flash|dram)_(kb|mb|gb|bytes)": "<level>_kib|mib|gib",
+_UNIT_HINTS = {r"\w*lanes\w*": "lanes_<dtype> (channels)", r"peak_\w+": "peak_<dtype>_tops|gops|mops", r"(sram|flash|dram)_(kb|mb|gb|bytes)": "<level>_kib|mib|gib",
                r"(sram|flash|dram)_\w*(bw|bandwidth|gb_s|mbps)\w*": "<level>_gbps",
                r"energy_\w+": "energy_<dtype>_pj_per_mac or energy_<level>_pj_per_byte"}
 
@@ -54,6 +55,7 @@ class Target:
     bandwidth_bps: dict  # level -> bytes/s
     energy_per_mac_j: dict  # dtype -> joules per MAC
     energy_per_byte_j: dict  # level -> joules per byte moved
+    lanes: dict  # dtype -> channels per SIMD vector (conv/linear channels are padded to a multiple; default 1)
     sparse_speedup_max: float  # the most zero weights can speed up a layer (1.0 where not accelerated)
     efficiency: dict  # "op", "op:dtype" or "_default" -> achieved fraction of peak
     overhead_s: dict  # "op", "op:dtype" or "_default" -> fixed cost per executed op (seconds)
@@ -156,23 +158,24 @@ def parse(raw: object, path: str = "<target>") -> Target:
         lists[field] = tuple(items)
     if not isinstance(raw["sparsity_accelerated"], bool):
         _fail(path, "sparsity_accelerated", "must be true or false")
-    peak, cap, bw, e_mac, e_byte, sparse, sources = {}, {}, {}, {}, {}, {}, {}
+    peak, cap, bw, e_mac, e_byte, sparse, lanes, sources = {}, {}, {}, {}, {}, {}, {}, {}
     for key, entry in raw.items():
         if key in TEXT_FIELDS | LIST_FIELDS | TABLE_FIELDS | {"sparsity_accelerated"}:
             continue
         for pattern, store, unit_of in ((_PEAK, peak, lambda m: PEAK_UNITS[m[2]]), (_SIZE, cap, lambda m: SIZE_UNITS[m[2]]),
                                         (_BW, bw, lambda m: 1e9), (_E_MAC, e_mac, lambda m: 1e-12),
-                                        (_E_BYTE, e_byte, lambda m: 1e-12), (_SPARSE, sparse, lambda m: 1.0)):
+                                        (_E_BYTE, e_byte, lambda m: 1e-12), (_SPARSE, sparse, lambda m: 1.0),
+                                        (_LANES, lanes, lambda m: 1.0)):
             m = pattern.fullmatch(str(key))
             if m:
                 value, source = _number(path, key, entry, allow_zero=store is e_byte)
-                if store is sparse and value < 1:
-                    _fail(path, key, f"value must be >= 1 (a speed-up), got {value}")
+                if (store is sparse and value < 1) or (store is lanes and (value < 1 or value != int(value))):
+                    _fail(path, key, f"value must be {'a whole number of channels' if store is lanes else '>= 1'}, got {value}")
                 if m[1] in store:
                     _fail(path, key, f"{m[1]} is given twice (in two units)")
                 store[m[1]] = value * unit_of(m)
                 unit = str(key).split("_")[-1] if any(store is s for s in (peak, cap, bw)) else "pJ"
-                unit = "x" if store is sparse else unit
+                unit = "x" if store is sparse else "channels" if store is lanes else unit
                 sources[key] = (value, unit, source)
                 break
         else:
@@ -195,5 +198,5 @@ def parse(raw: object, path: str = "<target>") -> Target:
                   path=path, dtypes=lists["dtypes"], ops=lists["ops"],
                   sparsity_accelerated=raw["sparsity_accelerated"], weights_in=text["weights_in"], peak_ops=peak,
                   capacity_bytes=cap, bandwidth_bps=bw, energy_per_mac_j=e_mac, energy_per_byte_j=e_byte,
-                  sparse_speedup_max=sparse.get("sparse", 1.0) if raw["sparsity_accelerated"] else 1.0,
+                  lanes={d: int(v) for d, v in lanes.items()}, sparse_speedup_max=sparse.get("sparse", 1.0) if raw["sparsity_accelerated"] else 1.0,
                   efficiency=efficiency, overhead_s=overhead, sources={**sources, **eff_src, **ovh_src})
