@@ -81,7 +81,8 @@ def main() -> None:
     console.print(table)
     errors = np.array([abs(r[3]) for r in rows])
     summary = Table("metric", "value", title="summary")
-    summary.add_row("machine", f"{cpu_model()}, {threads} ONNX Runtime threads (physical cores)")
+    summary.add_row("machine", f"{cpu_model()}, {threads} ONNX Runtime thread(s) "
+                    f"({'--threads' if args.threads else 'physical cores'}), target file {target.path}")
     summary.add_row("candidates", f"{len(rows)} ({sum(r[0] in fit_set for r in rows)} also in the calibration fit set)")
     for label, mask in (("all", np.ones(len(rows), bool)),
                         ("fp32", np.array([r[0].dtype == "fp32" for r in rows])),

@@ -266,7 +266,22 @@ def fit(feats: list, measured: np.ndarray, overhead_prior_s: float) -> tuple[dic
     return dict(zip(keys, np.exp(solution.x[:k]))), dict(zip(keys, np.exp(solution.x[k:]))), float(solution.cost)
 
 
-def _target_yaml(micro: dict, eff: dict, ovh: dict, lanes: int, base: targets.Target, threads: int, n: int,
+def _best_lanes(unit: targets.Target, graphs: list, dtypes: list[str], measured: np.ndarray,
+                overhead_prior_s: float) -> dict[str, int]:
+    """Per dtype, the SIMD channel block (of LANES) whose fitted model has the smallest log error on that
+    dtype's cases (fp32 and int8 factors are disjoint, so each dtype's padding is judged on its own cases)."""
+    scores = {}
+    for lanes in LANES:
+        padded = dataclasses.replace(unit, lanes={d: lanes for d in FIT_DTYPES})
+        feats = [_features(g, padded, d) for g, d in zip(graphs, dtypes)]
+        eff, ovh, _ = fit(feats, measured, overhead_prior_s)
+        theta = np.log(np.concatenate([list(eff.values()), list(ovh.values())]))
+        log_err = np.log([_predict(theta, f) for f in feats]) - np.log(measured)
+        scores[lanes] = {d: float(np.sum(log_err[np.array(dtypes) == d] ** 2)) for d in FIT_DTYPES}
+    return {d: min(LANES, key=lambda b: scores[b][d]) for d in FIT_DTYPES}
+
+
+def _target_yaml(micro: dict, eff: dict, ovh: dict, lanes: dict, base: targets.Target, threads: int, n: int,
                  stamp: str, fit_cases: int) -> dict:
     import onnxruntime
 
@@ -294,7 +309,7 @@ def _target_yaml(micro: dict, eff: dict, ovh: dict, lanes: int, base: targets.Ta
         "dram_gbps": num(micro["dram_bps"] / 1e9, "numpy copy of 64 MiB (read + write), one thread, best of 5"),
         **{f"energy_{d}_pj_per_mac": carried(f"energy_{d}_pj_per_mac") for d in FIT_DTYPES},
         **{f"energy_{lv}_pj_per_byte": carried(f"energy_{lv}_pj_per_byte") for lv in ("sram", "dram")},
-        **{f"lanes_{d}": num(lanes, f"channel block (SIMD lanes) that best fits the measurements among "
+        **{f"lanes_{d}": num(lanes[d], f"channel block (SIMD lanes) that best fits the measurements among "
                               f"{', '.join(map(str, LANES))}") for d in FIT_DTYPES},
         "efficiency": efficiency, "overhead_us": overhead,
     }
@@ -329,13 +344,11 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
                                dtypes=FIT_DTYPES, efficiency={"_default": 1.0}, overhead_s={"_default": 0.0})
     on_fit = [i for i, (_, split, _, _) in enumerate(measured) if split == "fit"]
     ms = np.array([s.median_ms * 1e-3 for _, _, _, s in measured])
-    fits = {}
-    for lanes in LANES:  # SIMD lane padding is chosen by fit quality, the factors by least squares
-        padded = dataclasses.replace(unit, lanes={d: lanes for d in FIT_DTYPES})
-        feats = [_features(measured[i][2], padded, measured[i][0].dtype) for i in on_fit]
-        fits[lanes] = fit(feats, ms[on_fit], micro["overhead_s"])
-    lanes = min(fits, key=lambda b: fits[b][2])
-    eff, ovh, _ = fits[lanes]
+    lanes = _best_lanes(unit, [measured[i][2] for i in on_fit], [measured[i][0].dtype for i in on_fit], ms[on_fit],
+                        micro["overhead_s"])
+    padded = dataclasses.replace(unit, lanes=lanes)
+    feats = [_features(measured[i][2], padded, measured[i][0].dtype) for i in on_fit]
+    eff, ovh, _ = fit(feats, ms[on_fit], micro["overhead_s"])
     raw = _target_yaml(micro, eff, ovh, lanes, base, threads, cfg.gemm_size, stamp, len(on_fit))
     text = f"# written by `hwai calibrate` ({stamp}); measured numbers, not datasheet figures\n"
     hio.write_text(out, text + yaml.safe_dump(raw, sort_keys=False, width=200))
