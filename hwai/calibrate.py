@@ -85,7 +85,12 @@ def cpu_model() -> str:
 
 
 def export_onnx(model, example) -> bytes:
-    """Serialized ONNX of `model` (TorchScript exporter, opset 17)."""
+    """Serialized ONNX of `model` (TorchScript exporter, opset 17).
+
+    The exporter shares equal tensors (e.g. folded BN biases) through Identity nodes; ONNX Runtime's static
+    quantizer then leaves those convs in float, so each alias becomes its own initializer again.
+    """
+    import onnx
     import torch
 
     buffer = io.BytesIO()
@@ -93,7 +98,15 @@ def export_onnx(model, example) -> bytes:
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (example,), buffer, dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["logits"])
-    return buffer.getvalue()
+    proto = onnx.load_from_string(buffer.getvalue())
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in [n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[node.input[0]])
+        copy.name = node.output[0]
+        proto.graph.initializer.append(copy)
+        proto.graph.node.remove(node)
+    return proto.SerializeToString()
 
 
 def quantize_int8(onnx_model: bytes, example, samples: int = 4) -> bytes:
