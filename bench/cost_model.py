@@ -65,11 +65,11 @@ def main() -> None:
     if Path(target.path).parent == Path(targets.__file__).parent and target.name == "host":
         console.print("[yellow]note: host is the uncalibrated placeholder; run `hwai calibrate` first[/]")
     threads = args.threads or physical_cores()
-    cfg = CalibrateConfig().measure
+    cfg, rounds = CalibrateConfig().measure, CalibrateConfig().rounds
     fit_set = set(CalibrateConfig().fit)
     rows = []
     for case in track(candidates(args.candidates, args.seed), description="measure + predict"):
-        g, stats = measure_case(case, cfg, threads)
+        g, stats = measure_case(case, cfg, threads, rounds)
         predicted = cost.predict(g, target, precision=case.dtype).latency_ms
         rows.append((case, stats, predicted, predicted / stats.median_ms - 1))
     table = Table("candidate", "measured median ms", "IQR ms", "repeats", "predicted ms", "error",
@@ -83,6 +83,8 @@ def main() -> None:
     summary = Table("metric", "value", title="summary")
     summary.add_row("machine", f"{cpu_model()}, {threads} ONNX Runtime thread(s) "
                     f"({'--threads' if args.threads else 'physical cores'}), target file {target.path}")
+    summary.add_row("measured", f"ONNX Runtime median of >= {cfg.min_repeats} repeats after {cfg.warmup} warm-up runs, "
+                    f"lowest of {rounds} rounds; spread = that round's IQR")
     summary.add_row("candidates", f"{len(rows)} ({sum(r[0] in fit_set for r in rows)} also in the calibration fit set)")
     for label, mask in (("all", np.ones(len(rows), bool)),
                         ("fp32", np.array([r[0].dtype == "fp32" for r in rows])),

@@ -128,7 +128,7 @@ def calibrate(
                   f"(torch {m['torch_fp32_ops'] / 1e9:.1f}), int8 GEMM {m['ort_int8_ops'] / 1e9:.1f} GOP/s, copy "
                   f"{m['sram_bps'] / 1e9:.1f} GB/s (cache) / {m['dram_bps'] / 1e9:.1f} GB/s (DRAM), "
                   f"per-op overhead {m['overhead_s'] * 1e6:.2f} us")
-    table = Table("model", "split", "measured ms (median)", "IQR ms", "repeats", "predicted ms", "error",
+    table = Table("model", "split", "measured ms (median, best round)", "IQR ms", "repeats", "predicted ms", "error",
                   title=f"whole-model latency: measured (onnxruntime) vs predicted (roofline, {result.path})")
     for r in result.rows:
         table.add_row(r["case"], r["split"], f"{r['measured_ms']:.4f}", f"{r['iqr_ms']:.4f}", str(r["repeats"]),

@@ -23,7 +23,7 @@ def test_fit_recovers_known_factors():
 def test_calibrate_writes_a_valid_calibrated_target(tmp_path):
     cfg = calibrate.CalibrateConfig(fit=calibrate._grid([("cnn", 16, 0.25), ("dscnn", 16, 0.25)]),
                                     held_out=(calibrate.Case("cnn", 16, 0.5),), gemm_size=64, threads=1,
-                                    measure=MeasureConfig(warmup=2, min_repeats=10, max_repeats=50, max_seconds=0.2))
+                                    measure=MeasureConfig(warmup=2, min_repeats=10, max_repeats=50, max_seconds=0.2), rounds=1)
     result = calibrate.calibrate(tmp_path / "host.yaml", cfg, progress=False)
     t = targets.load(tmp_path / "host.yaml")
     assert t.name == "host" and t == result.target
