@@ -17,6 +17,10 @@ _LAZY = {
     "measure": ("hwai.measure", None),
     "MeasureConfig": ("hwai.measure", "MeasureConfig"),
     "profile": ("hwai.profile", None),  # hwai.profile.profile(model_or_onnx, data, target=None, ...)
+    "targets": ("hwai.targets", None),
+    "cost": ("hwai.cost", None),
+    "memory": ("hwai.memory", None),
+    "calibrate": ("hwai.calibrate", None),
 }
 
 

@@ -172,6 +172,63 @@ def profile(
         console.print(f"json: {json_out}")
 
 
+@app.command()
+def targets(
+    action: Optional[str] = typer.Argument(None, help="show"),
+    name: Optional[str] = typer.Argument(None, help="catalog name or YAML path (with show)"),
+) -> None:
+    """List the hardware target catalog, or `targets show NAME`: one target with the source of every number."""
+    from rich.table import Table
+
+    from hwai import targets as htargets
+
+    if action is None:
+        table = Table("target", "kind", "dtypes", "SRAM KiB", "description", title="hwai target catalog "
+                      "(`hwai targets show NAME` for every number's source)")
+        for n in htargets.names():
+            t = htargets.load(n)
+            table.add_row(n, t.kind, ",".join(t.dtypes), f"{t.capacity_bytes['sram'] / 1024:,.0f}", t.description)
+        console.print(table)
+        return
+    if action != "show" or not name:
+        raise UserError("usage: hwai targets [show NAME]")
+    t = htargets.load(name)
+    console.print(f"[bold]{t.name}[/] ({t.kind}): {t.description}\nruntime: {t.runtime}\nfile: {t.path}\n"
+                  f"dtypes: {', '.join(t.dtypes)}; weights in {t.weights_in}; sparsity accelerated: "
+                  f"{'yes' if t.sparsity_accelerated else 'no'}")
+    table = Table("field", "value", "unit", "source")
+    for field, (value, unit, source) in t.sources.items():
+        table.add_row(field, f"{value:g}", unit, source)
+    console.print(table)
+
+
+@app.command()
+def calibrate(
+    out: Optional[Path] = typer.Option(None, help="target file to write (default: the user target folder's "
+                                       "host.yaml, which `--target host` then uses)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime threads (default: physical cores)"),
+) -> None:
+    """Microbenchmark this machine, fit the cost model to measured zoo-model latencies, write a host target file."""
+    from rich.table import Table
+
+    from hwai import calibrate as hcal
+    from hwai import targets as htargets
+
+    result = hcal.calibrate(out or htargets.user_dir() / "host.yaml", hcal.CalibrateConfig(threads=threads))
+    m = result.micro
+    console.print(f"measured microbenchmarks ({result.target.runtime}): fp32 GEMM {m['ort_fp32_ops'] / 1e9:.1f} GFLOP/s "
+                  f"(torch {m['torch_fp32_ops'] / 1e9:.1f}), int8 GEMM {m['ort_int8_ops'] / 1e9:.1f} GOP/s, copy "
+                  f"{m['sram_bps'] / 1e9:.1f} GB/s (cache) / {m['dram_bps'] / 1e9:.1f} GB/s (DRAM), "
+                  f"per-op overhead {m['overhead_s'] * 1e6:.2f} us")
+    table = Table("model", "split", "measured ms (median, best round)", "IQR ms", "repeats", "predicted ms", "error",
+                  title=f"whole-model latency: measured (onnxruntime) vs predicted (roofline, {result.path})")
+    for r in result.rows:
+        table.add_row(r["case"], r["split"], f"{r['measured_ms']:.4f}", f"{r['iqr_ms']:.4f}", str(r["repeats"]),
+                      f"{r['predicted_ms']:.4f}", f"{r['error']:+.1%}")
+    console.print(table)
+    console.print(f"held-out median |error| {result.held_out_error():.1%}; wrote {result.path}")
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     try:

@@ -1,0 +1,382 @@
+"""Calibrate the `host` target on this machine: microbenchmarks (GEMM throughput per dtype on ONNX Runtime
+and torch, memory bandwidth, per-op overhead), then per-op efficiency and overhead factors fitted so that
+the roofline model matches measured whole-model ONNX Runtime latencies of zoo models (FP32 and INT8 QDQ),
+and the prediction error on held-out models. Every number written says `calibrated <date> on <cpu>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hwai import targets
+from hwai.errors import UserError
+from hwai.measure import MeasureConfig, latency, ort_session, physical_cores
+
+CLASSES = ("conv", "depthwise", "linear", "_default")  # efficiency / overhead groups the fit can identify
+FIT_DTYPES = ("fp32", "int8")
+LANES = (1, 4, 8, 16, 32)  # SIMD widths (channels) tried; the one that fits best is written
+PRIOR_EFF = {"conv": 0.5, "depthwise": 0.1, "linear": 0.3, "_default": 0.05}  # starting points, pulled weakly
+
+
+@dataclass(frozen=True)
+class Case:
+    """One zoo model configuration measured on ONNX Runtime."""
+
+    model: str
+    input_size: int
+    width: float
+    dtype: str = "fp32"  # fp32 or int8 (static QDQ quantization by onnxruntime.quantization)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.input_size}px w{self.width:g} {self.dtype}"
+
+
+def _grid(configs: list[tuple[str, int, float]]) -> tuple[Case, ...]:
+    return tuple(Case(m, s, w, d) for m, s, w in configs for d in FIT_DTYPES)
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """What `hwai calibrate` measures."""
+
+    fit: tuple[Case, ...] = _grid([("mlp", 28, 1.0), ("mlp", 28, 0.5), ("cnn", 28, 1.0), ("cnn", 28, 0.5),
+                                   ("cnn", 16, 1.0), ("resnet8", 32, 1.0), ("resnet8", 32, 0.5), ("resnet8", 16, 1.0),
+                                   ("dscnn", 32, 1.0), ("dscnn", 32, 0.5), ("mobilenetv2", 32, 0.5),
+                                   ("mobilenetv2", 16, 0.35), ("resnet18", 16, 0.25)])  # cases the factors are fitted on
+    held_out: tuple[Case, ...] = _grid([("cnn", 32, 0.75), ("resnet8", 24, 0.75), ("mobilenetv2", 24, 0.5),
+                                        ("dscnn", 24, 0.75)])  # cases only used to report prediction error
+    threads: int | None = None  # ONNX Runtime intra-op threads; None: physical cores
+    measure: MeasureConfig = MeasureConfig(warmup=5, min_repeats=30, max_repeats=1000, max_seconds=0.5)  # per round
+    rounds: int = 3  # rounds per case; the round with the lowest median counts
+    gemm_size: int = 512  # square GEMM edge for the peak-throughput microbenchmarks
+    base: str = "host"  # target whose energy figures (not measured here) are carried over
+
+
+@dataclass
+class CalibrationResult:
+    """What calibration wrote and how well the fitted model predicts (predicted vs measured, in ms)."""
+
+    path: Path
+    target: targets.Target
+    micro: dict  # microbenchmark results (measured)
+    rows: list[dict]  # {case, split: fit|held-out, measured_ms, iqr_ms, predicted_ms, error}
+
+    def held_out_error(self) -> float:
+        errs = [abs(r["error"]) for r in self.rows if r["split"] == "held-out"]
+        return float(np.median(errs)) if errs else float("nan")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def export_onnx(model, example) -> bytes:
+    """Serialized ONNX of `model` (TorchScript exporter, opset 17).
+
+    The exporter shares equal tensors (e.g. folded BN biases) through Identity nodes; ONNX Runtime's static
+    quantizer then leaves those convs in float, so each alias becomes its own initializer again.
+    """
+    import onnx
+    import torch
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (example,), buffer, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"])
+    proto = onnx.load_from_string(buffer.getvalue())
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in [n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in inits]:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[node.input[0]])
+        copy.name = node.output[0]
+        proto.graph.initializer.append(copy)
+        proto.graph.node.remove(node)
+    return proto.SerializeToString()
+
+
+def quantize_int8(onnx_model: bytes, example, samples: int = 4) -> bytes:
+    """Static INT8 QDQ quantization with onnxruntime.quantization (random calibration inputs: timing only)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            shape = tuple(example.shape)
+            self.items = iter([{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(samples)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    logging.disable(logging.WARNING)  # its advice to pre-process is noise for a timing model
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(onnx_model)
+            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            return dst.read_bytes()
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def build(case: Case):
+    """(model, example input, captured graph) of a case."""
+    import torch
+
+    from hwai import graph, models
+
+    channels = 1 if case.model in ("mlp", "dscnn") else 3
+    model = models.create(case.model, num_classes=10, in_channels=channels, input_size=case.input_size,
+                          width=case.width).eval()
+    example = torch.randn(1, channels, case.input_size, case.input_size)
+    return model, example, graph.capture(model, example)
+
+
+def measure_case(case: Case, cfg: MeasureConfig, threads: int, rounds: int = 1):
+    """Export (and quantize) a case, time it on ONNX Runtime; returns (graph, LatencyStats) of the round with
+    the lowest median (on a shared machine, other processes inflate some rounds)."""
+    model, example, g = build(case)
+    onnx_model = export_onnx(model, example)
+    if case.dtype == "int8":
+        onnx_model = quantize_int8(onnx_model, example)
+    cfg = dataclasses.replace(cfg, threads=threads)
+    stats = [latency(onnx_model, example, cfg, runtime="onnxruntime") for _ in range(rounds)]
+    return g, min(stats, key=lambda st: st.median_ms)
+
+
+def _gemm_onnx(n: int, int8: bool) -> bytes:
+    from onnx import TensorProto, helper
+
+    if int8:
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+        inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+                  helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])]
+        out = helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])
+    else:
+        node = helper.make_node("MatMul", ["a", "b"], ["y"])
+        inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in "ab"]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])
+    graph = helper.make_graph([node], "gemm", inputs, [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _chain_onnx(length: int) -> bytes:
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", [f"x{i}"], [f"x{i + 1}"]) for i in range(length)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info(f"x{length}", TensorProto.FLOAT, [1, 8])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _best_seconds(fn, repeats: int = 5, budget_s: float = 0.5) -> float:
+    fn()
+    best, start = float("inf"), time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return best
+
+
+def microbench(threads: int, n: int = 512) -> dict:
+    """Measured peaks (ops/s, 1 MAC = 2 ops), copy bandwidth (bytes/s) and per-op overhead (s) of this machine."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for key, int8 in (("ort_fp32_ops", False), ("ort_int8_ops", True)):
+        session = ort_session(_gemm_onnx(n, int8), threads)
+        a = rng.integers(0, 255, (n, n)).astype(np.uint8) if int8 else rng.standard_normal((n, n)).astype(np.float32)
+        b = rng.integers(-127, 127, (n, n)).astype(np.int8) if int8 else a
+        out[key] = 2 * n**3 / _best_seconds(lambda: session.run(None, {"a": a, "b": b}))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = torch.randn(n, n)
+    out["torch_fp32_ops"] = 2 * n**3 / _best_seconds(lambda: x @ x)
+    torch.set_num_threads(previous)
+    for key, size in (("sram_bps", 256 * 1024), ("dram_bps", 64 * 2**20)):  # one-thread numpy copy: read + write
+        src, dst = np.ones(size // 8), np.empty(size // 8)
+        reps = max(1, 2**24 // size)
+        out[key] = 2 * size * reps / _best_seconds(lambda: [np.copyto(dst, src) for _ in range(reps)])
+    chains = {k: ort_session(_chain_onnx(k), threads) for k in (1, 65)}
+    feed = {"x0": np.ones((1, 8), dtype=np.float32)}
+    t = {k: _best_seconds(lambda s=s: [s.run(None, feed) for _ in range(50)], 7) / 50 for k, s in chains.items()}
+    out["overhead_s"] = max((t[65] - t[1]) / 64, 1e-7)
+    return out
+
+
+def _cache_bytes() -> int:
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip().upper()
+        sizes.append(int(text[:-1]) * {"K": 2**10, "M": 2**20}[text[-1]] if text[-1] in "KM" else int(text))
+    return max(sizes or [8 * 2**20])
+
+
+def _dram_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines() if Path("/proc/meminfo").exists() else []:
+        if line.startswith("MemTotal"):
+            return int(line.split()[1]) * 1024
+    return 8 * 2**30
+
+
+def _features(graph, unit: targets.Target, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per layer: compute seconds at efficiency 1, memory seconds, and the fitted class (-1: free op)."""
+    from hwai import cost
+
+    scorer = cost.prepare(graph, unit)
+    layers, _ = scorer.breakdown(bits=np.full(len(scorer.node_names), cost.BITS[dtype]))
+    compute = np.array([l.compute_ms for l in layers]) * 1e-3
+    mem = np.array([l.memory_ms for l in layers]) * 1e-3
+    klass = []
+    for h, layer in zip(scorer.groups, layers):
+        key = scorer.keys[h]
+        cls = key if key in CLASSES else ("free" if key == "identity" else "_default")
+        klass.append(-1 if cls == "free" else CLASSES.index(cls) * len(FIT_DTYPES) + FIT_DTYPES.index(layer.dtype))
+    return compute, mem, np.array(klass)
+
+
+def _predict(theta: np.ndarray, feats) -> float:
+    k = len(CLASSES) * len(FIT_DTYPES)
+    eff, ovh = np.exp(np.append(theta[:k], 0.0)), np.exp(np.append(theta[k:], -np.inf))  # index -1: free op
+    compute, mem, klass = feats
+    return float((np.maximum(compute / eff[klass], mem) + ovh[klass]).sum())
+
+
+def fit(feats: list, measured: np.ndarray, overhead_prior_s: float) -> tuple[dict, dict, float]:
+    """Efficiency and overhead per (class, dtype), and the final cost: least squares on log(predicted / measured),
+    weakly pulled towards the priors (classes a data set does not exercise keep their prior)."""
+    from scipy.optimize import least_squares
+
+    prior = np.log([PRIOR_EFF[c] for c in CLASSES for _ in FIT_DTYPES] + [overhead_prior_s] * (len(CLASSES) * 2))
+
+    def residuals(theta):
+        fitted = np.log([_predict(theta, f) for f in feats]) - np.log(measured)
+        return np.concatenate([fitted, 0.05 * (theta - prior)])
+
+    k = len(CLASSES) * len(FIT_DTYPES)
+    lower = np.concatenate([np.full(k, np.log(1e-4)), np.full(k, np.log(1e-8))])
+    upper = np.concatenate([np.full(k, np.log(8.0)), np.full(k, np.log(1e-2))])
+    # soft-L1: a case slowed by another process (contention only ever slows) must not drag every factor
+    solution = least_squares(residuals, np.clip(prior, lower + 1e-9, upper - 1e-9), bounds=(lower, upper),
+                             loss="soft_l1", f_scale=0.1)
+    keys = [f"{c}:{d}" for c in CLASSES for d in FIT_DTYPES]
+    return dict(zip(keys, np.exp(solution.x[:k]))), dict(zip(keys, np.exp(solution.x[k:]))), float(solution.cost)
+
+
+def _best_lanes(unit: targets.Target, graphs: list, dtypes: list[str], measured: np.ndarray,
+                overhead_prior_s: float) -> dict[str, int]:
+    """Per dtype, the SIMD channel block (of LANES) whose fitted model has the smallest log error on that
+    dtype's cases (fp32 and int8 factors are disjoint, so each dtype's padding is judged on its own cases)."""
+    scores = {}
+    for lanes in LANES:
+        padded = dataclasses.replace(unit, lanes={d: lanes for d in FIT_DTYPES})
+        feats = [_features(g, padded, d) for g, d in zip(graphs, dtypes)]
+        eff, ovh, _ = fit(feats, measured, overhead_prior_s)
+        theta = np.log(np.concatenate([list(eff.values()), list(ovh.values())]))
+        log_err = np.log([_predict(theta, f) for f in feats]) - np.log(measured)
+        scores[lanes] = {d: float(np.sum(log_err[np.array(dtypes) == d] ** 2)) for d in FIT_DTYPES}
+    return {d: min(LANES, key=lambda b: scores[b][d]) for d in FIT_DTYPES}
+
+
+def _target_yaml(micro: dict, eff: dict, ovh: dict, lanes: dict, base: targets.Target, threads: int, n: int,
+                 stamp: str, fit_cases: int) -> dict:
+    import onnxruntime
+
+    def num(value: float, source: str) -> dict:
+        return {"value": float(f"{value:.4g}"), "source": f"{stamp}: {source}"}
+
+    carried = lambda field: {"value": base.sources[field][0],  # noqa: E731 - energy is not measured here
+                             "source": f"not measured by hwai calibrate; from {Path(base.path).name}: {base.sources[field][2]}"}
+    fitted = f"fitted to {fit_cases} whole-model ONNX Runtime latencies (zoo models, fp32 + int8 QDQ)"
+    efficiency = {k: num(v, fitted) for k, v in eff.items()}
+    efficiency["_default"] = dict(efficiency["_default:fp32"])  # a copy: YAML would write an anchor
+    overhead = {k: num(v * 1e6, fitted) for k, v in ovh.items()}
+    overhead["_default"] = dict(overhead["_default:fp32"])
+    overhead["identity"] = {"value": 0, "source": f"{stamp}: ONNX Runtime removes Identity/Dropout at graph optimisation"}
+    return {
+        "name": "host", "description": f"this machine ({cpu_model()}), measured by hwai calibrate", "kind": "cpu",
+        "runtime": f"ONNX Runtime {onnxruntime.__version__} CPU, {threads} threads", "dtypes": list(FIT_DTYPES),
+        "ops": list(targets.OPS), "sparsity_accelerated": False, "weights_in": "dram",
+        "peak_fp32_gops": num(micro["ort_fp32_ops"] / 1e9, f"ONNX Runtime MatMul {n}x{n}x{n} fp32, {threads} threads, "
+                              f"best of 5 (torch matmul: {micro['torch_fp32_ops'] / 1e9:.1f} GFLOP/s)"),
+        "peak_int8_gops": num(micro["ort_int8_ops"] / 1e9, f"ONNX Runtime MatMulInteger {n}x{n}x{n} u8s8, {threads} threads, best of 5"),
+        "sram_kib": num(_cache_bytes() / 1024, "largest CPU cache level, /sys/devices/system/cpu/cpu0/cache"),
+        "dram_mib": num(_dram_bytes() / 2**20, "MemTotal in /proc/meminfo"),
+        "sram_gbps": num(micro["sram_bps"] / 1e9, "numpy copy of 256 KiB (read + write), one thread, best of 5"),
+        "dram_gbps": num(micro["dram_bps"] / 1e9, "numpy copy of 64 MiB (read + write), one thread, best of 5"),
+        **{f"energy_{d}_pj_per_mac": carried(f"energy_{d}_pj_per_mac") for d in FIT_DTYPES},
+        **{f"energy_{lv}_pj_per_byte": carried(f"energy_{lv}_pj_per_byte") for lv in ("sram", "dram")},
+        **{f"lanes_{d}": num(lanes[d], f"channel block (SIMD lanes) that best fits the measurements among "
+                              f"{', '.join(map(str, LANES))}") for d in FIT_DTYPES},
+        "efficiency": efficiency, "overhead_us": overhead,
+    }
+
+
+def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progress: bool = True) -> CalibrationResult:
+    """Microbenchmark this machine, fit the cost model's factors, write a host target file to `out`."""
+    import yaml
+    from rich.progress import Progress
+
+    from hwai import io as hio
+
+    out = Path(out).expanduser()
+    if out.suffix not in (".yaml", ".yml"):
+        raise UserError(f"--out must be a .yaml file, got {out}")
+    threads = cfg.threads or physical_cores()
+    stamp = f"calibrated {dt.date.today().isoformat()} on {cpu_model()}"
+    base = targets.load(cfg.base)
+    cases = [(c, "fit") for c in cfg.fit] + [(c, "held-out") for c in cfg.held_out]
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("microbenchmarks", total=len(cases) + 1)
+        micro = microbench(threads, cfg.gemm_size)
+        bar.advance(task)
+        measured = []
+        for case, split in cases:
+            bar.update(task, description=f"measure {case.label}")
+            measured.append((case, split, *measure_case(case, cfg.measure, threads, cfg.rounds)))
+            bar.advance(task)
+    unit = dataclasses.replace(base, peak_ops={"fp32": micro["ort_fp32_ops"], "int8": micro["ort_int8_ops"]},
+                               bandwidth_bps={"sram": micro["sram_bps"], "dram": micro["dram_bps"]},
+                               capacity_bytes={"sram": float(_cache_bytes()), "dram": float(_dram_bytes())},
+                               dtypes=FIT_DTYPES, efficiency={"_default": 1.0}, overhead_s={"_default": 0.0})
+    on_fit = [i for i, (_, split, _, _) in enumerate(measured) if split == "fit"]
+    ms = np.array([s.median_ms * 1e-3 for _, _, _, s in measured])
+    lanes = _best_lanes(unit, [measured[i][2] for i in on_fit], [measured[i][0].dtype for i in on_fit], ms[on_fit],
+                        micro["overhead_s"])
+    padded = dataclasses.replace(unit, lanes=lanes)
+    feats = [_features(measured[i][2], padded, measured[i][0].dtype) for i in on_fit]
+    eff, ovh, _ = fit(feats, ms[on_fit], micro["overhead_s"])
+    raw = _target_yaml(micro, eff, ovh, lanes, base, threads, cfg.gemm_size, stamp, len(on_fit))
+    text = f"# written by `hwai calibrate` ({stamp}); measured numbers, not datasheet figures\n"
+    hio.write_text(out, text + yaml.safe_dump(raw, sort_keys=False, width=200))
+    target = targets.load(out)
+    from hwai import cost
+
+    rows = []
+    for (case, split, g, stats) in measured:
+        predicted = cost.predict(g, target, precision=case.dtype).latency_ms
+        rows.append({"case": case.label, "split": split, "measured_ms": stats.median_ms, "iqr_ms": stats.iqr_ms,
+                     "repeats": stats.repeats, "predicted_ms": predicted,
+                     "error": predicted / stats.median_ms - 1.0})
+    return CalibrationResult(out, target, micro, rows)
