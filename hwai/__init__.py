@@ -13,6 +13,7 @@ _LAZY = {
     "train": ("hwai.train", None),
     "errors": ("hwai.errors", None),
     "UserError": ("hwai.errors", "UserError"),
+    "report": ("hwai.report", None),
 }
 
 

@@ -128,7 +128,7 @@ def test_numbers_in_html_equal_results_json(tmp_path):
         if metric in ("accuracy", "host_latency_ms", "target_latency_ms", "size_kb", "energy_mj", "peak_sram_kb"):
             assert html.unescape(text) == fmt(metric, float(raw))
     metrics = data["baseline"].keys()
-    assert {f"baseline.{m}" for m in metrics} <= keys and {f"best.{m}" for m in data["best"]["metrics"]} <= keys
+    assert {f"baseline.{m}" for m in metrics} <= keys and {f"best.metrics.{m}" for m in data["best"]["metrics"]} <= keys
     assert {f"trials.{n}.metrics.accuracy" for n in range(N_TRIALS)} <= keys
     assert {f"layers.{i}.int8_measured_ms" for i in range(len(data["layers"]))} <= keys
     assert "techniques.1.metric_after.size_kb" in keys and "best.parity.max_abs_diff" in keys
@@ -167,7 +167,7 @@ def test_compress_metrics_json(tmp_path):
     data.update(command="compress", trials=[], pareto=[], best={"metrics": data["best"]["metrics"], "onnx": "model.onnx"})
     page = report(write_run(tmp_path, data, name="metrics.json")).read_text()
     assert "hwai compress: cnn on digits" in page and "no search trials in this run" in page
-    assert f'data-key="best.size_kb" data-value="{data["best"]["metrics"]["size_kb"]!r}"' in page
+    assert f'data-key="best.metrics.size_kb" data-value="{data["best"]["metrics"]["size_kb"]!r}"' in page
 
 
 def test_markdown_summary(tmp_path):

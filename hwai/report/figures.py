@@ -90,7 +90,7 @@ def layers(run: Run):
     for key in series:
         kind = _series_kind(run, key)
         precision = next((p for p in PRECISION_COLORS if p in key), None)
-        fig.add_bar(x=names, y=[number(r.get(key)) for r in rows], name=_series_label(key), legendgroup=kind,
+        fig.add_bar(x=names, y=[number(r.get(key)) for r in rows], name=_series_label(key),
                     customdata=[str(r.get("op", "")) for r in rows],
                     hovertemplate="%{x} (%{customdata})<br>%{y:.4g} ms<extra>" + _series_label(key) + "</extra>",
                     marker=dict(color=PRECISION_COLORS.get(precision, GREEN),
@@ -180,7 +180,7 @@ def _constraint_lines(fig, run: Run, metric: str, col: int) -> None:
     max_ms = number(limits.get("max_latency_ms"))
     if max_ms is not None and metric == _latency_metric(run):
         fig.add_vline(x=max_ms, line=dict(color=RED, dash="dash", width=1.5), row=1, col=col,
-                      annotation_text=f"max latency {max_ms:g} ms", annotation_position="top right")
+                      annotation_text=f"max latency {max_ms:g} ms", annotation_position="bottom right")
 
 
 def _latency_metric(run: Run) -> str:

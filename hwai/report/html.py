@@ -51,7 +51,7 @@ def _cards(run: Run) -> str:
     """Four numbers at the top: accuracy, speedup, size reduction, fit on the target."""
     base, best = run.baseline, run.best
     acc = best.get("accuracy")
-    cards = [_card("accuracy (chosen)", fmt("accuracy", acc), "best.accuracy", acc,
+    cards = [_card("accuracy (chosen)", fmt("accuracy", acc), f"{run.best_path}.accuracy", acc,
                    f"baseline {fmt('accuracy', base.get('accuracy'))} · {change('accuracy', base.get('accuracy'), acc) or 'n/a'}",
                    run.kind("accuracy"))]
     latencies = [m for m in ("host_latency_ms", "target_latency_ms") if number(base.get(m)) and number(best.get(m))]
@@ -128,7 +128,7 @@ def _comparison(run: Run) -> str:
         return _section("comparison", "Baseline vs chosen model", "", _na("no baseline or chosen-model metrics"))
     rows = "".join(
         f"<tr><td>{escape(label(k))}</td><td>{_badge(run.kind(k))}</td>{_num(k, run.baseline.get(k), f'baseline.{k}')}"
-        f"{_num(k, run.best.get(k), f'best.{k}')}<td class='num'>{_change(k, run.baseline.get(k), run.best.get(k))}</td></tr>"
+        f"{_num(k, run.best.get(k), f'{run.best_path}.{k}')}<td class='num'>{_change(k, run.baseline.get(k), run.best.get(k))}</td></tr>"
         for k in keys)
     table = f"<table><tr><th>metric</th><th>kind</th><th class='num'>baseline</th><th class='num'>chosen</th>" \
             f"<th class='num'>change</th></tr>{rows}</table>"

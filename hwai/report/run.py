@@ -83,6 +83,14 @@ class Run:
         chosen = self.trial(self.section("best").get("trial"))
         return chosen.get("metrics", {}) if chosen else {}
 
+    @property
+    def best_path(self) -> str:
+        """Where `best` comes from in results.json, as a dotted path (trials are addressed by number)."""
+        metrics = self.section("best").get("metrics")
+        if isinstance(metrics, dict) and metrics:
+            return "best.metrics"
+        return f"trials.{self.section('best').get('trial')}.metrics"
+
     def metric_keys(self) -> list[str]:
         """Numeric metrics in baseline or chosen model: known ones in a fixed order, then the rest."""
         present = [k for k in {**self.baseline, **self.best} if number(self.baseline.get(k)) is not None
