@@ -182,6 +182,27 @@ def test_markdown_summary(tmp_path):
     assert "**Fits stm32h743:** yes" in md and "| prune 30% structured |" in md
 
 
+def test_best_metrics_taken_from_the_chosen_trial(tmp_path):
+    data = synthetic_results()
+    data["best"]["metrics"] = {}
+    n = data["best"]["trial"]
+    page = report(write_run(tmp_path, data)).read_text()
+    acc = data["trials"][n]["metrics"]["accuracy"]
+    assert f'data-key="trials.{n}.metrics.accuracy" data-value="{acc!r}">{fmt("accuracy", acc)}<' in page
+
+
+def test_wrong_types_do_not_crash(tmp_path):
+    """Sections of the wrong type are skipped ("not available"), not fatal."""
+    data = {"schema": "hwai.results/1", "environment": None, "model": "cnn", "target": {"sram_bytes": "big"},
+            "constraints": {"max_latency_ms": "fast"}, "baseline": {"accuracy": 0.9, "size_kb": None}, "kinds": [],
+            "trials": [{"number": 0, "metrics": None}, "junk", {"metrics": {"accuracy": 0.8, "host_latency_ms": 1}}],
+            "pareto": [0, 99], "best": {"trial": 99, "parity": "ok"}, "techniques": [{"metric_before": None}, 5],
+            "layers": [{"name": "a", "fp32_measured_ms": "x"}, {"op": "conv"}], "memory": {"timeline": "nope"}}
+    page = report(write_run(tmp_path, data)).read_text()
+    assert "Not available: no memory timeline" in page and "Not available: no per-layer latencies" in page
+    assert "| accuracy | unknown | 90.00% | n/a |" in report(tmp_path / "run", format="md")
+
+
 @pytest.mark.parametrize("setup, message", [
     (lambda d: None, "does not exist"),
     (lambda d: d.mkdir(), "neither results.json"),
