@@ -38,7 +38,8 @@ def pareto(run: Run):
     groups = [
         ("infeasible", [t for t in trials if t.get("feasible") is False],
          dict(color=GREY, opacity=0.55, line=dict(width=0))),
-        ("other feasible trials", [t for t in trials if t.get("feasible") is not False and t.get("number") not in pareto_set],
+        ("other feasible trials",
+         [t for t in trials if t.get("feasible") is not False and t.get("number") not in pareto_set],
          dict(color=BLUE, opacity=0.8, line=dict(width=1, color="#6b9bd8"))),
         ("Pareto front", [t for t in trials if t.get("number") in pareto_set],
          dict(color=DARK, opacity=0.9, line=dict(width=1.5, color="white"))),
@@ -62,8 +63,9 @@ def pareto(run: Run):
         if number(base.get(metric)) is not None and number(base.get("accuracy")) is not None:
             fig.add_scatter(x=[base[metric]], y=[base["accuracy"]], mode="markers", name="baseline",
                             legendgroup="baseline", showlegend=col == 1, hovertemplate=_hover(run, {"metrics": base}) +
-                            "<extra>baseline</extra>", marker=dict(symbol="diamond-open", color="#111827", line=dict(width=2),
-                                                                   size=_diameter(base.get("size_kb"), biggest)),
+                            "<extra>baseline</extra>",
+                            marker=dict(symbol="diamond-open", color="#111827", line=dict(width=2),
+                                        size=_diameter(base.get("size_kb"), biggest)),
                             row=1, col=col)
         _constraint_lines(fig, run, metric, col)
         fig.update_xaxes(title_text=f"{label(metric)} (ms, {run.kind(metric)})", rangemode="tozero", row=1, col=col)
@@ -93,9 +95,7 @@ def layers(run: Run):
         fig.add_bar(x=names, y=[number(r.get(key)) for r in rows], name=_series_label(key),
                     customdata=[str(r.get("op", "")) for r in rows],
                     hovertemplate="%{x} (%{customdata})<br>%{y:.4g} ms<extra>" + _series_label(key) + "</extra>",
-                    marker=dict(color=PRECISION_COLORS.get(precision, GREEN),
-                                pattern=dict(shape="/" if kind == "predicted" else "", fillmode="replace" if kind != "predicted" else "overlay",
-                                             solidity=0.35)),
+                    marker=dict(color=PRECISION_COLORS.get(precision, GREEN), pattern=_hatch(kind)),
                     row=panels.index(kind) + 1, col=1)
     for i, _ in enumerate(panels, start=1):
         fig.update_yaxes(title_text="ms", row=i, col=1)
@@ -133,8 +133,9 @@ def memory(run: Run):
                       line=dict(color=RED, dash="dash", width=2))
         fig.add_annotation(xref="paper", x=0, y=at(sram / 1024), yanchor="bottom", xanchor="left", showarrow=False,
                            text=f"target SRAM {sram / 1024:,.0f} KiB ({run.section('target').get('name', 'target')})")
-    fig.update_xaxes(title_text="operator in execution order", tickmode="array", tickvals=list(range(len(nodes))),
-                     ticktext=nodes, tickangle=-45, nticks=40)
+    ticks = list(range(0, len(nodes), math.ceil(len(nodes) / 30)))  # at most 30 readable labels
+    fig.update_xaxes(title_text="operator in execution order", tickmode="array", tickvals=ticks,
+                     ticktext=[nodes[i] for i in ticks], tickangle=-45, showgrid=False)
     fig.update_yaxes(title_text="live activation memory (KiB" + (", log scale)" if log else ")"),
                      type="log" if log else "linear", dtick=1 if log else None, rangemode="tozero")
     _style(fig, height=400, showlegend=False)
@@ -197,6 +198,13 @@ def _series_kind(run: Run, key: str) -> str:
     if "predicted" in key:
         return "predicted"
     return run.kind(key)
+
+
+def _hatch(kind: str) -> dict[str, Any]:
+    """Predicted bars are hatched, measured ones solid."""
+    if kind == "predicted":
+        return dict(shape="/", fillmode="overlay", solidity=0.35)
+    return dict(shape="")
 
 
 def _series_label(key: str) -> str:

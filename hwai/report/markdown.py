@@ -10,7 +10,8 @@ def render(run: Run) -> str:
     keys = run.metric_keys()
     chosen = run.section("best").get("trial")
     if keys:
-        lines += [f"| metric | kind | baseline | chosen{f' (trial {chosen})' if chosen is not None else ''} | change |",
+        which = run.chosen_word + (f" (trial {chosen})" if chosen is not None else "")
+        lines += [f"| metric | kind | baseline | {which} | change |",
                   "|---|---|--:|--:|--:|"]
         lines += [f"| {label(k)} | {run.kind(k)} | {fmt(k, run.baseline.get(k))} | {fmt(k, run.best.get(k))} | "
                   f"{change(k, run.baseline.get(k), run.best.get(k))} |" for k in keys]

@@ -52,6 +52,11 @@ class Run:
         return str(self.data.get("command") or ("compress" if self.file.name == "metrics.json" else "optimize"))
 
     @property
+    def chosen_word(self) -> str:
+        """What the report calls the model in `best`: the search's pick, or compress's output."""
+        return "compressed" if self.command == "compress" else "chosen"
+
+    @property
     def kinds(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self.section("kinds").items()}
 
