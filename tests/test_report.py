@@ -167,7 +167,8 @@ def test_compress_metrics_json(tmp_path):
     data = synthetic_results()
     data.update(command="compress", trials=[], pareto=[], best={"metrics": data["best"]["metrics"], "onnx": "model.onnx"})
     page = report(write_run(tmp_path, data, name="metrics.json")).read_text()
-    assert "hwai compress: cnn on digits" in page and "no search trials in this run" in page
+    assert "hwai compress: cnn on digits" in page and "Baseline vs compressed model" in page
+    assert '<section id="pareto">' not in page and '<section id="trials">' not in page
     assert f'data-key="best.metrics.size_kb" data-value="{data["best"]["metrics"]["size_kb"]!r}"' in page
 
 

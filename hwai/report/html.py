@@ -20,9 +20,10 @@ def render(run: Run) -> str:
     from plotly.offline import get_plotlyjs
 
     figs = figures(run)
-    body = "\n".join([_cards(run), _pareto(run, "pareto-plot" in figs), _comparison(run),
+    search = run.command != "compress" or bool(run.trials)  # compress has no search: no trade-off, no trials
+    body = "\n".join([_cards(run), _pareto(run, "pareto-plot" in figs) if search else "", _comparison(run),
                       _layers(run, "layers-plot" in figs), _memory(run, "memory-plot" in figs), _techniques(run),
-                      _trials(run), _export(run), _provenance(run), _environment(run)])
+                      _trials(run) if search else "", _export(run), _provenance(run), _environment(run)])
     created = escape(str(run.data.get("created", "")))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -117,8 +118,7 @@ def _pareto(run: Run, plotted: bool) -> str:
     lead = (f"{n} trials; {len(run.pareto)} on the Pareto front (dark), infeasible ones grey, the chosen model a star, "
             "the baseline an open diamond. Marker area grows with model size; dashed red lines are constraints.")
     if not plotted:
-        why = "this compress run has no search" if run.command == "compress" else "no trials with accuracy and latency"
-        return _section("pareto", "Trade-off: accuracy vs latency", "", _na(why))
+        return _section("pareto", "Trade-off: accuracy vs latency", "", _na("no trials with accuracy and latency"))
     return _section("pareto", "Trade-off: accuracy vs latency", lead,
                     f'<div class="chips">{chips}</div><div id="pareto-plot"></div>{reason}')
 
