@@ -1,6 +1,7 @@
 """The report's plotly figures, as plain JSON-able dicts (data + layout), or None when the run lacks the data.
 
-Convention in every figure: solid = measured on the host, hatched / dashed = predicted for the target.
+Conventions: bars measured on the host are solid, bars predicted for the target hatched; axis titles and
+legends say measured / predicted (from the run's `kinds`); dashed red lines are limits (constraints, SRAM).
 """
 from __future__ import annotations
 

@@ -72,8 +72,9 @@ class Run:
         return next((t for t in self.trials if t.get("number") == number), None)
 
     @property
-    def pareto(self) -> list[Any]:
-        return self.items("pareto")
+    def pareto(self) -> list[int]:
+        """Trial numbers on the Pareto front."""
+        return [n for n in self.items("pareto") if isinstance(n, int) and not isinstance(n, bool)]
 
     @property
     def baseline(self) -> dict[str, Any]:
