@@ -107,8 +107,8 @@ def _chosen_feasibility(run: Run) -> str:
 
 def _pareto(run: Run, plotted: bool) -> str:
     limits = run.section("constraints")
-    chips = "".join(f'<span class="chip">{escape(k.replace("_", " "))}: <b>{escape(_limit(k, v))}</b></span>'
-                    for k, v in limits.items() if v is not None) or '<span class="chip">no constraints given</span>'
+    chips = "".join(f'<span class="chip">{_limit(k, v)}</span>' for k, v in limits.items() if v is not None) \
+        or '<span class="chip">no constraints given</span>'
     best = run.section("best")
     reason = ""
     if best.get("trial") is not None:
@@ -124,9 +124,16 @@ def _pareto(run: Run, plotted: bool) -> str:
 
 
 def _limit(key: str, value: Any) -> str:
-    if key == "max_accuracy_drop" and number(value) is not None:
-        return f"{value * 100:.1f} pt"
-    return f"{value:g}" if number(value) is not None else str(value)
+    """'max latency: <b>30 ms</b>' from max_latency_ms = 30 (accuracy drop in points)."""
+    unit = {"_ms": " ms", "_kb": " KiB"}.get(key[-3:], "")
+    name = (key[:-3] if unit else key).replace("_", " ").replace("sram", "SRAM")
+    if number(value) is None:
+        text = str(value)
+    elif key == "max_accuracy_drop":
+        text = f"{value * 100:.1f} pt"
+    else:
+        text = f"{value:g}{unit}"
+    return f"{escape(name)}: <b>{escape(text)}</b>"
 
 
 def _comparison(run: Run) -> str:
