@@ -21,6 +21,7 @@ _LAZY = {
     "cost": ("hwai.cost", None),
     "memory": ("hwai.memory", None),
     "calibrate": ("hwai.calibrate", None),
+    "report": ("hwai.report", None),
 }
 
 

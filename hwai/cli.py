@@ -229,6 +229,21 @@ def calibrate(
     console.print(f"held-out median |error| {result.held_out_error():.1%}; wrote {result.path}")
 
 
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="run directory of hwai optimize (results.json) or hwai compress (metrics.json)"),
+    format: str = typer.Option("html", "--format", help="html: write RUN_DIR/report.html; md: print a markdown summary"),
+) -> None:
+    """Report on a run: a self-contained HTML page (plots and tables, opens offline) or a markdown summary."""
+    from hwai.report import report as make_report
+
+    out = make_report(run_dir, format=format)
+    if format == "md":
+        console.print(out, markup=False, highlight=False, soft_wrap=True, end="")
+    else:
+        console.print(f"report: {out} (self-contained, opens offline in a browser)", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     try:

@@ -1,0 +1,92 @@
+"""Open report.html in headless Chromium (offline): every plot renders, the Pareto trace draws one point per
+Pareto trial, and the page logs no errors. The screenshot is kept in tests/artifacts/ (or $HWAI_ARTIFACTS).
+
+Needs Debian's `chromium` (.ci/run installs it); skipped locally without it, a failure when $CI is set.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hwai.report import report
+from test_report import synthetic_results, write_run
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+         "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
+         "--enable-logging=stderr", "--virtual-time-budget=5000"]
+ARTIFACTS = Path(os.environ.get("HWAI_ARTIFACTS") or Path(__file__).parent / "artifacts")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it with apt-get")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
+    return exe
+
+
+def browse(chromium: str, page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    """One headless Chromium run on a file:// URL with a fresh profile."""
+    done = subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def page_status(chromium: str, page: Path, profile: Path) -> tuple[dict, list[str]]:
+    """The JSON the page writes into #hwai-status after plotting, and the console lines Chromium logged."""
+    done = browse(chromium, page, profile, "--dump-dom")
+    found = re.search(r'<pre id="hwai-status"[^>]*>(.*?)</pre>', done.stdout, re.S)
+    assert found and found.group(1).strip(), "the page never wrote its status (did the scripts run?)"
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return json.loads(html.unescape(found.group(1))), console
+
+
+def test_report_renders_offline_in_chromium(chromium, tmp_path):
+    data = synthetic_results()
+    page = report(write_run(tmp_path, data))
+    status, console = page_status(chromium, page, tmp_path / "profile-dom")
+    assert status["errors"] == [] and not [line for line in console if re.search(r"error|uncaught", line, re.I)]
+    assert status["plots"] == status["rendered"] == 3
+    figures = {f["id"]: f["traces"] for f in status["figures"]}
+
+    def points(figure: str, name: str) -> list[int]:
+        return [t["points"] for t in figures[figure] if t["name"] == name]
+
+    feasible = [t for t in data["trials"] if t["feasible"]]
+    assert points("pareto-plot", "Pareto front") == [len(data["pareto"])] * 2  # host and target panels
+    assert points("pareto-plot", "infeasible") == [len(data["trials"]) - len(feasible)] * 2
+    assert points("pareto-plot", "chosen") == [1, 1] and points("pareto-plot", "baseline") == [1, 1]
+    assert points("layers-plot", "FP32 measured") == points("layers-plot", "INT8 measured") == [len(data["layers"])]
+    assert points("layers-plot", "predicted") == [len(data["layers"])]
+    assert sum(t["points"] for t in figures["memory-plot"]) == len(data["memory"]["timeline"])
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    shot.unlink(missing_ok=True)
+    browse(chromium, page, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2000",
+           "--hide-scrollbars")
+    header = shot.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24]) == (1280, 2000)
+    assert shot.stat().st_size > 50_000, "a blank page compresses to almost nothing"
+    print(f"\nreport screenshot: {shot}")
+
+
+def test_status_reports_page_errors(chromium, tmp_path):
+    """The check above is not vacuous: an error thrown on the page shows up in the status."""
+    page = report(write_run(tmp_path))
+    broken = page.with_name("broken.html")
+    broken.write_text(page.read_text().replace('<pre id="hwai-status" hidden></pre>',
+                                               '<pre id="hwai-status" hidden></pre><script>notAFunction();</script>'))
+    status, _ = page_status(chromium, broken, tmp_path / "profile")
+    assert any("notAFunction" in e for e in status["errors"]) and status["rendered"] == 3
