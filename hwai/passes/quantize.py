@@ -92,9 +92,9 @@ class QuantLayer(nn.Module):
         self.act_zero_point.fill_(int(np.clip(round(-lo / scale), 0, levels)))
 
 
-def _entropy_threshold(values: np.ndarray, bins: int = 2048, levels: int = 128) -> float:
+def _entropy_threshold(values: np.ndarray, levels: int, bins: int = 2048) -> float:
     """|x| threshold minimising KL(reference || quantized) over a histogram (TensorRT's calibration)."""
-    amax = float(values.max()) if values.size else 0.0
+    amax = float(values.max()) if values.size else 0.0  # values: the positive samples
     if amax <= 0:
         return 0.0
     hist, _ = np.histogram(values, bins=bins, range=(0, amax))
@@ -116,14 +116,14 @@ def _entropy_threshold(values: np.ndarray, bins: int = 2048, levels: int = 128) 
     return best_i / bins * amax
 
 
-def _range(samples: list[torch.Tensor], cfg: QuantConfig) -> tuple[float, float]:
+def _range(samples: list[torch.Tensor], cfg: QuantConfig, levels: int) -> tuple[float, float]:
     values = torch.cat(samples).numpy()
     lo, hi = float(values.min()), float(values.max())
     if cfg.method == "percentile":
         lo, hi = (float(v) for v in np.percentile(values, [100 - cfg.percentile, cfg.percentile]))
     elif cfg.method == "entropy":
-        t = _entropy_threshold(np.abs(values))
-        lo, hi = max(lo, -t), min(hi, t)
+        hi = _entropy_threshold(values[values > 0], levels=levels)  # the long positive tail (post-ReLU); the negative
+        # side (normalised inputs) keeps its minimum: clipping it would move the most frequent values
     return lo, hi
 
 
@@ -142,7 +142,7 @@ def calibrate(model: nn.Module, data: DataBundle, cfg: QuantConfig) -> None:
         for x, _ in data.batches("train", batch_size=128, shuffle=False, limit=cfg.calib_samples):
             model(x)
         for m in layers.values():
-            m.set_range(*_range(m.samples, cfg))
+            m.set_range(*_range(m.samples, cfg, 2 ** m.activation_bits))
     finally:
         for m in layers.values():
             m.samples = None
