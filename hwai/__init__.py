@@ -13,6 +13,16 @@ _LAZY = {
     "train": ("hwai.train", None),
     "errors": ("hwai.errors", None),
     "UserError": ("hwai.errors", "UserError"),
+    "fuse": ("hwai.passes.fuse", "fuse"),
+    "quantize": ("hwai.passes.quantize", "quantize"),
+    "QuantConfig": ("hwai.passes.quantize", "QuantConfig"),
+    "prune": ("hwai.passes.prune", "prune"),
+    "PruneConfig": ("hwai.passes.prune", "PruneConfig"),
+    "distill": ("hwai.passes.distill", "distill"),
+    "DistillConfig": ("hwai.passes.distill", "DistillConfig"),
+    "export": ("hwai.export", None),
+    "compress": ("hwai.compress", None),
+    "CompressConfig": ("hwai.compress", "CompressConfig"),
 }
 
 
