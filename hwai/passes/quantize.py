@@ -32,7 +32,7 @@ class QuantConfig:
     percentile: float = 99.99  # with method "percentile": keep this percentage of values inside the range
     calib_samples: int = 512  # training-split samples used to calibrate activation ranges
     qat_epochs: int = 0  # > 0: quantization-aware fine-tuning (straight-through estimator) after calibration
-    qat_lr: float = 2e-4  # QAT peak learning rate (AdamW)
+    qat_lr: float = 1e-3  # QAT peak learning rate (AdamW, cosine decay)
     qat_distill: bool = True  # QAT learns from the FP32 model's logits too (distillation, alpha 0.5)
 
     def __post_init__(self) -> None:
