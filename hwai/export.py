@@ -87,7 +87,7 @@ def _quantize_onnx(fp32: Path, out: Path, calib: DataBundle, bits: dict[str, int
     layer_of = {n.input[1]: n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
     node = {name: layer_of[f"{name}.weight"] for name in bits if f"{name}.weight" in layer_of}
     exclude = [node[name].name for name, b in bits.items() if b == 32 and name in node]
-    overrides = {f"{name}.weight": [{"quant_type": QuantType.QInt4}] for name, b in bits.items()
+    overrides = {f"{name}.weight": [{"quant_type": QuantType.QInt4, "axis": 0}] for name, b in bits.items()
                  if b == 4 and name in node}
     for name, (scale, zero_point) in ranges.items():
         if name in node:

@@ -47,18 +47,20 @@ class QuantConfig:
             raise UserError("percentile must be in (50, 100], calib_samples >= 1 and qat_epochs >= 0")
 
 
-def weight_qparams(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, int]:
-    """Per-output-channel symmetric scales (absmax / qmax) and qmax, e.g. 127 for 8 bits, 7 for 4."""
+def weight_qparams(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, int, int]:
+    """Per-output-channel symmetric scales and the integer range, as ONNX Runtime's quantizer computes
+    them (INT8: [-127, 127]; INT4: [-8, 7], scale = 2 absmax / 15), so simulation and export agree."""
     qmax = 2 ** (bits - 1) - 1
+    qmin = -qmax if bits == 8 else -qmax - 1
     absmax = weight.detach().abs().flatten(1).amax(1)
-    return (absmax / qmax).clamp_min(1e-12).float(), qmax
+    return (2 * absmax / (qmax - qmin)).clamp_min(1e-12).float(), qmin, qmax
 
 
 def fake_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Weight snapped to its integer grid; the gradient passes straight through (STE)."""
-    scale, qmax = weight_qparams(weight, bits)
+    scale, qmin, qmax = weight_qparams(weight, bits)
     zero = torch.zeros(len(scale), dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -qmax, qmax)
+    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, qmin, qmax)
 
 
 class QuantLayer(nn.Module):
@@ -185,15 +187,12 @@ def quantize(model: nn.Module, cfg: QuantConfig = QuantConfig(), calib: DataBund
 
 
 def dequantize(model: nn.Module) -> nn.Module:
-    """A plain float copy: each QuantLayer replaced by its layer with weights snapped to the integer grid
-    (so ONNX Runtime's per-channel quantization reproduces the same integers)."""
+    """A plain float copy: each QuantLayer replaced by its layer (float weights; ONNX Runtime's quantizer
+    derives the same per-channel scales from them, see weight_qparams)."""
     plain = copy.deepcopy(model)
     for name, m in quant_layers(plain).items():
-        layer = m.layer
-        with torch.no_grad():
-            layer.weight.copy_(fake_weight(layer.weight, m.weight_bits))
         parent, _, attr = name.rpartition(".")
-        setattr(plain.get_submodule(parent) if parent else plain, attr, layer)
+        setattr(plain.get_submodule(parent) if parent else plain, attr, m.layer)
     if hasattr(plain, "hwai_quant"):
         del plain.hwai_quant
     return plain
