@@ -20,7 +20,7 @@ from torch import nn
 from hwai import io
 from hwai.data import DataBundle
 from hwai.errors import UserError
-from hwai.export import to_onnx, verified
+from hwai.export import ort_accuracy, to_onnx, verified
 from hwai.measure import MeasureConfig, latency, ort_session
 from hwai.models import ModelSpec
 from hwai.passes.distill import DistillConfig, distill
@@ -101,17 +101,6 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.inference_mode()
-def _ort_accuracy(path: Path, data: DataBundle, threads: int | None) -> float:
-    session = ort_session(path, threads)
-    name = session.get_inputs()[0].name
-    correct = total = 0
-    for x, y in data.batches("test", batch_size=256, shuffle=False):
-        correct += int((session.run(None, {name: x.numpy()})[0].argmax(1) == y.numpy()).sum())
-        total += len(y)
-    return correct / max(total, 1)
-
-
 def _stage(name: str, model: nn.Module, data: DataBundle, cfg: CompressConfig, work: Path,
            precision: str = "fp32") -> tuple[Stage, Path]:
     """Export `model` (INT8 QDQ when it is quantized), verify parity, measure accuracy and latency."""
@@ -122,7 +111,7 @@ def _stage(name: str, model: nn.Module, data: DataBundle, cfg: CompressConfig, w
     check = verified(model, path, inputs)
     ort = latency(path, example, cfg.measure, runtime="onnxruntime")
     eager = latency(model, example, cfg.measure, runtime="torch") if precision == "fp32" else None
-    acc = evaluate(model, data, "test") if precision == "fp32" else _ort_accuracy(path, data, cfg.measure.threads)
+    acc = evaluate(model, data, "test") if precision == "fp32" else ort_accuracy(path, data, cfg.measure.threads)
     return Stage(name, precision, acc, _params(model), path.stat().st_size / 1024, ort.median_ms, ort.iqr_ms,
                  eager.median_ms if eager else None, eager.iqr_ms if eager else None, check.to_dict()), path
 
@@ -280,14 +269,14 @@ def table(result: CompressResult):
     from rich.table import Table
 
     base = result.baseline
-    t = Table(title="hwai compress (measured)")
-    for col in ("stage", "kept", "accuracy", "params", "size KB", "smaller", "torch FP32 ms", "ORT ms", "speedup"):
-        t.add_column(col, justify="left" if col in ("stage", "kept") else "right")
-    rows = [("original (FP32)", "", base)] + [(s.name, "yes" if s.kept else "rolled back", s.after) for s in result.steps]
-    for name, kept, s in rows:
-        eager = f"{s.torch_ms:.3f} ±{s.torch_iqr_ms:.3f}" if s.torch_ms is not None else "-"
-        t.add_row(name, kept, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.1f}", f"{base.size_kb / s.size_kb:.1f}x",
-                  eager, f"{s.ort_ms:.3f} ±{s.ort_iqr_ms:.3f} ({s.precision})", f"{base.ort_ms / s.ort_ms:.2f}x")
+    t = Table(title="hwai compress (measured; latency: median ±IQR, batch 1; ORT runs the stage's ONNX: FP32 or INT8)")
+    for col in ("stage", "accuracy", "params", "KB", "smaller", "eager ms", "ORT ms", "faster"):
+        t.add_column(col, justify="left" if col == "stage" else "right", overflow="fold")
+    rows = [("original FP32", base)] + [(s.name + ("" if s.kept else " [rolled back]"), s.after) for s in result.steps]
+    for name, s in rows:
+        eager = f"{s.torch_ms:.3g}±{s.torch_iqr_ms:.1g}" if s.torch_ms is not None else "-"
+        t.add_row(name, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}", f"{base.size_kb / s.size_kb:.1f}x",
+                  eager, f"{s.ort_ms:.3g}±{s.ort_iqr_ms:.1g}", f"{base.ort_ms / s.ort_ms:.2f}x")
     return t
 
 

@@ -53,7 +53,7 @@ def _export_fp32(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """ONNX Runtime's quantizer logs advice on the root logger and prints calibration progress."""
     logging.disable(logging.WARNING)
     try:
@@ -64,7 +64,7 @@ def _quiet():
         logging.disable(logging.NOTSET)
 
 
-class _Reader:
+class CalibrationReader:
     """ONNX Runtime CalibrationDataReader over normalised training samples."""
 
     def __init__(self, data: DataBundle, samples: int) -> None:
@@ -98,8 +98,8 @@ def _quantize_onnx(fp32: Path, out: Path, calib: DataBundle, bits: dict[str, int
     extra = {"TensorQuantOverrides": overrides, "CalibPercentile": percentile}
 
     def write(tmp: str) -> None:
-        with _quiet():
-            quantize_static(str(fp32), tmp, _Reader(calib, samples), quant_format=QuantFormat.QDQ, per_channel=True,
+        with quiet():
+            quantize_static(str(fp32), tmp, CalibrationReader(calib, samples), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method], nodes_to_exclude=exclude, extra_options=extra)
 
@@ -169,3 +169,14 @@ def verified(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor) -> P
         raise UserError(f"refusing {Path(onnx_path).name}: ONNX Runtime disagrees with PyTorch on "
                         f"{result.samples} real inputs ({result.reason})")
     return result
+
+
+def ort_accuracy(path: str | Path, data: DataBundle, threads: int | None = None, split: str = "test") -> float:
+    """Top-1 accuracy of an ONNX model executed by ONNX Runtime (real INT8 kernels for QDQ models)."""
+    session = ort_session(Path(path), threads)
+    name = session.get_inputs()[0].name
+    correct = total = 0
+    for x, y in data.batches(split, batch_size=256, shuffle=False):
+        correct += int((session.run(None, {name: x.numpy()})[0].argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return correct / max(total, 1)
