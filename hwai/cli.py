@@ -109,7 +109,7 @@ def compress(
     bundle = hdata.load(data, input_size=input_size or hcompress.checkpoint_input_size(model))
     net, spec = htrain.resolve_model(model, bundle, width=width)
     result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=console.print)
-    console.print(hcompress.table(result))
+    console.print(hcompress.table(result), width=max(console.width, 110))
     console.print(result.measurement)
     console.print(f"wrote {out / 'model.onnx'} (parity: max |delta logit| {result.final.parity['max_abs_diff']:.3g}, "
                   f"top-1 agreement {result.final.parity['top1_agreement']:.1%}), {out / 'model.pt'}, "
