@@ -25,7 +25,7 @@ from hwai.measure import MeasureConfig, latency, ort_session
 from hwai.models import ModelSpec
 from hwai.passes.distill import DistillConfig, distill
 from hwai.passes.fuse import fuse
-from hwai.passes.prune import PRUNABLE, PruneConfig, prune
+from hwai.passes.prune import PRUNABLE, PruneConfig, prune, sparsity
 from hwai.passes.quantize import QuantConfig, quantize
 
 SLOWER = 1.05  # a step "makes the model slower" when its median latency exceeds the previous one by > 5% (noise)
@@ -178,6 +178,8 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
                                                     warmup_epochs=min(0.5, cfg.finetune_epochs / 4)),
                           progress=progress, description="fine-tune")
                 name += " + " + ("distill" if cfg.distill else "fine-tune") + f" {cfg.finetune_epochs} ep"
+            if not cfg.structured:
+                name += f" (sparsity {sparsity(pruned)['_total']:.1%})"
             decide(name, pruned.eval(), *_stage("pruned", pruned.eval(), data, cfg, work))
         float_model = current  # what model.pt stores: loadable by hwai.train.load_checkpoint (unfused)
 
