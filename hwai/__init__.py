@@ -22,6 +22,16 @@ _LAZY = {
     "memory": ("hwai.memory", None),
     "calibrate": ("hwai.calibrate", None),
     "report": ("hwai.report", None),
+    "fuse": ("hwai.passes.fuse", "fuse"),
+    "quantize": ("hwai.passes.quantize", "quantize"),
+    "QuantConfig": ("hwai.passes.quantize", "QuantConfig"),
+    "prune": ("hwai.passes.prune", "prune"),
+    "PruneConfig": ("hwai.passes.prune", "PruneConfig"),
+    "distill": ("hwai.passes.distill", "distill"),
+    "DistillConfig": ("hwai.passes.distill", "DistillConfig"),
+    "export": ("hwai.export", None),
+    "compress": ("hwai.compress", None),
+    "CompressConfig": ("hwai.compress", "CompressConfig"),
 }
 
 

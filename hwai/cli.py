@@ -244,6 +244,42 @@ def report(
         console.print(f"report: {out} (self-contained, opens offline in a browser)", highlight=False)
 
 
+@app.command()
+def compress(
+    model: str = typer.Option(..., help=MODEL_HELP),
+    data: str = typer.Option("mnist", help=DATA_HELP),
+    fuse: bool = typer.Option(False, "--fuse", help="fold BatchNorm into Conv/Linear (always done before quantizing)"),
+    prune: float = typer.Option(0.0, help="fraction of channels (or weights with --unstructured) to remove"),
+    structured: bool = typer.Option(True, "--structured/--unstructured", help="channel or weight pruning"),
+    quantize: Optional[str] = typer.Option(None, help="int8 or mixed (4-bit weights on the heaviest layers)"),
+    quant_method: str = typer.Option("minmax", help="activation calibration: minmax, percentile or entropy"),
+    qat_epochs: int = typer.Option(0, min=0, help="quantization-aware fine-tuning epochs (0: post-training)"),
+    distill: bool = typer.Option(False, "--distill", help="fine-tune from the original model's logits"),
+    finetune_epochs: int = typer.Option(2, min=0, help="fine-tuning epochs after pruning"),
+    max_accuracy_drop: float = typer.Option(0.02, help="allowed test-accuracy loss (0.02 = 2 points)"),
+    force: bool = typer.Option(False, "--force", help="keep steps that break the limits"),
+    width: float = typer.Option(1.0, help="width multiplier when --model is a zoo name"),
+    input_size: Optional[int] = typer.Option(None, help="resize images (default: the checkpoint's size)"),
+    out: Path = typer.Option(Path("compressed"), help="output directory: model.onnx, model.pt, metrics.json"),
+) -> None:
+    """Compress a model (prune, distill, fuse, quantize), export verified ONNX, print measured before/after."""
+    from hwai import compress as hcompress
+    from hwai import data as hdata
+    from hwai import train as htrain
+
+    cfg = hcompress.CompressConfig(fuse=fuse, prune=prune, structured=structured, quantize=quantize,
+                                   quant_method=quant_method, qat_epochs=qat_epochs, distill=distill,
+                                   finetune_epochs=finetune_epochs, max_accuracy_drop=max_accuracy_drop, force=force)
+    bundle = hdata.load(data, input_size=input_size or hcompress.checkpoint_input_size(model))
+    net, spec = htrain.resolve_model(model, bundle, width=width)
+    result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=console.print)
+    console.print(hcompress.table(result), width=max(console.width, 110))
+    console.print(result.measurement)
+    console.print(f"wrote {out / 'model.onnx'} (parity: max |delta logit| {result.final.parity['max_abs_diff']:.3g}, "
+                  f"top-1 agreement {result.final.parity['top1_agreement']:.1%}), {out / 'model.pt'}, "
+                  f"{out / 'metrics.json'}")
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     try:

@@ -1,0 +1,293 @@
+"""`hwai compress`: prune (+ fine-tune / distill), fuse and quantize a model, export it to ONNX, verify
+parity, and measure every stage the same way in the same run. A step that loses more accuracy than
+allowed or makes the model slower is rolled back (the previous model is kept) unless forced.
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from hwai import io
+from hwai.data import DataBundle
+from hwai.errors import UserError
+from hwai.export import ort_accuracy, to_onnx, verified
+from hwai.measure import MeasureConfig, latency, ort_session
+from hwai.models import ModelSpec
+from hwai.passes.distill import DistillConfig, distill
+from hwai.passes.fuse import fuse
+from hwai.passes.prune import PRUNABLE, PruneConfig, prune, sparsity
+from hwai.passes.quantize import QuantConfig, quantize
+
+SLOWER = 1.05  # a step "makes the model slower" when its median latency exceeds the previous one by > 5% (noise)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Which passes to apply and the limits a step must respect."""
+
+    fuse: bool = False  # fold BatchNorm into Conv/Linear (always done before quantization)
+    prune: float = 0.0  # fraction of channels (structured) or weights (unstructured) to remove; 0: no pruning
+    structured: bool = True  # channel pruning through Torch-Pruning's dependency graph
+    prune_per_layer: dict = field(default_factory=dict)  # {"name" | "re:regex" | "_default": ratio}
+    quantize: str | None = None  # None, "int8", or "mixed" (4-bit weights on the heaviest layers, INT8 elsewhere)
+    quant_method: str = "minmax"  # activation calibration: minmax, percentile or entropy
+    qat_epochs: int = 0  # quantization-aware fine-tuning epochs (0: post-training quantization)
+    distill: bool = False  # fine-tune (after pruning, during QAT) from the original model's logits
+    finetune_epochs: int = 2  # fine-tuning epochs after pruning
+    finetune_lr: float = 1e-3  # peak learning rate of that fine-tuning
+    max_accuracy_drop: float = 0.02  # allowed test-accuracy loss vs the original (0.02 = 2 points)
+    force: bool = False  # keep a step even when it breaks the limits
+    measure: MeasureConfig = MeasureConfig(max_seconds=2.0)  # latency harness settings (batch 1)
+    parity_samples: int = 256  # real test inputs for the ONNX parity check
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.prune < 1:
+            raise UserError(f"--prune must be in [0, 1), got {self.prune}")
+        if self.quantize not in (None, "int8", "mixed"):
+            raise UserError(f"--quantize must be int8 or mixed, got {self.quantize!r}")
+        if self.qat_epochs and not self.quantize:
+            raise UserError("--qat-epochs needs --quantize int8 or mixed")
+        if self.qat_epochs < 0 or self.finetune_epochs < 0 or self.max_accuracy_drop < 0:
+            raise UserError("epochs and --max-accuracy-drop must be >= 0")
+
+
+@dataclass
+class Stage:
+    """Measured state of the model after a step (latency: batch 1, same harness for every stage)."""
+
+    name: str
+    precision: str  # fp32, int8, mixed
+    accuracy: float  # test split; INT8 stages are run by ONNX Runtime (real INT8 execution)
+    params: int
+    size_kb: float  # ONNX file size
+    ort_ms: float  # ONNX Runtime median
+    ort_iqr_ms: float
+    torch_ms: float | None  # PyTorch eager median (FP32 stages only)
+    torch_iqr_ms: float | None
+    parity: dict  # export check against PyTorch on real inputs
+
+
+@dataclass
+class Step:
+    name: str
+    kept: bool
+    reason: str  # why it was rolled back or forced ("" when within limits)
+    before: Stage
+    after: Stage
+
+
+@dataclass
+class CompressResult:
+    baseline: Stage
+    final: Stage
+    steps: list[Step]
+    model: nn.Module  # the final PyTorch model (fake-quantized when quantized)
+    out: Path | None  # directory with model.onnx, model.pt, metrics.json
+    metrics: dict  # what metrics.json holds
+    measurement: str  # how latency was measured
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _stage(name: str, model: nn.Module, data: DataBundle, cfg: CompressConfig, work: Path,
+           precision: str = "fp32") -> tuple[Stage, Path]:
+    """Export `model` (INT8 QDQ when it is quantized), verify parity, measure accuracy and latency."""
+    from hwai.train import evaluate
+
+    example, inputs = data.example(1), data.example(cfg.parity_samples)
+    path = to_onnx(model, example, work / f"{name}.onnx", int8=precision != "fp32", calib=data)
+    check = verified(model, path, inputs)
+    ort = latency(path, example, cfg.measure, runtime="onnxruntime")
+    eager = latency(model, example, cfg.measure, runtime="torch") if precision == "fp32" else None
+    acc = evaluate(model, data, "test") if precision == "fp32" else ort_accuracy(path, data, cfg.measure.threads)
+    return Stage(name, precision, acc, _params(model), path.stat().st_size / 1024, ort.median_ms, ort.iqr_ms,
+                 eager.median_ms if eager else None, eager.iqr_ms if eager else None, check.to_dict()), path
+
+
+def _verdict(before: Stage, after: Stage, baseline: Stage, cfg: CompressConfig) -> str:
+    """Why a step breaks the limits ("" when it does not)."""
+    problems = []
+    drop = baseline.accuracy - after.accuracy
+    if drop > cfg.max_accuracy_drop:
+        problems.append(f"accuracy {after.accuracy:.2%} is {drop * 100:.2f} points below the original "
+                        f"(allowed {cfg.max_accuracy_drop * 100:.2f})")
+    if after.ort_ms > SLOWER * before.ort_ms:
+        problems.append(f"ONNX Runtime latency {after.ort_ms:.3f} ms is slower than {before.ort_ms:.3f} ms before")
+    return "; ".join(problems)
+
+
+def mixed_policy(model: nn.Module) -> dict:
+    """4-bit weights for the heaviest Conv/Linear layers holding half of the weights; the first layer
+    and the classifier (most sensitive, little memory) stay INT8."""
+    sizes = {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    inner = sorted(list(sizes)[1:-1], key=sizes.get, reverse=True)
+    policy, held = {"_default": 8}, 0
+    for name in inner:
+        if held >= sum(sizes.values()) / 2:
+            break
+        policy[name], held = 4, held + sizes[name]
+    return policy
+
+
+def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressConfig(), out: str | Path | None = None,
+             spec: ModelSpec | None = None, log: Callable[[str], None] = print, progress: bool = True) -> CompressResult:
+    """Apply the configured passes step by step, measuring each; write DIR/model.onnx, model.pt, metrics.json."""
+    from hwai.train import TrainConfig, train
+
+    original = copy.deepcopy(model).eval()
+    example = data.example(1)
+    steps: list[Step] = []
+    with tempfile.TemporaryDirectory(prefix="hwai-compress-") as tmp:
+        work = Path(tmp)
+        log("measuring the original model (FP32: PyTorch eager and ONNX Runtime)")
+        baseline, base_path = _stage("original", original, data, cfg, work)
+        current, stage, path = original, baseline, base_path
+
+        def decide(name: str, candidate: nn.Module, after: Stage, after_path: Path) -> None:
+            nonlocal current, stage, path
+            reason = _verdict(stage, after, baseline, cfg)
+            kept = not reason or cfg.force
+            steps.append(Step(name, kept, reason, stage, after))
+            if reason:
+                log(f"{name}: {reason}; " + ("kept anyway (--force)" if kept else "rolled back: keeping the previous model"))
+            if kept:
+                current, stage, path = candidate, after, after_path
+
+        if cfg.prune > 0:
+            kind = "structured" if cfg.structured else "unstructured"
+            name = f"prune {cfg.prune:.0%} {kind}"
+            log(f"{name} (Torch-Pruning dependency graph)" if cfg.structured else name)
+            pruned = prune(current, PruneConfig(cfg.prune, cfg.structured, cfg.prune_per_layer), example)
+            if cfg.finetune_epochs:
+                if cfg.distill:
+                    distill(pruned, original, data, DistillConfig(cfg.finetune_epochs, lr=cfg.finetune_lr), progress)
+                else:
+                    train(pruned, data, TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+                                                    warmup_epochs=min(0.5, cfg.finetune_epochs / 4)),
+                          progress=progress, description="fine-tune")
+                name += " + " + ("distill" if cfg.distill else "fine-tune") + f" {cfg.finetune_epochs} ep"
+            if not cfg.structured:
+                name += f" (sparsity {sparsity(pruned)['_total']:.1%})"
+            decide(name, pruned.eval(), *_stage("pruned", pruned.eval(), data, cfg, work))
+        float_model = current  # what model.pt stores: loadable by hwai.train.load_checkpoint (unfused)
+
+        if cfg.fuse or cfg.quantize:
+            fused = fuse(current, data.example(8))
+            after, after_path = _stage("fused", fused, data, cfg, work)
+            steps.append(Step("fuse Conv/Linear+BatchNorm", True, "", stage, after))
+            current, stage, path = fused, after, after_path
+
+        if cfg.quantize:
+            per_layer = mixed_policy(current) if cfg.quantize == "mixed" else {}
+            qcfg = QuantConfig(bits=8, per_layer=per_layer, method=cfg.quant_method, qat_epochs=cfg.qat_epochs,
+                               qat_distill=cfg.distill)
+            name = f"quantize {cfg.quantize} ({cfg.quant_method}" + (f", QAT {cfg.qat_epochs} ep)" if cfg.qat_epochs else ", PTQ)")
+            log(name)
+            q = quantize(current, qcfg, calib=data, example=example, progress=progress)
+            decide(name, q, *_stage(cfg.quantize, q, data, cfg, work, precision=cfg.quantize))
+
+        measurement = (f"measured: batch 1, {cfg.measure.threads or 'physical-core'} thread(s), median and IQR over "
+                       f">= {cfg.measure.min_repeats} repeats after {cfg.measure.warmup} warm-up runs (hwai.measure); "
+                       "accuracy on the test split (INT8: executed by ONNX Runtime)")
+        metrics = _metrics(baseline, stage, steps, cfg, spec, data, measurement)
+        out_dir = Path(out) if out is not None else None
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            io.atomic_write(out_dir / "model.onnx", lambda t: shutil.copyfile(path, t))
+            _save_model(out_dir / "model.pt", float_model, spec, data, metrics)
+            io.write_json(out_dir / "metrics.json", metrics)
+    return CompressResult(baseline, stage, steps, current, out_dir, metrics, measurement)
+
+
+def _save_model(path: Path, model: nn.Module, spec: ModelSpec | None, data: DataBundle, metrics: dict) -> None:
+    from hwai.train import save_checkpoint
+
+    if spec is not None:
+        save_checkpoint(path, model, spec, data.describe(), {"compress": metrics["best"]["metrics"], "kind": "measured"})
+    else:  # a model without a spec: the weights only
+        io.torch_save(path, {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}})
+
+
+def _environment() -> dict:
+    import onnxruntime
+
+    from hwai import __version__
+    from hwai.measure import physical_cores
+
+    cpu = platform.processor() or "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "threads": physical_cores(), "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "hwai": __version__, "platform": sys.platform}
+
+
+def _summary(s: Stage) -> dict:
+    return {"accuracy": s.accuracy, "host_latency_ms": s.ort_ms, "host_latency_iqr_ms": s.ort_iqr_ms,
+            "torch_latency_ms": s.torch_ms, "size_kb": s.size_kb, "params": s.params, "precision": s.precision}
+
+
+def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConfig, spec: ModelSpec | None,
+             data: DataBundle, measurement: str) -> dict:
+    kinds = {k: "measured" for k in ("accuracy", "host_latency_ms", "host_latency_iqr_ms", "torch_latency_ms", "size_kb")}
+    config = asdict(cfg)
+    config["measure"] = asdict(cfg.measure)
+    return {
+        "schema": "hwai.results/1", "command": "compress",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": _environment(),
+        "model": {"name": spec.name if spec else "model", "data": data.spec, "spec": spec.to_dict() if spec else {}},
+        "target": None,
+        "constraints": {"max_latency_ms": None, "max_size_kb": None, "max_sram_kb": None,
+                        "max_accuracy_drop": cfg.max_accuracy_drop},
+        "objectives": ["accuracy", "host_latency_ms", "size_kb"],
+        "baseline": _summary(baseline), "kinds": kinds, "trials": [], "pareto": [],
+        "best": {"trial": None, "metrics": _summary(final), "onnx": "model.onnx", "parity": final.parity,
+                 "reason": "the last step within the limits (rolled-back steps are listed in techniques)",
+                 "speedup": baseline.ort_ms / final.ort_ms, "size_ratio": baseline.size_kb / final.size_kb},
+        "techniques": [{"name": s.name, "kept": s.kept, "reason": s.reason, "metric_before": _summary(s.before),
+                        "metric_after": _summary(s.after)} for s in steps],
+        "layers": [], "memory": {"timeline": [], "sram_bytes": None}, "config": config,
+        "measurement": measurement, "prediction": "none: compress reports measured numbers only",
+    }
+
+
+def table(result: CompressResult):
+    """A rich table: one row per stage (original, then each step's result), with ratios to the original."""
+    from rich.table import Table
+
+    base = result.baseline
+    t = Table(title="hwai compress (measured; latency: median ±IQR, batch 1; ORT runs the stage's ONNX: FP32 or INT8)")
+    for col in ("stage", "accuracy", "params", "KB", "smaller", "eager ms", "ORT ms", "faster"):
+        t.add_column(col, justify="left" if col == "stage" else "right", overflow="fold")
+    rows = [("original FP32", base)] + [(s.name + ("" if s.kept else " [rolled back]"), s.after) for s in result.steps]
+    for name, s in rows:
+        eager = f"{s.torch_ms:.3g}±{s.torch_iqr_ms:.1g}" if s.torch_ms is not None else "-"
+        t.add_row(name, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}", f"{base.size_kb / s.size_kb:.1f}x",
+                  eager, f"{s.ort_ms:.3g}±{s.ort_iqr_ms:.1g}", f"{base.ort_ms / s.ort_ms:.2f}x")
+    return t
+
+
+def checkpoint_input_size(model: str) -> int | None:
+    """The input size a checkpoint was trained with (so `--data mnist` matches a 32x32 resnet), else None."""
+    if not model.endswith((".pt", ".pth")) or not Path(model).is_file():
+        return None
+    try:
+        size = torch.load(model, map_location="cpu", weights_only=True).get("data", {}).get("input_size")
+    except Exception:
+        return None  # resolve_model reports unreadable checkpoints
+    return int(size[0]) if size else None
