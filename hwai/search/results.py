@@ -1,0 +1,259 @@
+"""From a study to answers: trial records, the Pareto front (feasible candidates only), the best
+candidate under the user's limits (or the closest one, said plainly), its export with a parity check,
+pareto.json and results.json (schema hwai.results/1), and the live progress display."""
+from __future__ import annotations
+
+import platform
+import time
+from importlib import metadata
+
+import optuna
+from optuna.trial import TrialState
+
+from hwai import io
+from hwai.search.context import correction
+
+STATES = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "FAIL",
+          TrialState.RUNNING: "RUNNING", TrialState.WAITING: "WAITING"}
+
+
+def records(study: optuna.Study) -> list[dict]:
+    """One plain dict per trial, as results.json lists them."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        why = list(t.user_attrs.get("violations", []))
+        rec = {"number": t.number, "state": STATES[t.state], "params": dict(t.params),
+               "description": t.user_attrs.get("description"), "metrics": dict(t.user_attrs.get("metrics", {})),
+               "feasible": t.state == TrialState.COMPLETE and not why, "violations": why}
+        if t.state == TrialState.PRUNED:
+            rec["reason"] = "screened out by the cost model: " + "; ".join(why)
+        if t.state == TrialState.FAIL:
+            rec["reason"] = t.user_attrs.get("error") or ("interrupted" if t.user_attrs.get("interrupted")
+                                                          else "process died while running it")
+        if "failed_trial" in t.system_attrs:
+            rec["retry_of"] = t.system_attrs["failed_trial"]
+        out.append(rec)
+    return out
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    """a is at least as good everywhere and better somewhere (all objectives minimised)."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto(recs: list[dict], objectives: list[str]) -> list[int]:
+    """Numbers of the non-dominated feasible completed trials."""
+    def key(r: dict) -> list[float]:
+        return [-r["metrics"][o] if o == "accuracy" else r["metrics"][o] for o in objectives]
+
+    pool = [r for r in recs if r["feasible"]]
+    return [r["number"] for r in pool if not any(dominates(key(o), key(r)) for o in pool if o is not r)]
+
+
+def choose(recs: list[dict], front: list[int], latency_key: str, constraints: dict) -> dict:
+    """The best feasible candidate: the lowest latency on the target among the Pareto front (all of
+    which meet the accuracy-drop limit); or, when none is feasible, the closest one."""
+    by_number = {r["number"]: r for r in recs}
+    if front:
+        best = min((by_number[n] for n in front), key=lambda r: (r["metrics"][latency_key], -r["metrics"]["accuracy"]))
+        kind = "predicted" if latency_key == "target_latency_ms" else "measured host"
+        return {"trial": best["number"], "metrics": best["metrics"], "description": best["description"],
+                "reason": f"lowest {kind} latency among {len(front)} Pareto-optimal candidates that satisfy "
+                          f"every limit ({_limits(constraints)})"}
+    tried = [r for r in recs if r["state"] in ("COMPLETE", "PRUNED") and r["violations"]]
+    closest = min(tried, key=lambda r: (r["state"] != "COMPLETE", len(r["violations"])), default=None)
+    reason = f"no candidate satisfied the limits ({_limits(constraints)})"
+    out = {"trial": None, "metrics": {}, "onnx": None, "parity": None, "reason": reason}
+    if closest is not None:
+        out["closest"] = {"trial": closest["number"], "metrics": closest["metrics"], "violations": closest["violations"],
+                          "description": closest["description"]}
+        out["reason"] += f"; closest: trial {closest['number']} ({'; '.join(closest['violations'])})"
+    return out
+
+
+def _limits(c: dict) -> str:
+    text = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in c.items() if v is not None)
+    return text or "none given"
+
+
+def environment(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("torch", "onnxruntime", "optuna", "hwai"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    import torch
+
+    versions["torch"] = torch.__version__
+    return {"cpu": cpu, "threads": threads, "python": platform.python_version(), **versions}
+
+
+def export_best(ctx, best: dict) -> dict:
+    """Rebuild the best candidate (its trained float weights when this process has them), export
+    best/model.onnx and best/model.pt, and check ONNX Runtime against PyTorch."""
+    from hwai.search import candidate as hc
+    from hwai.search.space import Candidate
+    from hwai.models import ModelSpec
+    from hwai.train import load_checkpoint, save_checkpoint
+
+    rec = best["candidate"]
+    cand = Candidate(ModelSpec.from_dict(rec["spec"]), rec["same_architecture"], rec["prune"],
+                     {k: int(v) for k, v in rec["bits"].items()}, rec["fuse"], rec["epochs"])
+    bundle = hc.data_at(ctx.data, cand.spec)
+    stored = ctx.run_dir / "trials" / str(best["trial"]) / "model.pt"
+    if stored.is_file():
+        model_float = load_checkpoint(stored)[0]
+        model = hc.finish(model_float, cand, bundle)
+    else:  # trained by a worker on another machine: train it again (same seed)
+        model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=ctx.cfg.seed)
+    folder = ctx.run_dir / "best"
+    save_checkpoint(folder / "model.pt", model_float, cand.spec, bundle.describe(),
+                    {"candidate": rec, "trial": best["trial"], **best["metrics"]})
+    onnx_path = hc.export_onnx(model, bundle.example(1), folder / "model.onnx", int8=cand.quantized)
+    return {"onnx": "best/model.onnx", "model": "best/model.pt",
+            "parity": hc.parity(model, onnx_path, bundle.example(64))}
+
+
+def finalize(ctx, study: optuna.Study) -> dict:
+    """Write pareto.json, best/ and results.json; returns the results dict."""
+    cfg = ctx.cfg
+    recs = records(study)
+    objectives = study.user_attrs.get("objectives", cfg.objectives)
+    front = pareto(recs, objectives)
+    best = choose(recs, front, cfg.latency_key, cfg.constraints.to_dict())
+    if best["trial"] is not None:
+        trial = study.get_trials(deepcopy=False)[best["trial"]]
+        best.update(export_best(ctx, {**best, "candidate": trial.user_attrs["candidate"]}))
+    io.write_json(ctx.run_dir / "pareto.json", {"objectives": objectives, "kinds": ctx.kinds(),
+                                                "trials": [r for r in recs if r["number"] in front]})
+    target = ctx.target
+    results = {
+        "schema": "hwai.results/1", "command": "optimize", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": environment(ctx.mcfg.threads),
+        "model": {"name": ctx.base_spec.name, "data": cfg.data, "spec": ctx.base_spec.to_dict()},
+        "target": {"name": target.name, "file": str(target.path),
+                   "sram_bytes": getattr(target, "sram_bytes", None)} if target else {"name": "host", "file": None,
+                                                                                      "sram_bytes": None},
+        "constraints": cfg.constraints.to_dict(), "objectives": objectives, "baseline": ctx.baseline,
+        "kinds": ctx.kinds(), "trials": recs, "pareto": front, "best": best,
+        "techniques": _techniques(ctx.baseline, best), "layers": [], "memory": {"timeline": [], "sram_bytes": None},
+        "calibration": _calibration(recs, ctx), "measurement": ctx.measurement(), "prediction": ctx.prediction(),
+        "study": {"name": study.study_name, "sampler": cfg.sampler, "trials_requested": cfg.trials,
+                  "config": cfg.to_dict()},
+    }
+    io.write_json(ctx.run_dir / "results.json", results)
+    return results
+
+
+def _techniques(baseline: dict, best: dict) -> list[dict]:
+    if best.get("trial") is None:
+        return []
+    return [{"name": best["description"], "metric_before": baseline, "metric_after": best["metrics"]}]
+
+
+def _calibration(recs: list[dict], ctx) -> dict:
+    """How well the host predictions matched measurements, before and after the feedback correction."""
+    done = [r["metrics"] for r in recs if r["state"] == "COMPLETE" and "host_error_pct" in r["metrics"]]
+    if ctx.host is None:
+        return {"target": None, "note": "no host target: no measured-vs-predicted feedback"}
+
+    def median_abs(key: str) -> float | None:
+        vals = sorted(abs(m[key]) for m in done)
+        return vals[len(vals) // 2] if vals else None
+
+    factor, n = correction([ctx.baseline] + [r["metrics"] for r in recs if r["state"] == "COMPLETE"])
+    return {"target": ctx.host.name, "file": str(ctx.host.path), "method": "multiplicative: geometric mean of measured/"
+            "predicted host latency over the baseline and completed trials, applied to later predictions",
+            "trials": len(done), "median_abs_error_pct_raw": median_abs("host_error_raw_pct"),
+            "median_abs_error_pct_corrected": median_abs("host_error_pct"),
+            "final_factor": factor, "pairs": n}
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def pareto_table(results: dict):
+    """A rich table of the Pareto front, every column labelled measured or predicted."""
+    from rich.table import Table
+
+    target = results["target"]["name"]
+    table = Table(title=f"Pareto front: {len(results['pareto'])} of {len(results['trials'])} trials")
+    for col in ("trial", "accuracy (measured, val)", "host ms (measured)", f"{target} ms (predicted)",
+                "size KB (measured)", "energy mJ (predicted)", "peak SRAM KB (predicted)", "candidate"):
+        table.add_column(col, justify="left" if col == "candidate" else "right")
+    best = results["best"].get("trial")
+    rows = [results["baseline"] | {"_name": "baseline", "_desc": results["model"]["name"] + " (baseline)"}]
+    rows += [r["metrics"] | {"_name": f"{r['number']}{' *' if r['number'] == best else ''}", "_desc": r["description"]}
+             for r in results["trials"] if r["number"] in results["pareto"]]
+    for m in rows:
+        host = None if m.get("host_latency_ms") is None else \
+            f"{m['host_latency_ms']:.3f} ± {m.get('host_latency_iqr_ms', 0):.3f}"
+        table.add_row(m["_name"], _fmt(m.get("accuracy"), ".2%"), host or "-", _fmt(m.get("target_latency_ms"), ".3f"),
+                      _fmt(m.get("size_kb"), ".1f"), _fmt(m.get("energy_mj"), ".4f"), _fmt(m.get("peak_sram_kb"), ".1f"),
+                      m["_desc"] or "")
+    return table
+
+
+class Progress:
+    """Live display: trial n/N, best so far, Pareto size; one line per finished trial."""
+
+    def __init__(self, ctx, study: optuna.Study, enabled: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+        self.ctx, self.study = ctx, study
+        self.bar = Bar(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                       TimeElapsedColumn(), disable=not enabled, transient=False)
+        self.task = self.bar.add_task("trials", total=ctx.cfg.trials, status="")
+
+    def __enter__(self) -> "Progress":
+        self.bar.__enter__()
+        self.update(self.study, None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def update(self, study: optuna.Study, trial) -> None:
+        cfg = self.ctx.cfg
+        recs = records(study)
+        front = pareto(recs, study.user_attrs.get("objectives", cfg.objectives))
+        best = choose(recs, front, cfg.latency_key, cfg.constraints.to_dict())
+        done = sum(r["state"] in ("COMPLETE", "PRUNED") for r in recs)
+        status = f"Pareto {len(front)}"
+        if best["trial"] is not None:
+            m = best["metrics"]
+            status += f" | best #{best['trial']}: acc {m['accuracy']:.2%}, {_latency(m, cfg.latency_key)}"
+        self.bar.update(self.task, completed=min(done, cfg.trials), status=status)
+        if trial is not None:
+            rec = next(r for r in recs if r["number"] == trial.number)
+            self.bar.console.print(_line(rec, cfg.latency_key))
+
+
+def _latency(m: dict, key: str) -> str:
+    kind = "predicted" if key == "target_latency_ms" else "measured"
+    return f"{m.get(key, float('nan')):.3f} ms ({kind})"
+
+
+def _line(rec: dict, latency_key: str) -> str:
+    m = rec["metrics"]
+    head = f"trial {rec['number']} {rec['state'].lower()}"
+    if rec["state"] == "FAIL":
+        return f"{head}: {rec.get('reason')}"
+    if rec["state"] == "PRUNED":
+        return f"{head}: {rec['reason']} [{rec['description']}]"
+    parts = [f"acc {m['accuracy']:.2%} (measured)", f"host {m['host_latency_ms']:.3f} ms (measured)"]
+    if "target_latency_ms" in m:
+        parts.append(f"target {m['target_latency_ms']:.3f} ms (predicted)")
+    parts.append(f"{m['size_kb']:.1f} KB")
+    verdict = "feasible" if rec["feasible"] else "violates: " + "; ".join(rec["violations"])
+    return f"{head}: {', '.join(parts)}; {verdict} [{rec['description']}]"
