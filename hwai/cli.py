@@ -86,6 +86,8 @@ def optimize(
     data: str = typer.Option("mnist", help=DATA_HELP),
     target: str = typer.Option("stm32h743", help="target of the predicted objectives (catalog name or YAML); "
                                "'none': host only"),
+    host_target: str = typer.Option("host", help="target file predicting this machine, for measured-vs-predicted "
+                                    "feedback; 'none': no host prediction"),
     width: float = typer.Option(0.25, help="the baseline's width multiplier"),
     input_size: Optional[int] = typer.Option(16, help="the baseline's input side (images); 0 keeps the data's"),
     trials: int = typer.Option(12, min=1, help="finished trials (complete or screened out) to reach"),
@@ -110,13 +112,14 @@ def optimize(
 
     cfg = OptimizeConfig(model=model, data=data, width=width, input_size=input_size or None,
                          target=None if target.lower() == "none" else target,
+                         host_target=None if host_target.lower() == "none" else host_target,
                          constraints=Constraints(max_latency_ms, max_size_kb, max_sram_kb, max_accuracy_drop),
                          trials=trials, baseline_epochs=baseline_epochs, sampler=sampler, seed=seed)
     run = run or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    console.print(f"run directory: {run} (re-run with --run {run} to resume)")
     start = time.perf_counter()
     results = run_optimize(cfg, run, storage=storage, study_name=study, timeout_s=timeout_s)
-    console.print(pareto_table(results))
+    for line in pareto_table(results):
+        console.print(line)
     best = results["best"]
     console.print(("[bold]best[/]: trial " + str(best["trial"]) if best["trial"] is not None else "[bold red]no best[/]")
                   + f": {best['reason']}")

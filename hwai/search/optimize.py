@@ -9,6 +9,7 @@ energy (min). The study lives in the run directory (SQLite) or a shared RDB URL:
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -87,7 +88,7 @@ def create_or_load(cfg: OptimizeConfig, storage_url: str, study_name: str) -> op
         study.set_user_attr("config", cfg.to_dict())
         study.set_user_attr("objectives", cfg.objectives)
     else:
-        mine, theirs = cfg.to_dict(), {**stored, "trials": cfg.trials}
+        mine, theirs = json.loads(json.dumps(cfg.to_dict())), {**stored, "trials": cfg.trials}  # tuples -> lists
         changed = sorted(k for k in mine if mine[k] != theirs.get(k))
         if changed:
             raise UserError(f"study {study_name!r} was started with other settings ({', '.join(changed)}): "
@@ -193,9 +194,14 @@ def optimize(cfg: OptimizeConfig = OptimizeConfig(), run_dir: str | Path | None 
     from hwai.search.results import finalize
 
     run_dir = Path(run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if storage is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     name = study_name or (STUDY_NAME if storage is None else run_dir.name)
     study = create_or_load(cfg, storage or hstudy.sqlite_url(run_dir), name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"run directory: {run_dir}, study {name!r} ({len(study.trials)} trials so far); "
+              f"the same --run resumes")
     ctx = prepare(cfg, run_dir, progress=progress)
     if "baseline" not in study.user_attrs:
         study.set_user_attr("baseline", baseline_metrics(ctx))
@@ -208,13 +214,10 @@ def worker(storage: str, study_name: str, run_dir: str | Path | None = None, pro
     """One more process of a distributed search: runs trials of an existing study until it is full.
     Returns the number of trials this process finished."""
     study, cfg = study_config(storage, study_name)
-    ctx = prepare(cfg, Path(run_dir or Path("runs") / study_name), progress=progress)
-    while "baseline" not in study.user_attrs:  # the creating process measures the baseline first
+    while "baseline" not in study.user_attrs:  # the creating process trains and measures the baseline first
         time.sleep(1.0)
-        study = hstudy.load_study(study._storage, study_name)
+    ctx = prepare(cfg, Path(run_dir or Path("runs") / study_name), progress=progress)
     ctx.baseline = study.user_attrs["baseline"]
-    before = {t.number for t in study.get_trials(deepcopy=False)}
     _run_loop(ctx, study, wait=False, timeout_s=None, progress=progress)
     mine = hstudy.worker_id()
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.number not in before
-               and t.user_attrs.get("worker") == mine and t.state in hstudy.DONE)
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == mine and t.state in hstudy.DONE)

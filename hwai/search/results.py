@@ -182,26 +182,27 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def pareto_table(results: dict):
-    """A rich table of the Pareto front, every column labelled measured or predicted."""
+def pareto_table(results: dict) -> list:
+    """The Pareto front as a rich table (every column labelled measured or predicted) plus one line per
+    row naming its candidate; the best is starred."""
     from rich.table import Table
 
     target = results["target"]["name"]
-    table = Table(title=f"Pareto front: {len(results['pareto'])} of {len(results['trials'])} trials")
-    for col in ("trial", "accuracy (measured, val)", "host ms (measured)", f"{target} ms (predicted)",
-                "size KB (measured)", "energy mJ (predicted)", "peak SRAM KB (predicted)", "candidate"):
-        table.add_column(col, justify="left" if col == "candidate" else "right")
+    table = Table(title=f"Pareto front: {len(results['pareto'])} of {len(results['trials'])} trials "
+                        f"(feasible, non-dominated)")
+    for col in ("trial", "accuracy\nmeasured", "host ms\nmeasured", f"{target} ms\npredicted", "size KB\nmeasured",
+                "energy mJ\npredicted", "SRAM KB\npredicted"):
+        table.add_column(col, justify="right")
     best = results["best"].get("trial")
-    rows = [results["baseline"] | {"_name": "baseline", "_desc": results["model"]["name"] + " (baseline)"}]
-    rows += [r["metrics"] | {"_name": f"{r['number']}{' *' if r['number'] == best else ''}", "_desc": r["description"]}
+    rows = [{**results["baseline"], "_name": "baseline", "_desc": f"{results['model']['name']} (the baseline)"}]
+    rows += [{**r["metrics"], "_name": f"{r['number']}{'*' if r['number'] == best else ''}", "_desc": r["description"]}
              for r in results["trials"] if r["number"] in results["pareto"]]
     for m in rows:
         host = None if m.get("host_latency_ms") is None else \
-            f"{m['host_latency_ms']:.3f} ± {m.get('host_latency_iqr_ms', 0):.3f}"
+            f"{m['host_latency_ms']:.3f}±{m.get('host_latency_iqr_ms', 0):.3f}"
         table.add_row(m["_name"], _fmt(m.get("accuracy"), ".2%"), host or "-", _fmt(m.get("target_latency_ms"), ".3f"),
-                      _fmt(m.get("size_kb"), ".1f"), _fmt(m.get("energy_mj"), ".4f"), _fmt(m.get("peak_sram_kb"), ".1f"),
-                      m["_desc"] or "")
-    return table
+                      _fmt(m.get("size_kb"), ".1f"), _fmt(m.get("energy_mj"), ".4f"), _fmt(m.get("peak_sram_kb"), ".1f"))
+    return [table] + [f"  {m['_name']}: {m['_desc']}" for m in rows]
 
 
 class Progress:

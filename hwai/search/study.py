@@ -35,6 +35,9 @@ def open_storage(url: str) -> RDBStorage:
     """An RDB storage with heartbeats and one retry of stale trials; a bad URL is a UserError."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and sep:
+        url = f"postgresql+psycopg://{rest}"  # SQLAlchemy's default driver is psycopg2; we ship psycopg 3
     try:
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
