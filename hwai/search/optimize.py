@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class OptimizeConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     sampler: str = "nsga2"  # "nsga2" or "tpe" (both multi-objective and constraint-aware)
     seed: int = 0  # sampler and training seed
+    train_threads: int = 1  # torch threads while training candidates (small models: 1 avoids contention)
     measure_threads: int = 1  # ONNX Runtime threads for host latency (1: least disturbed by other load)
     measure_seconds: float = 1.0  # time cap per latency measurement
 
@@ -181,6 +183,18 @@ class Objective:
             "feasible": not why, "violations": why, "screened_out": screened})
 
 
+@contextmanager
+def _threads(n: int):
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _run_loop(ctx: Context, study: optuna.Study, wait: bool, timeout_s: float | None, progress: bool) -> None:
     from hwai.search.results import Progress
 
@@ -202,12 +216,13 @@ def optimize(cfg: OptimizeConfig = OptimizeConfig(), run_dir: str | Path | None 
     if progress:
         print(f"run directory: {run_dir}, study {name!r} ({len(study.trials)} trials so far); "
               f"the same --run resumes")
-    ctx = prepare(cfg, run_dir, progress=progress)
-    if "baseline" not in study.user_attrs:
-        study.set_user_attr("baseline", baseline_metrics(ctx))
-    ctx.baseline = study.user_attrs["baseline"]
-    _run_loop(ctx, study, wait=True, timeout_s=timeout_s, progress=progress)
-    return finalize(ctx, study)
+    with _threads(cfg.train_threads):
+        ctx = prepare(cfg, run_dir, progress=progress)
+        if "baseline" not in study.user_attrs:
+            study.set_user_attr("baseline", baseline_metrics(ctx))
+        ctx.baseline = study.user_attrs["baseline"]
+        _run_loop(ctx, study, wait=True, timeout_s=timeout_s, progress=progress)
+        return finalize(ctx, study)
 
 
 def worker(storage: str, study_name: str, run_dir: str | Path | None = None, progress: bool = True) -> int:
@@ -216,8 +231,9 @@ def worker(storage: str, study_name: str, run_dir: str | Path | None = None, pro
     study, cfg = study_config(storage, study_name)
     while "baseline" not in study.user_attrs:  # the creating process trains and measures the baseline first
         time.sleep(1.0)
-    ctx = prepare(cfg, Path(run_dir or Path("runs") / study_name), progress=progress)
-    ctx.baseline = study.user_attrs["baseline"]
-    _run_loop(ctx, study, wait=False, timeout_s=None, progress=progress)
+    with _threads(cfg.train_threads):
+        ctx = prepare(cfg, Path(run_dir or Path("runs") / study_name), progress=progress)
+        ctx.baseline = study.user_attrs["baseline"]
+        _run_loop(ctx, study, wait=False, timeout_s=None, progress=progress)
     mine = hstudy.worker_id()
     return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == mine and t.state in hstudy.DONE)
