@@ -13,6 +13,11 @@ _LAZY = {
     "train": ("hwai.train", None),
     "errors": ("hwai.errors", None),
     "UserError": ("hwai.errors", "UserError"),
+    "search": ("hwai.search", None),
+    "optimize": ("hwai.search.optimize", "optimize"),
+    "OptimizeConfig": ("hwai.search.optimize", "OptimizeConfig"),
+    "Constraints": ("hwai.search.constraints", "Constraints"),
+    "SpaceConfig": ("hwai.search.space", "SpaceConfig"),
 }
 
 

@@ -39,8 +39,8 @@ class OptimizeConfig:
     target: str | None = "stm32h743"  # target of the predicted objectives (catalog name or YAML); None: host only
     host_target: str | None = HOST  # target file predicting this machine: measured vs predicted feedback
     constraints: Constraints = field(default_factory=Constraints)
-    trials: int = 12  # finished trials (complete or screened out) the study should hold
-    baseline_epochs: int = 4  # epochs to train a zoo baseline (a checkpoint is used as is)
+    trials: int = 16  # finished trials (complete or screened out) the study should hold
+    baseline_epochs: int = 8  # epochs to train a zoo baseline (a checkpoint is used as is)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     sampler: str = "nsga2"  # "nsga2" or "tpe" (both multi-objective and constraint-aware)
     seed: int = 0  # sampler and training seed
@@ -148,6 +148,12 @@ class Objective:
         folder = ctx.run_dir / "trials" / str(trial.number)
         metrics: dict = {}
         started = time.perf_counter()
+        twin = _twin(trial)
+        if twin is not None:  # the sampler proposed a candidate already built: reuse, do not train it again
+            metrics = {**twin.user_attrs["metrics"], "duplicate_of": twin.number}
+            why, values = check(cfg.constraints, metrics, ctx.baseline.get("accuracy"), cfg.latency_key)
+            self._record(trial, folder, metrics, why, values, started)
+            return [metrics[o] for o in cfg.objectives]
         if ctx.targets:  # 1. cheap screening: the cost model on the candidate's shapes
             graph = hgraph.capture(hc.structure(cand, example), example)
             factor, n = host_correction(trial.study, ctx.baseline)
@@ -193,6 +199,14 @@ def _threads(n: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def _twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """An earlier completed trial with exactly these parameters (and not itself a copy)."""
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.params == trial.params and "duplicate_of" not in t.user_attrs.get("metrics", {}):
+            return t
+    return None
 
 
 def _run_loop(ctx: Context, study: optuna.Study, wait: bool, timeout_s: float | None, progress: bool) -> None:

@@ -42,11 +42,11 @@ def dominates(a: list[float], b: list[float]) -> bool:
 
 
 def pareto(recs: list[dict], objectives: list[str]) -> list[int]:
-    """Numbers of the non-dominated feasible completed trials."""
+    """Numbers of the non-dominated feasible completed trials (a re-proposed candidate counts once)."""
     def key(r: dict) -> list[float]:
         return [-r["metrics"][o] if o == "accuracy" else r["metrics"][o] for o in objectives]
 
-    pool = [r for r in recs if r["feasible"]]
+    pool = [r for r in recs if r["feasible"] and "duplicate_of" not in r["metrics"]]  # a copy is not a new point
     return [r["number"] for r in pool if not any(dominates(key(o), key(r)) for o in pool if o is not r)]
 
 
@@ -257,4 +257,6 @@ def _line(rec: dict, latency_key: str) -> str:
         parts.append(f"target {m['target_latency_ms']:.3f} ms (predicted)")
     parts.append(f"{m['size_kb']:.1f} KB")
     verdict = "feasible" if rec["feasible"] else "violates: " + "; ".join(rec["violations"])
+    if "duplicate_of" in m:
+        verdict += f" (same candidate as trial {m['duplicate_of']}: its measurements reused)"
     return f"{head}: {', '.join(parts)}; {verdict} [{rec['description']}]"

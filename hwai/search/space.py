@@ -39,7 +39,7 @@ class SpaceConfig:
     per_layer_bits: bool = True  # one `bits.<layer>` knob per conv/linear layer, else one `bits`
     fuse: tuple[bool, ...] = (False, True)  # fold Conv+BN(+ReLU)
     finetune_epochs: tuple[int, ...] = (1, 2)  # baseline architecture: fine-tune (with distillation)
-    train_epochs: tuple[int, ...] = (2,)  # new architecture: train from scratch (with distillation)
+    train_epochs: tuple[int, ...] = (3,)  # new architecture: train from scratch (with distillation)
 
     def __post_init__(self) -> None:
         checks = {"widths": all(w > 0 for w in self.widths), "resolutions": all(0 < r <= 4 for r in self.resolutions),
