@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwai import graph as hgraph
-from hwai import io, measure
+from hwai import measure
 from hwai.data import DataBundle
 from hwai.models import ModelSpec, build
 from hwai.search.space import BITS_DTYPE, Candidate
@@ -69,13 +69,18 @@ def _quantize(model: nn.Module, cand: Candidate, calib: DataBundle, example: tor
     import hwai
 
     cfg = hwai.QuantConfig(bits=8, per_layer=dict(cand.bits))
-    return hwai.quantize(model, cfg, calib=calib, example=example)
+    return hwai.quantize(model, cfg, calib=calib, example=example, progress=False)
 
 
 def structure(cand: Candidate, example: torch.Tensor) -> nn.Module:
-    """The candidate's shapes on untrained weights (pruning and fusion change shapes, not values' role)."""
-    model = build(cand.spec).eval()
-    return _fuse(_prune(model, cand, example), cand, example).eval()
+    """The candidate's shapes on untrained weights: pruning and fusion decide shapes, not the values."""
+    return structure_of(_prune(build(cand.spec).eval(), cand, example), cand, example)
+
+
+def structure_of(pruned: nn.Module, cand: Candidate, example: torch.Tensor) -> nn.Module:
+    """A pruned float model as the target runs it: fused when the candidate says so (quantization
+    changes dtypes, which the cost model takes as `precision`, not shapes)."""
+    return _fuse(copy.deepcopy(pruned).eval(), cand, example).eval()
 
 
 def node_precision(graph: hgraph.Graph, bits: dict[str, int]) -> dict[str, str]:
@@ -121,30 +126,26 @@ def finish(model: nn.Module, cand: Candidate, bundle: DataBundle) -> nn.Module:
     return _quantize(_fuse(model.eval(), cand, example), cand, bundle, example).eval()
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, int8: bool = False) -> Path:
-    """Write the candidate as ONNX (atomically)."""
-    def write(tmp: str) -> None:
-        torch.onnx.export(model, (example,), tmp, dynamo=False, input_names=["input"], output_names=["logits"])
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, calib: DataBundle, int8: bool = False) -> Path:
+    """The candidate as ONNX (atomically): FP32, or INT8 QDQ (INT4 weights where asked) when quantized."""
+    from hwai import export
 
-    return io.atomic_write(path, write)
+    return export.to_onnx(model, example, path, int8=int8, calib=calib if int8 else None)
 
 
-def measure_host(model: nn.Module, example: torch.Tensor, path: Path, cfg: measure.MeasureConfig,
+def measure_host(model: nn.Module, bundle: DataBundle, path: Path, cfg: measure.MeasureConfig,
                  int8: bool = False) -> tuple[dict, measure.LatencyStats]:
     """Export to `path` and measure: ONNX file size and ONNX Runtime latency at batch 1."""
-    export_onnx(model, example[:1], path, int8=int8)
-    stats = measure.latency(path, example[:1], cfg, runtime="onnxruntime")
+    example = bundle.example(1)
+    export_onnx(model, example, path, bundle, int8=int8)
+    stats = measure.latency(path, example, cfg, runtime="onnxruntime")
     return {"host_latency_ms": stats.median_ms, "host_latency_iqr_ms": stats.iqr_ms,
             "size_kb": path.stat().st_size / 1024}, stats
 
 
 def parity(model: nn.Module, onnx_path: Path, inputs: torch.Tensor) -> dict:
-    """ONNX Runtime vs PyTorch on real inputs: largest absolute logit difference, top-1 agreement."""
-    session = measure.ort_session(onnx_path, threads=1)
-    name = session.get_inputs()[0].name
+    """ONNX Runtime vs PyTorch on real inputs (hwai.export.parity): max |logit diff|, top-1 agreement, ok."""
+    from hwai import export
+
     with torch.inference_mode():
-        expected = model(inputs).numpy()
-    got = torch.cat([torch.from_numpy(session.run(None, {name: x[None].numpy()})[0]) for x in inputs]).numpy()
-    diff = float(abs(got - expected).max())
-    agree = float((got.argmax(1) == expected.argmax(1)).mean())
-    return {"max_abs_diff": diff, "top1_agreement": agree, "ok": agree >= 0.99}
+        return export.parity(model, onnx_path, inputs).to_dict()

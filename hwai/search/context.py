@@ -117,7 +117,7 @@ def baseline_metrics(ctx: Context) -> dict:
     example = ctx.data.example(1)
     metrics = {"accuracy": evaluate(ctx.baseline_model, ctx.data, "val"),
                "test_accuracy": evaluate(ctx.baseline_model, ctx.data, "test")}
-    host, _ = measure_host(ctx.baseline_model, example, ctx.run_dir / "baseline" / "model.onnx", ctx.mcfg)
+    host, _ = measure_host(ctx.baseline_model, ctx.data, ctx.run_dir / "baseline" / "model.onnx", ctx.mcfg)
     metrics.update(host)
     if ctx.targets:
         from hwai import cost

@@ -165,7 +165,7 @@ class Objective:
         model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=cfg.seed)
         metrics["accuracy"] = evaluate(model, bundle, "val")  # 2. measured accuracy
         metrics["test_accuracy"] = evaluate(model, bundle, "test")
-        host, _ = hc.measure_host(model, bundle.example(1), folder / "model.onnx", ctx.mcfg, int8=cand.quantized)
+        host, _ = hc.measure_host(model, bundle, folder / "model.onnx", ctx.mcfg, int8=cand.quantized)
         metrics.update(host)  # 3. measured on this machine
         if metrics.get("host_predicted_ms"):
             measured, predicted = metrics["host_latency_ms"], metrics["host_predicted_ms"]

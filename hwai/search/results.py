@@ -118,9 +118,33 @@ def export_best(ctx, best: dict) -> dict:
     folder = ctx.run_dir / "best"
     save_checkpoint(folder / "model.pt", model_float, cand.spec, bundle.describe(),
                     {"candidate": rec, "trial": best["trial"], **best["metrics"]})
-    onnx_path = hc.export_onnx(model, bundle.example(1), folder / "model.onnx", int8=cand.quantized)
-    return {"onnx": "best/model.onnx", "model": "best/model.pt",
-            "parity": hc.parity(model, onnx_path, bundle.example(64))}
+    onnx_path = hc.export_onnx(model, bundle.example(1), folder / "model.onnx", bundle, int8=cand.quantized)
+    out = {"onnx": "best/model.onnx", "model": "best/model.pt",
+           "parity": hc.parity(model, onnx_path, bundle.example(256))}
+    return out, _target_detail(ctx, cand, model_float, bundle)
+
+
+def _target_detail(ctx, cand, model_float, bundle) -> dict:
+    """The best candidate on the target: per-layer predictions and the live-activation timeline."""
+    if ctx.target is None:
+        return {}
+    from hwai import graph as hgraph
+    from hwai import memory
+    from hwai.search import candidate as hc
+
+    example = bundle.example(1)
+    graph = hgraph.capture(hc.structure_of(model_float, cand, example), example)
+    pred = hc.predict(graph, [ctx.target], cand)[ctx.target.name]
+    layers = [{"name": l.name, "op": l.op, "dtype": l.dtype, "predicted_ms": l.latency_ms,
+               "predicted_energy_uj": l.energy_uj, "bound": l.bound} for l in pred.layers]
+    timeline = [{"node": name, "live_bytes": int(live)} for name, live in memory.timeline(graph)]
+    return {"layers": layers, "memory": {"timeline": timeline, "sram_bytes": _sram(ctx.target),
+                                         "peak_activation_bytes": pred.peak_activation_bytes,
+                                         "fits": pred.fits, "fit_message": pred.fit_message}}
+
+
+def _sram(target) -> int | None:
+    return None if target is None else target.capacity_bytes.get("sram")
 
 
 def finalize(ctx, study: optuna.Study) -> dict:
@@ -130,9 +154,11 @@ def finalize(ctx, study: optuna.Study) -> dict:
     objectives = study.user_attrs.get("objectives", cfg.objectives)
     front = pareto(recs, objectives)
     best = choose(recs, front, cfg.latency_key, cfg.constraints.to_dict())
+    detail: dict = {}
     if best["trial"] is not None:
         trial = study.get_trials(deepcopy=False)[best["trial"]]
-        best.update(export_best(ctx, {**best, "candidate": trial.user_attrs["candidate"]}))
+        exported, detail = export_best(ctx, {**best, "candidate": trial.user_attrs["candidate"]})
+        best.update(exported)
     io.write_json(ctx.run_dir / "pareto.json", {"objectives": objectives, "kinds": ctx.kinds(),
                                                 "trials": [r for r in recs if r["number"] in front]})
     target = ctx.target
@@ -140,12 +166,12 @@ def finalize(ctx, study: optuna.Study) -> dict:
         "schema": "hwai.results/1", "command": "optimize", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": environment(ctx.mcfg.threads),
         "model": {"name": ctx.base_spec.name, "data": cfg.data, "spec": ctx.base_spec.to_dict()},
-        "target": {"name": target.name, "file": str(target.path),
-                   "sram_bytes": getattr(target, "sram_bytes", None)} if target else {"name": "host", "file": None,
-                                                                                      "sram_bytes": None},
+        "target": {"name": target.name, "file": str(target.path), "sram_bytes": _sram(target)} if target
+        else {"name": "host", "file": None, "sram_bytes": None},
         "constraints": cfg.constraints.to_dict(), "objectives": objectives, "baseline": ctx.baseline,
         "kinds": ctx.kinds(), "trials": recs, "pareto": front, "best": best,
-        "techniques": _techniques(ctx.baseline, best), "layers": [], "memory": {"timeline": [], "sram_bytes": None},
+        "techniques": _techniques(ctx.baseline, best), "layers": detail.get("layers", []),
+        "memory": detail.get("memory", {"timeline": [], "sram_bytes": _sram(target)}),
         "calibration": _calibration(recs, ctx), "measurement": ctx.measurement(), "prediction": ctx.prediction(),
         "study": {"name": study.study_name, "sampler": cfg.sampler, "trials_requested": cfg.trials,
                   "config": cfg.to_dict()},
