@@ -24,6 +24,7 @@ from hwai.models import ModelSpec, build
 from hwai.search.space import BITS_DTYPE, Candidate
 from hwai.train import TrainConfig, train
 
+PARITY_SAMPLES = 256  # real inputs on which the exported ONNX must agree with PyTorch (hwai.export.parity)
 FINETUNE_LR = 5e-4  # fine-tuning from the baseline's weights: a quarter of AdamW's default peak rate
 
 
@@ -135,12 +136,15 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, calib: Data
 
 def measure_host(model: nn.Module, bundle: DataBundle, path: Path, cfg: measure.MeasureConfig,
                  int8: bool = False) -> tuple[dict, measure.LatencyStats]:
-    """Export to `path` and measure: ONNX file size and ONNX Runtime latency at batch 1."""
+    """Export to `path` and measure: ONNX file size, ONNX Runtime latency at batch 1, and whether the
+    artifact agrees with PyTorch (a candidate whose export disagrees is not deployable)."""
     example = bundle.example(1)
     export_onnx(model, example, path, bundle, int8=int8)
     stats = measure.latency(path, example, cfg, runtime="onnxruntime")
+    check = parity(model, path, bundle.example(PARITY_SAMPLES, split="val"))
     return {"host_latency_ms": stats.median_ms, "host_latency_iqr_ms": stats.iqr_ms,
-            "size_kb": path.stat().st_size / 1024}, stats
+            "size_kb": path.stat().st_size / 1024, "parity_ok": check["ok"],
+            "parity_top1_agreement": check["top1_agreement"]}, stats
 
 
 def parity(model: nn.Module, onnx_path: Path, inputs: torch.Tensor) -> dict:

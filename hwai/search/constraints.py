@@ -66,6 +66,10 @@ def check(c: Constraints, metrics: dict, baseline_accuracy: float | None, latenc
             why.append(f"accuracy drop {drop:.2%} > limit {c.max_accuracy_drop:.2%}")
     else:
         values["accuracy_drop"] = 0.0
+    parity = metrics.get("parity_ok")
+    values["export"] = 0.0 if parity is None or parity else 1.0
+    if parity is False:
+        why.append(f"exported ONNX disagrees with PyTorch (top-1 agreement {metrics['parity_top1_agreement']:.1%})")
     fits = metrics.get("fits")
     values["fits"] = 0.0 if fits is None or fits else 1.0
     if fits is False:

@@ -65,14 +65,16 @@ class Context:
         return f"hwai.cost roofline model with target files {files}; host predictions corrected by measured/predicted"
 
 
-def correction(metrics: list[dict]) -> tuple[float, int]:
+def correction(metrics: list[dict], group: str = "fp32") -> tuple[float, int]:
     """Multiplicative correction of host predictions: the geometric mean of measured / predicted host
-    latency over the given metrics (the baseline and completed trials). Returns (factor, pairs used)."""
-    ratios = [m["host_latency_ms"] / m["host_predicted_raw_ms"] for m in metrics
-              if m.get("host_predicted_raw_ms") and m.get("host_latency_ms")]
-    if not ratios:
+    latency over the given metrics (the baseline and completed trials) of the same `group` ("fp32" or
+    "int": integer and float kernels are off by different factors); all groups while this one has none.
+    Returns (factor, pairs used)."""
+    pairs = [m for m in metrics if m.get("host_predicted_raw_ms") and m.get("host_latency_ms")]
+    same = [m for m in pairs if m.get("host_group", "fp32") == group] or pairs
+    if not same:
         return 1.0, 0
-    return math.exp(sum(math.log(r) for r in ratios) / len(ratios)), len(ratios)
+    return math.exp(sum(math.log(m["host_latency_ms"] / m["host_predicted_raw_ms"]) for m in same) / len(same)), len(same)
 
 
 def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[nn.Module, ModelSpec]:

@@ -109,10 +109,10 @@ def study_config(storage_url: str, study_name: str) -> tuple[optuna.Study, Optim
     return study, cfg
 
 
-def host_correction(study: optuna.Study, baseline: dict) -> tuple[float, int]:
+def host_correction(study: optuna.Study, baseline: dict, group: str) -> tuple[float, int]:
     """The feedback edge: correction of host predictions from every measurement in the study so far."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return correction([baseline] + [t.user_attrs.get("metrics", {}) for t in done])
+    return correction([baseline] + [t.user_attrs.get("metrics", {}) for t in done], group)
 
 
 class Objective:
@@ -156,8 +156,9 @@ class Objective:
             return [metrics[o] for o in cfg.objectives]
         if ctx.targets:  # 1. cheap screening: the cost model on the candidate's shapes
             graph = hgraph.capture(hc.structure(cand, example), example)
-            factor, n = host_correction(trial.study, ctx.baseline)
-            metrics.update(ctx.predicted(hc.predict(graph, ctx.targets, cand), factor, n))
+            group = "int" if cand.quantized else "fp32"
+            factor, n = host_correction(trial.study, ctx.baseline, group)
+            metrics.update(ctx.predicted(hc.predict(graph, ctx.targets, cand), factor, n), host_group=group)
             why, values = check(cfg.constraints, metrics, None, cfg.latency_key, screening=True)
             if why:
                 self._record(trial, folder, metrics, why, values, started, screened=True)

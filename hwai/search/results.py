@@ -144,7 +144,8 @@ def _target_detail(ctx, cand, model_float, bundle) -> dict:
 
 
 def _sram(target) -> int | None:
-    return None if target is None else target.capacity_bytes.get("sram")
+    sram = None if target is None else target.capacity_bytes.get("sram")
+    return None if sram is None else int(sram)
 
 
 def finalize(ctx, study: optuna.Study) -> dict:
@@ -196,12 +197,14 @@ def _calibration(recs: list[dict], ctx) -> dict:
         vals = sorted(abs(m[key]) for m in done)
         return vals[len(vals) // 2] if vals else None
 
-    factor, n = correction([ctx.baseline] + [r["metrics"] for r in recs if r["state"] == "COMPLETE"])
+    measured = [ctx.baseline] + [r["metrics"] for r in recs if r["state"] == "COMPLETE"]
+    factors = {group: dict(zip(("factor", "pairs"), correction(measured, group))) for group in ("fp32", "int")}
     return {"target": ctx.host.name, "file": str(ctx.host.path), "method": "multiplicative: geometric mean of measured/"
-            "predicted host latency over the baseline and completed trials, applied to later predictions",
+            "predicted host latency over the baseline and completed trials, per group (fp32 / int kernels), "
+            "applied to later predictions",
             "trials": len(done), "median_abs_error_pct_raw": median_abs("host_error_raw_pct"),
             "median_abs_error_pct_corrected": median_abs("host_error_pct"),
-            "final_factor": factor, "pairs": n}
+            "final_factors": factors}
 
 
 def _fmt(value, spec: str) -> str:
