@@ -216,22 +216,25 @@ def pareto_table(results: dict) -> list:
     row naming its candidate; the best is starred."""
     from rich.table import Table
 
+    from rich import box
+
     target = results["target"]["name"]
-    table = Table(title=f"Pareto front: {len(results['pareto'])} of {len(results['trials'])} trials "
-                        f"(feasible, non-dominated)")
-    for col in ("trial", "accuracy\nmeasured", "host ms\nmeasured", f"{target} ms\npredicted", "size KB\nmeasured",
-                "energy mJ\npredicted", "SRAM KB\npredicted"):
-        table.add_column(col, justify="right")
+    table = Table(title=f"Pareto front: {len(results['pareto'])} of {len(results['trials'])} trials (feasible, "
+                        f"non-dominated); target = {target}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("trial", "accuracy\n(m)", "host ms\n(m)", "IQR ms\n(m)", "target ms\n(p)", "size KB\n(m)",
+                "energy mJ\n(p)", "SRAM KB\n(p)"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.splitlines())))
     best = results["best"].get("trial")
-    rows = [{**results["baseline"], "_name": "baseline", "_desc": f"{results['model']['name']} (the baseline)"}]
+    rows = [{**results["baseline"], "_name": "base", "_desc": f"{results['model']['name']} (the baseline)"}]
     rows += [{**r["metrics"], "_name": f"{r['number']}{'*' if r['number'] == best else ''}", "_desc": r["description"]}
              for r in results["trials"] if r["number"] in results["pareto"]]
     for m in rows:
-        host = None if m.get("host_latency_ms") is None else \
-            f"{m['host_latency_ms']:.3f}±{m.get('host_latency_iqr_ms', 0):.3f}"
-        table.add_row(m["_name"], _fmt(m.get("accuracy"), ".2%"), host or "-", _fmt(m.get("target_latency_ms"), ".3f"),
+        table.add_row(m["_name"], _fmt(m.get("accuracy"), ".2%"), _fmt(m.get("host_latency_ms"), ".3f"),
+                      _fmt(m.get("host_latency_iqr_ms"), ".3f"), _fmt(m.get("target_latency_ms"), ".3f"),
                       _fmt(m.get("size_kb"), ".1f"), _fmt(m.get("energy_mj"), ".4f"), _fmt(m.get("peak_sram_kb"), ".1f"))
-    return [table] + [f"  {m['_name']}: {m['_desc']}" for m in rows]
+    legend = (f"(m) measured on this machine; (p) predicted by the cost model for {target}; "
+              "accuracy on the validation split; * the best")
+    return [table, legend] + [f"  {m['_name']}: {m['_desc']}" for m in rows]
 
 
 class Progress:
