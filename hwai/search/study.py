@@ -33,7 +33,7 @@ def worker_id() -> str:
 
 def open_storage(url: str) -> RDBStorage:
     """An RDB storage with heartbeats and one retry of stale trials; a bad URL is a UserError."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: our own one-line report, no traceback
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     scheme, sep, rest = url.partition("://")
     if scheme in ("postgresql", "postgres") and sep:
