@@ -243,7 +243,7 @@ class Progress:
     def __init__(self, ctx, study: optuna.Study, enabled: bool = True) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
-        self.ctx, self.study = ctx, study
+        self.ctx, self.study, self.enabled = ctx, study, enabled
         self.bar = Bar(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                        TimeElapsedColumn(), disable=not enabled, transient=False)
         self.task = self.bar.add_task("trials", total=ctx.cfg.trials, status="")
@@ -267,7 +267,7 @@ class Progress:
             m = best["metrics"]
             status += f" | best #{best['trial']}: acc {m['accuracy']:.2%}, {_latency(m, cfg.latency_key)}"
         self.bar.update(self.task, completed=min(done, cfg.trials), status=status)
-        if trial is not None:
+        if trial is not None and self.enabled:
             rec = next(r for r in recs if r["number"] == trial.number)
             self.bar.console.print(_line(rec, cfg.latency_key))
 
