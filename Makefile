@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/hwai train --model cnn --data mnist --epochs 3
+	$(BIN)/hwai optimize
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -32,6 +32,11 @@ _LAZY = {
     "export": ("hwai.export", None),
     "compress": ("hwai.compress", None),
     "CompressConfig": ("hwai.compress", "CompressConfig"),
+    "search": ("hwai.search", None),
+    "optimize": ("hwai.search.optimize", "optimize"),
+    "OptimizeConfig": ("hwai.search.optimize", "OptimizeConfig"),
+    "Constraints": ("hwai.search.constraints", "Constraints"),
+    "SpaceConfig": ("hwai.search.space", "SpaceConfig"),
 }
 
 

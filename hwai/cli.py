@@ -280,6 +280,71 @@ def compress(
                   f"{out / 'metrics.json'}")
 
 
+@app.command()
+def optimize(
+    model: str = typer.Option("cnn", help=MODEL_HELP + ": the baseline, also the distillation teacher"),
+    data: str = typer.Option("mnist", help=DATA_HELP),
+    target: str = typer.Option("stm32h743", help="target of the predicted objectives (catalog name or YAML); "
+                               "'none': host only"),
+    host_target: str = typer.Option("host", help="target file predicting this machine, for measured-vs-predicted "
+                                    "feedback; 'none': no host prediction"),
+    width: float = typer.Option(0.25, help="the baseline's width multiplier"),
+    input_size: Optional[int] = typer.Option(16, help="the baseline's input side (images); 0 keeps the data's"),
+    trials: int = typer.Option(16, min=1, help="finished trials (complete or screened out) to reach"),
+    baseline_epochs: int = typer.Option(8, min=0, help="epochs to train a zoo baseline"),
+    max_latency_ms: Optional[float] = typer.Option(None, help="limit on the target's latency (predicted; measured for host)"),
+    max_size_kb: Optional[float] = typer.Option(None, help="limit on the exported ONNX size (measured)"),
+    max_sram_kb: Optional[float] = typer.Option(None, help="limit on peak SRAM on the target (predicted)"),
+    max_accuracy_drop: float = typer.Option(0.02, help="limit on baseline minus candidate accuracy (0.02 = 2 points)"),
+    sampler: str = typer.Option("nsga2", help="nsga2 or tpe"),
+    seed: int = typer.Option(0),
+    run: Optional[Path] = typer.Option(None, help="run directory (default runs/<timestamp>); the same one resumes"),
+    storage: Optional[str] = typer.Option(None, help="shared study storage, e.g. postgresql://user:pw@host/db "
+                                          "(default: sqlite in the run directory)"),
+    study: Optional[str] = typer.Option(None, help="study name in --storage (default: the run directory's name)"),
+    timeout_s: Optional[float] = typer.Option(None, help="stop starting new trials after this many seconds"),
+) -> None:
+    """The co-design loop: constrained multi-objective search over architectures and compression policies."""
+    import time
+
+    from hwai.search import Constraints, OptimizeConfig, optimize as run_optimize
+    from hwai.search.results import pareto_table
+
+    cfg = OptimizeConfig(model=model, data=data, width=width, input_size=input_size or None,
+                         target=None if target.lower() == "none" else target,
+                         host_target=None if host_target.lower() == "none" else host_target,
+                         constraints=Constraints(max_latency_ms, max_size_kb, max_sram_kb, max_accuracy_drop),
+                         trials=trials, baseline_epochs=baseline_epochs, sampler=sampler, seed=seed)
+    run = run or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    start = time.perf_counter()
+    results = run_optimize(cfg, run, storage=storage, study_name=study, timeout_s=timeout_s)
+    for line in pareto_table(results):
+        console.print(line)
+    best = results["best"]
+    console.print(("[bold]best[/]: trial " + str(best["trial"]) if best["trial"] is not None else "[bold red]no best[/]")
+                  + f": {best['reason']}")
+    if best.get("parity"):
+        p = best["parity"]
+        console.print(f"exported {run / best['onnx']}: parity {'ok' if p['ok'] else 'FAILED'} (ONNX Runtime vs PyTorch: "
+                      f"max |diff| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.2%})")
+    console.print(f"{results['measurement']}\npredicted: {results['prediction']}")
+    console.print(f"results: {run / 'results.json'}; wall time {time.perf_counter() - start:.0f} s (measured)")
+
+
+@app.command()
+def worker(
+    storage: str = typer.Option(..., help="the study's storage URL (as given to hwai optimize --storage)"),
+    study: str = typer.Option(..., help="study name"),
+    run: Optional[Path] = typer.Option(None, help="where this worker keeps its baseline and trial files "
+                                       "(default runs/<study>)"),
+) -> None:
+    """One more process of a distributed search: runs trials of an existing study until it is full."""
+    from hwai.search import worker as run_worker
+
+    done = run_worker(storage, study, run)
+    console.print(f"worker finished {done} trial(s) of study {study}")
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     try:

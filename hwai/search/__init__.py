@@ -1,0 +1,7 @@
+"""Co-design search: the space of architectures and compression policies, and the loop that
+searches it under a target's constraints (hwai optimize / hwai worker)."""
+from hwai.search.constraints import Constraints
+from hwai.search.optimize import OptimizeConfig, optimize, worker
+from hwai.search.space import Candidate, SpaceConfig
+
+__all__ = ["Candidate", "Constraints", "OptimizeConfig", "SpaceConfig", "optimize", "worker"]

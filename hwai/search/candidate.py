@@ -1,0 +1,155 @@
+"""The stages one candidate goes through, cheapest first:
+
+1. `structure`: build the architecture and apply the structural passes (prune, fuse) to untrained
+   weights: enough for the cost model, since shapes do not depend on the weights' values;
+2. `predict`: cost-model screening on each target (predicted latency, energy, peak SRAM, fit);
+3. `realize`: the real candidate: baseline weights (or a fresh init for a new architecture), prune,
+   fine-tune / train with distillation from the baseline, fuse, quantize;
+4. `measure_host`: export to ONNX and time it with ONNX Runtime on this machine (measured).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwai import graph as hgraph
+from hwai import measure
+from hwai.data import DataBundle
+from hwai.models import ModelSpec, build
+from hwai.search.space import BITS_DTYPE, Candidate
+from hwai.train import TrainConfig, train
+
+PARITY_SAMPLES = 256  # real inputs on which the exported ONNX must agree with PyTorch (hwai.export.parity)
+FINETUNE_LR = 5e-4  # fine-tuning from the baseline's weights: a quarter of AdamW's default peak rate
+
+
+class AtResolution(nn.Module):
+    """Feeds a teacher its own input resolution, so it can distil into a student at another one."""
+
+    def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model, self.size = model, tuple(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        return self.model(x)
+
+
+def data_at(bundle: DataBundle, spec: ModelSpec) -> DataBundle:
+    """The same data at the candidate's input resolution."""
+    if bundle.image_size is None or tuple(bundle.image_size) == tuple(spec.input_size):
+        return bundle
+    return dataclasses.replace(bundle, input_size=tuple(spec.input_size))
+
+
+def _prune(model: nn.Module, cand: Candidate, example: torch.Tensor) -> nn.Module:
+    if not cand.prune:
+        return model
+    import hwai
+
+    return hwai.prune(model, hwai.PruneConfig(ratio=0.0, structured=True, per_layer=dict(cand.prune)), example)
+
+
+def _fuse(model: nn.Module, cand: Candidate, example: torch.Tensor) -> nn.Module:
+    if not cand.fuse:
+        return model
+    import hwai
+
+    return hwai.fuse(model, example)
+
+
+def _quantize(model: nn.Module, cand: Candidate, calib: DataBundle, example: torch.Tensor) -> nn.Module:
+    if not cand.quantized:
+        return model
+    import hwai
+
+    cfg = hwai.QuantConfig(bits=8, per_layer=dict(cand.bits))
+    return hwai.quantize(model, cfg, calib=calib, example=example, progress=False)
+
+
+def structure(cand: Candidate, example: torch.Tensor) -> nn.Module:
+    """The candidate's shapes on untrained weights: pruning and fusion decide shapes, not the values."""
+    return structure_of(_prune(build(cand.spec).eval(), cand, example), cand, example)
+
+
+def structure_of(pruned: nn.Module, cand: Candidate, example: torch.Tensor) -> nn.Module:
+    """A pruned float model as the target runs it: fused when the candidate says so (quantization
+    changes dtypes, which the cost model takes as `precision`, not shapes)."""
+    return _fuse(copy.deepcopy(pruned).eval(), cand, example).eval()
+
+
+def node_precision(graph: hgraph.Graph, bits: dict[str, int]) -> dict[str, str]:
+    """Every node's dtype: a weighted layer's own bits; other nodes inherit the last weighted layer's
+    (in a quantized deployment the activations between quantized layers stay quantized)."""
+    out, current = {}, "fp32"
+    for node in graph.nodes:
+        if node.name in bits:
+            current = BITS_DTYPE[bits[node.name]]
+        out[node.name] = current
+    return out
+
+
+def predict(graph: hgraph.Graph, targets: list, cand: Candidate) -> dict:
+    """Cost-model predictions of the candidate on each target: {target name: Prediction}."""
+    from hwai import cost
+
+    precision = node_precision(graph, cand.bits)
+    return {t.name: cost.predict(graph, t, precision=precision) for t in targets}
+
+
+def realize(cand: Candidate, baseline: nn.Module, base_spec: ModelSpec, data: DataBundle,
+            seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Build, prune, train with distillation from `baseline`, fuse and quantize the candidate.
+    Returns (the trained float model, before fusion and quantization; the final candidate)."""
+    bundle = data_at(data, cand.spec)
+    example = bundle.example(2)
+    model = copy.deepcopy(baseline) if cand.same_architecture else build(cand.spec)
+    model = _prune(model, cand, example)
+    teacher = AtResolution(baseline, base_spec.input_size) if data.image_size else baseline
+    cfg = TrainConfig(epochs=cand.epochs, lr=FINETUNE_LR if cand.same_architecture else None,
+                      warmup_epochs=0.0 if cand.same_architecture else 0.5,
+                      augment=bundle.image_size is not None and cand.spec.name != "mlp", seed=seed)
+    if cand.epochs:
+        train(model, bundle, cfg, teacher=teacher, progress=False)
+    model.eval()
+    return model, finish(copy.deepcopy(model), cand, bundle)
+
+
+def finish(model: nn.Module, cand: Candidate, bundle: DataBundle) -> nn.Module:
+    """The post-training passes: fuse, then quantize (calibrated on `bundle`)."""
+    example = bundle.example(2)
+    return _quantize(_fuse(model.eval(), cand, example), cand, bundle, example).eval()
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, calib: DataBundle, int8: bool = False) -> Path:
+    """The candidate as ONNX (atomically): FP32, or INT8 QDQ (INT4 weights where asked) when quantized."""
+    from hwai import export
+
+    return export.to_onnx(model, example, path, int8=int8, calib=calib if int8 else None)
+
+
+def measure_host(model: nn.Module, bundle: DataBundle, path: Path, cfg: measure.MeasureConfig,
+                 int8: bool = False) -> tuple[dict, measure.LatencyStats]:
+    """Export to `path` and measure: ONNX file size, ONNX Runtime latency at batch 1, and whether the
+    artifact agrees with PyTorch (a candidate whose export disagrees is not deployable)."""
+    example = bundle.example(1)
+    export_onnx(model, example, path, bundle, int8=int8)
+    stats = measure.latency(path, example, cfg, runtime="onnxruntime")
+    check = parity(model, path, bundle.example(PARITY_SAMPLES, split="val"))
+    return {"host_latency_ms": stats.median_ms, "host_latency_iqr_ms": stats.iqr_ms,
+            "size_kb": path.stat().st_size / 1024, "parity_ok": check["ok"],
+            "parity_top1_agreement": check["top1_agreement"]}, stats
+
+
+def parity(model: nn.Module, onnx_path: Path, inputs: torch.Tensor) -> dict:
+    """ONNX Runtime vs PyTorch on real inputs (hwai.export.parity): max |logit diff|, top-1 agreement, ok."""
+    from hwai import export
+
+    with torch.inference_mode():
+        return export.parity(model, onnx_path, inputs).to_dict()

@@ -1,0 +1,294 @@
+"""From a study to answers: trial records, the Pareto front (feasible candidates only), the best
+candidate under the user's limits (or the closest one, said plainly), its export with a parity check,
+pareto.json and results.json (schema hwai.results/1), and the live progress display."""
+from __future__ import annotations
+
+import platform
+import time
+from importlib import metadata
+
+import optuna
+from optuna.trial import TrialState
+
+from hwai import io
+from hwai.search.context import correction
+
+STATES = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "FAIL",
+          TrialState.RUNNING: "RUNNING", TrialState.WAITING: "WAITING"}
+
+
+def records(study: optuna.Study) -> list[dict]:
+    """One plain dict per trial, as results.json lists them."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        why = list(t.user_attrs.get("violations", []))
+        rec = {"number": t.number, "state": STATES[t.state], "params": dict(t.params),
+               "description": t.user_attrs.get("description"), "metrics": dict(t.user_attrs.get("metrics", {})),
+               "feasible": t.state == TrialState.COMPLETE and not why, "violations": why}
+        if t.state == TrialState.PRUNED:
+            rec["reason"] = "screened out by the cost model: " + "; ".join(why)
+        if t.state == TrialState.FAIL:
+            rec["reason"] = t.user_attrs.get("error") or ("interrupted" if t.user_attrs.get("interrupted")
+                                                          else "process died while running it")
+        if "failed_trial" in t.system_attrs:
+            rec["retry_of"] = t.system_attrs["failed_trial"]
+        out.append(rec)
+    return out
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    """a is at least as good everywhere and better somewhere (all objectives minimised)."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def pareto(recs: list[dict], objectives: list[str]) -> list[int]:
+    """Numbers of the non-dominated feasible completed trials (a re-proposed candidate counts once)."""
+    def key(r: dict) -> list[float]:
+        return [-r["metrics"][o] if o == "accuracy" else r["metrics"][o] for o in objectives]
+
+    pool = [r for r in recs if r["feasible"] and "duplicate_of" not in r["metrics"]]  # a copy is not a new point
+    return [r["number"] for r in pool if not any(dominates(key(o), key(r)) for o in pool if o is not r)]
+
+
+def choose(recs: list[dict], front: list[int], latency_key: str, constraints: dict) -> dict:
+    """The best feasible candidate: the lowest latency on the target among the Pareto front (all of
+    which meet the accuracy-drop limit); or, when none is feasible, the closest one."""
+    by_number = {r["number"]: r for r in recs}
+    if front:
+        best = min((by_number[n] for n in front), key=lambda r: (r["metrics"][latency_key], -r["metrics"]["accuracy"]))
+        kind = "predicted" if latency_key == "target_latency_ms" else "measured host"
+        return {"trial": best["number"], "metrics": best["metrics"], "description": best["description"],
+                "reason": f"lowest {kind} latency among {len(front)} Pareto-optimal candidates that satisfy "
+                          f"every limit ({_limits(constraints)})"}
+    tried = [r for r in recs if r["state"] in ("COMPLETE", "PRUNED") and r["violations"]]
+    closest = min(tried, key=lambda r: (r["state"] != "COMPLETE", len(r["violations"])), default=None)
+    reason = f"no candidate satisfied the limits ({_limits(constraints)})"
+    out = {"trial": None, "metrics": {}, "onnx": None, "parity": None, "reason": reason}
+    if closest is not None:
+        out["closest"] = {"trial": closest["number"], "metrics": closest["metrics"], "violations": closest["violations"],
+                          "description": closest["description"]}
+        out["reason"] += f"; closest: trial {closest['number']} ({'; '.join(closest['violations'])})"
+    return out
+
+
+def _limits(c: dict) -> str:
+    text = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in c.items() if v is not None)
+    return text or "none given"
+
+
+def environment(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for pkg in ("torch", "onnxruntime", "optuna", "hwai"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    import torch
+
+    versions["torch"] = torch.__version__
+    return {"cpu": cpu, "threads": threads, "python": platform.python_version(), **versions}
+
+
+def export_best(ctx, best: dict) -> dict:
+    """Rebuild the best candidate (its trained float weights when this process has them), export
+    best/model.onnx and best/model.pt, and check ONNX Runtime against PyTorch."""
+    from hwai.search import candidate as hc
+    from hwai.search.space import Candidate
+    from hwai.models import ModelSpec
+    from hwai.train import load_checkpoint, save_checkpoint
+
+    rec = best["candidate"]
+    cand = Candidate(ModelSpec.from_dict(rec["spec"]), rec["same_architecture"], rec["prune"],
+                     {k: int(v) for k, v in rec["bits"].items()}, rec["fuse"], rec["epochs"])
+    bundle = hc.data_at(ctx.data, cand.spec)
+    stored = ctx.run_dir / "trials" / str(best["trial"]) / "model.pt"
+    if stored.is_file():
+        model_float = load_checkpoint(stored)[0]
+        model = hc.finish(model_float, cand, bundle)
+    else:  # trained by a worker on another machine: train it again (same seed)
+        model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=ctx.cfg.seed)
+    folder = ctx.run_dir / "best"
+    save_checkpoint(folder / "model.pt", model_float, cand.spec, bundle.describe(),
+                    {"candidate": rec, "trial": best["trial"], **best["metrics"]})
+    onnx_path = hc.export_onnx(model, bundle.example(1), folder / "model.onnx", bundle, int8=cand.quantized)
+    out = {"onnx": "best/model.onnx", "model": "best/model.pt",
+           "parity": hc.parity(model, onnx_path, bundle.example(256))}
+    return out, _target_detail(ctx, cand, model_float, bundle)
+
+
+def _target_detail(ctx, cand, model_float, bundle) -> dict:
+    """The best candidate on the target: per-layer predictions and the live-activation timeline."""
+    if ctx.target is None:
+        return {}
+    from hwai import graph as hgraph
+    from hwai import memory
+    from hwai.search import candidate as hc
+
+    example = bundle.example(1)
+    graph = hgraph.capture(hc.structure_of(model_float, cand, example), example)
+    pred = hc.predict(graph, [ctx.target], cand)[ctx.target.name]
+    layers = [{"name": l.name, "op": l.op, "dtype": l.dtype, "predicted_ms": l.latency_ms,
+               "predicted_energy_uj": l.energy_uj, "bound": l.bound} for l in pred.layers]
+    timeline = [{"node": name, "live_bytes": int(live)} for name, live in memory.timeline(graph)]
+    return {"layers": layers, "memory": {"timeline": timeline, "sram_bytes": _sram(ctx.target),
+                                         "peak_activation_bytes": pred.peak_activation_bytes,
+                                         "fits": pred.fits, "fit_message": pred.fit_message}}
+
+
+def _sram(target) -> int | None:
+    sram = None if target is None else target.capacity_bytes.get("sram")
+    return None if sram is None else int(sram)
+
+
+def finalize(ctx, study: optuna.Study) -> dict:
+    """Write pareto.json, best/ and results.json; returns the results dict."""
+    cfg = ctx.cfg
+    recs = records(study)
+    objectives = study.user_attrs.get("objectives", cfg.objectives)
+    front = pareto(recs, objectives)
+    best = choose(recs, front, cfg.latency_key, cfg.constraints.to_dict())
+    detail: dict = {}
+    if best["trial"] is not None:
+        trial = study.get_trials(deepcopy=False)[best["trial"]]
+        exported, detail = export_best(ctx, {**best, "candidate": trial.user_attrs["candidate"]})
+        best.update(exported)
+    io.write_json(ctx.run_dir / "pareto.json", {"objectives": objectives, "kinds": ctx.kinds(),
+                                                "trials": [r for r in recs if r["number"] in front]})
+    target = ctx.target
+    results = {
+        "schema": "hwai.results/1", "command": "optimize", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "environment": environment(ctx.mcfg.threads),
+        "model": {"name": ctx.base_spec.name, "data": cfg.data, "spec": ctx.base_spec.to_dict()},
+        "target": {"name": target.name, "file": str(target.path), "sram_bytes": _sram(target)} if target
+        else {"name": "host", "file": None, "sram_bytes": None},
+        "constraints": cfg.constraints.to_dict(), "objectives": objectives, "baseline": ctx.baseline,
+        "kinds": ctx.kinds(), "trials": recs, "pareto": front, "best": best,
+        "techniques": _techniques(ctx.baseline, best), "layers": detail.get("layers", []),
+        "memory": detail.get("memory", {"timeline": [], "sram_bytes": _sram(target)}),
+        "calibration": _calibration(recs, ctx), "measurement": ctx.measurement(), "prediction": ctx.prediction(),
+        "study": {"name": study.study_name, "sampler": cfg.sampler, "trials_requested": cfg.trials,
+                  "config": cfg.to_dict()},
+    }
+    io.write_json(ctx.run_dir / "results.json", results)
+    return results
+
+
+def _techniques(baseline: dict, best: dict) -> list[dict]:
+    if best.get("trial") is None:
+        return []
+    return [{"name": best["description"], "metric_before": baseline, "metric_after": best["metrics"]}]
+
+
+def _calibration(recs: list[dict], ctx) -> dict:
+    """How well the host predictions matched measurements, before and after the feedback correction."""
+    done = [r["metrics"] for r in recs if r["state"] == "COMPLETE" and "host_error_pct" in r["metrics"]]
+    if ctx.host is None:
+        return {"target": None, "note": "no host target: no measured-vs-predicted feedback"}
+
+    def median_abs(key: str) -> float | None:
+        vals = sorted(abs(m[key]) for m in done)
+        return vals[len(vals) // 2] if vals else None
+
+    measured = [ctx.baseline] + [r["metrics"] for r in recs if r["state"] == "COMPLETE"]
+    factors = {group: dict(zip(("factor", "pairs"), correction(measured, group))) for group in ("fp32", "int")}
+    return {"target": ctx.host.name, "file": str(ctx.host.path), "method": "multiplicative: geometric mean of measured/"
+            "predicted host latency over the baseline and completed trials, per group (fp32 / int kernels), "
+            "applied to later predictions",
+            "trials": len(done), "median_abs_error_pct_raw": median_abs("host_error_raw_pct"),
+            "median_abs_error_pct_corrected": median_abs("host_error_pct"),
+            "final_factors": factors}
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def pareto_table(results: dict) -> list:
+    """The Pareto front as a rich table (every column labelled measured or predicted) plus one line per
+    row naming its candidate; the best is starred."""
+    from rich.table import Table
+
+    from rich import box
+
+    target = results["target"]["name"]
+    table = Table(title=f"Pareto front: {len(results['pareto'])} of {len(results['trials'])} trials (feasible, "
+                        f"non-dominated); target = {target}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("trial", "accuracy\n(m)", "host ms\n(m)", "IQR ms\n(m)", "target ms\n(p)", "size KB\n(m)",
+                "energy mJ\n(p)", "SRAM KB\n(p)"):
+        table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.splitlines())))
+    best = results["best"].get("trial")
+    rows = [{**results["baseline"], "_name": "base", "_desc": f"{results['model']['name']} (the baseline)"}]
+    rows += [{**r["metrics"], "_name": f"{r['number']}{'*' if r['number'] == best else ''}", "_desc": r["description"]}
+             for r in results["trials"] if r["number"] in results["pareto"]]
+    for m in rows:
+        table.add_row(m["_name"], _fmt(m.get("accuracy"), ".2%"), _fmt(m.get("host_latency_ms"), ".3f"),
+                      _fmt(m.get("host_latency_iqr_ms"), ".3f"), _fmt(m.get("target_latency_ms"), ".3f"),
+                      _fmt(m.get("size_kb"), ".1f"), _fmt(m.get("energy_mj"), ".4f"), _fmt(m.get("peak_sram_kb"), ".1f"))
+    legend = (f"(m) measured on this machine; (p) predicted by the cost model for {target}; "
+              "accuracy on the validation split; * the best")
+    return [table, legend] + [f"  {m['_name']}: {m['_desc']}" for m in rows]
+
+
+class Progress:
+    """Live display: trial n/N, best so far, Pareto size; one line per finished trial."""
+
+    def __init__(self, ctx, study: optuna.Study, enabled: bool = True) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+        self.ctx, self.study, self.enabled = ctx, study, enabled
+        self.bar = Bar(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                       TimeElapsedColumn(), disable=not enabled, transient=False)
+        self.task = self.bar.add_task("trials", total=ctx.cfg.trials, status="")
+
+    def __enter__(self) -> "Progress":
+        self.bar.__enter__()
+        self.update(self.study, None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def update(self, study: optuna.Study, trial) -> None:
+        cfg = self.ctx.cfg
+        recs = records(study)
+        front = pareto(recs, study.user_attrs.get("objectives", cfg.objectives))
+        best = choose(recs, front, cfg.latency_key, cfg.constraints.to_dict())
+        done = sum(r["state"] in ("COMPLETE", "PRUNED") for r in recs)
+        status = f"Pareto {len(front)}"
+        if best["trial"] is not None:
+            m = best["metrics"]
+            status += f" | best #{best['trial']}: acc {m['accuracy']:.2%}, {_latency(m, cfg.latency_key)}"
+        self.bar.update(self.task, completed=min(done, cfg.trials), status=status)
+        if trial is not None and self.enabled:
+            rec = next(r for r in recs if r["number"] == trial.number)
+            self.bar.console.print(_line(rec, cfg.latency_key))
+
+
+def _latency(m: dict, key: str) -> str:
+    kind = "predicted" if key == "target_latency_ms" else "measured"
+    return f"{m.get(key, float('nan')):.3f} ms ({kind})"
+
+
+def _line(rec: dict, latency_key: str) -> str:
+    m = rec["metrics"]
+    head = f"trial {rec['number']} {rec['state'].lower()}"
+    if rec["state"] == "FAIL":
+        return f"{head}: {rec.get('reason')}"
+    if rec["state"] == "PRUNED":
+        return f"{head}: {rec['reason']} [{rec['description']}]"
+    parts = [f"acc {m['accuracy']:.2%} (measured)", f"host {m['host_latency_ms']:.3f} ms (measured)"]
+    if "target_latency_ms" in m:
+        parts.append(f"target {m['target_latency_ms']:.3f} ms (predicted)")
+    parts.append(f"{m['size_kb']:.1f} KB")
+    verdict = "feasible" if rec["feasible"] else "violates: " + "; ".join(rec["violations"])
+    if "duplicate_of" in m:
+        verdict += f" (same candidate as trial {m['duplicate_of']}: its measurements reused)"
+    return f"{head}: {', '.join(parts)}; {verdict} [{rec['description']}]"

@@ -1,0 +1,161 @@
+"""The search space, define-by-run (Optuna): architecture knobs of the zoo model first, then a
+compression policy over the layers of the architecture just sampled.
+
+A trial's parameters:
+- `width`, `depth`, `kernel_size`, `resolution`: the architecture (width and resolution relative to the
+  baseline; depth and kernel size only for models whose factory takes them);
+- `prune.gK`: structured prune ratio of layer group K (prunable layers split into contiguous groups);
+- `bits.<layer>` (or one `bits` for all layers): 32 (float), 8 or 4;
+- `fuse`: fold Conv+BN(+ReLU) before export;
+- `finetune_epochs` (baseline architecture, starts from the baseline's weights) or `train_epochs`
+  (new architecture, trained from scratch), both with distillation from the baseline.
+A knob with a single allowed value is not suggested (it is fixed, and not recorded as a parameter).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from hwai.errors import UserError
+from hwai.models import REGISTRY, ModelSpec, build
+
+BITS_DTYPE = {32: "fp32", 8: "int8", 4: "int4"}
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """Which values each knob may take."""
+
+    widths: tuple[float, ...] = (0.5, 0.75, 1.0)  # width multiplier, relative to the baseline's width
+    depths: tuple[int, ...] = ()  # blocks per stage (resnets, dscnn); () keeps the baseline's depth
+    kernel_sizes: tuple[int, ...] = (3, 5)  # for models whose factory takes kernel_size
+    resolutions: tuple[float, ...] = (1.0, 0.75)  # input side, relative to the baseline's (images only)
+    prune_ratios: tuple[float, ...] = (0.0, 0.25, 0.5)  # structured: fraction of channels removed
+    prune_groups: int = 3  # prunable layers are split into this many contiguous groups, one ratio each
+    bits: tuple[int, ...] = (32, 8)  # weight/activation bits: 32 (float), 8, 4
+    per_layer_bits: bool = True  # one `bits.<layer>` knob per conv/linear layer, else one `bits`
+    fuse: tuple[bool, ...] = (False, True)  # fold Conv+BN(+ReLU)
+    finetune_epochs: tuple[int, ...] = (1, 2)  # baseline architecture: fine-tune (with distillation)
+    train_epochs: tuple[int, ...] = (3,)  # new architecture: train from scratch (with distillation)
+
+    def __post_init__(self) -> None:
+        checks = {"widths": all(w > 0 for w in self.widths), "resolutions": all(0 < r <= 4 for r in self.resolutions),
+                  "prune_ratios": all(0 <= r < 1 for r in self.prune_ratios),
+                  "bits": all(b in BITS_DTYPE for b in self.bits), "kernel_sizes": all(k % 2 for k in self.kernel_sizes),
+                  "epochs": min(self.finetune_epochs + self.train_epochs, default=0) >= 0 and min(self.train_epochs) >= 1}
+        for name, ok in checks.items():
+            if not ok:
+                raise UserError(f"search space: invalid {name} (widths > 0, resolutions in (0, 4], prune ratios in "
+                                f"[0, 1), bits in 32/8/4, odd kernel sizes, train epochs >= 1)")
+        empty = [k for k, v in asdict(self).items() if isinstance(v, tuple) and not v and k != "depths"]
+        if empty or self.prune_groups < 1:
+            raise UserError(f"search space: {', '.join(empty) or 'prune_groups'} must not be empty / zero")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpaceConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the space: an architecture plus a compression and training policy."""
+
+    spec: ModelSpec  # architecture (zoo name, width, input size, options)
+    same_architecture: bool  # True: start from the baseline's weights; False: train from scratch
+    prune: dict[str, float] = field(default_factory=dict)  # layer -> structured prune ratio (0 omitted)
+    bits: dict[str, int] = field(default_factory=dict)  # layer -> 32 / 8 / 4
+    fuse: bool = False  # fold Conv+BN(+ReLU) before quantization and export
+    epochs: int = 1  # fine-tune / training epochs, with distillation from the baseline
+
+    @property
+    def quantized(self) -> bool:
+        return any(b < 32 for b in self.bits.values())
+
+    def precision(self) -> dict[str, str]:
+        """Layer -> dtype name ("fp32", "int8", "int4") for the cost model."""
+        return {name: BITS_DTYPE[b] for name, b in self.bits.items()}
+
+    def describe(self) -> str:
+        parts = [f"{self.spec.name} width {self.spec.width:g}", f"input {self.spec.input_size[0]}x{self.spec.input_size[1]}"]
+        parts += [f"{k} {v}" for k, v in sorted(self.spec.options.items())]
+        if self.prune:
+            parts.append("prune " + "/".join(f"{r:.0%}" for r in dict.fromkeys(self.prune.values())) + " structured")
+        if self.quantized:
+            kinds = sorted({BITS_DTYPE[b] for b in self.bits.values()}, reverse=True)
+            parts.append("+".join(kinds))
+        parts += ["fused"] if self.fuse else []
+        parts.append(f"{self.epochs} epoch(s) {'fine-tune' if self.same_architecture else 'training'} + distillation")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), "same_architecture": self.same_architecture, "prune": self.prune,
+                "bits": self.bits, "fuse": self.fuse, "epochs": self.epochs}
+
+
+def _pick(trial, name: str, choices: tuple) -> Any:
+    """Suggest among `choices`; a single choice is fixed and not recorded."""
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
+
+
+def factory_options(name: str) -> set[str]:
+    """Architecture keywords the zoo factory `name` accepts (none for user models)."""
+    factory = REGISTRY.get(name)
+    return set(inspect.signature(factory).parameters) if factory else set()
+
+
+def weighted_layers(model: nn.Module) -> list[str]:
+    """Conv and linear layers in definition order: what bits and pruning act on."""
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+
+
+def sample_architecture(trial, space: SpaceConfig, base: ModelSpec) -> ModelSpec:
+    width = round(base.width * _pick(trial, "width", space.widths), 4)
+    options = dict(base.options)
+    accepts = factory_options(base.name)
+    if "depth" in accepts and space.depths:
+        options["depth"] = _pick(trial, "depth", space.depths)
+    if "kernel_size" in accepts:
+        options["kernel_size"] = _pick(trial, "kernel_size", space.kernel_sizes)
+    size = base.input_size
+    if base.input_size != (1, 1):  # images: the resolution knob applies
+        scale = _pick(trial, "resolution", space.resolutions)
+        size = tuple(max(4, int(round(s * scale))) for s in base.input_size)
+    return ModelSpec(base.name, base.num_classes, base.in_channels, size, width, options)
+
+
+def sample(trial, space: SpaceConfig, base: ModelSpec) -> Candidate:
+    """Sample a candidate (define-by-run: the layers known after the architecture is sampled)."""
+    spec = sample_architecture(trial, space, base)
+    same = _same(spec, base)
+    layers = weighted_layers(build(spec))
+    prunable = layers[:-1]  # the classifier's outputs are the classes: never pruned
+    prune: dict[str, float] = {}
+    groups = min(space.prune_groups, len(prunable))
+    for g in range(groups):
+        ratio = _pick(trial, f"prune.g{g}", space.prune_ratios)
+        members = prunable[g * len(prunable) // groups:(g + 1) * len(prunable) // groups]
+        prune.update({name: ratio for name in members if ratio > 0})
+    if space.per_layer_bits:
+        bits = {name: _pick(trial, f"bits.{name}", space.bits) for name in layers}
+    else:
+        one = _pick(trial, "bits", space.bits)
+        bits = {name: one for name in layers}
+    fuse = _pick(trial, "fuse", space.fuse)
+    epochs = _pick(trial, "finetune_epochs", space.finetune_epochs) if same else \
+        _pick(trial, "train_epochs", space.train_epochs)
+    return Candidate(spec, same, prune, bits, fuse, epochs)
+
+
+def _same(spec: ModelSpec, base: ModelSpec) -> bool:
+    """Same architecture as the baseline (options compared with the factory's defaults filled in)."""
+    factory = REGISTRY.get(base.name)
+    defaults = {k: p.default for k, p in inspect.signature(factory).parameters.items()
+                if p.default is not inspect.Parameter.empty} if factory else {}
+    return ({**defaults, **spec.options} == {**defaults, **base.options} and spec.width == base.width
+            and tuple(spec.input_size) == tuple(base.input_size))

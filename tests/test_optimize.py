@@ -1,0 +1,142 @@
+"""The loop end to end on tiny settings: results files, constraints, resume after kill -9, CLI errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hwai.errors import UserError
+from hwai.search import Constraints, OptimizeConfig, SpaceConfig, optimize
+
+# digits, a small MLP, one epoch: a trial takes well under a second
+TINY = SpaceConfig(widths=(0.5, 1.0), kernel_sizes=(3,), resolutions=(1.0,), prune_ratios=(0.0,), bits=(32,),
+                   fuse=(False,), finetune_epochs=(1,), train_epochs=(1,))
+RESULT_KEYS = {"schema", "command", "created", "environment", "model", "target", "constraints", "objectives", "baseline",
+               "kinds", "trials", "pareto", "best", "techniques", "layers", "memory", "measurement", "prediction"}
+
+
+def tiny(trials=4, constraints=Constraints(max_accuracy_drop=0.5), space=TINY, **kw):
+    base = dict(model="mlp", data="digits", width=0.25, input_size=None, target=None, host_target=None,
+                trials=trials, baseline_epochs=1, space=space, constraints=constraints, measure_seconds=0.2)
+    return OptimizeConfig(**{**base, **kw})
+
+
+def check_results(run: Path, trials: int) -> dict:
+    results = json.loads((run / "results.json").read_text())
+    assert RESULT_KEYS <= set(results) and results["schema"] == "hwai.results/1"
+    numbers = [t["number"] for t in results["trials"]]
+    assert len(numbers) == len(set(numbers)), "a trial is listed twice"
+    done = [t for t in results["trials"] if t["state"] in ("COMPLETE", "PRUNED")]
+    assert len(done) == trials
+    for t in done:
+        saved = json.loads((run / "trials" / str(t["number"]) / "metrics.json").read_text())
+        assert saved["metrics"]["accuracy"] == t["metrics"]["accuracy"]
+    pareto = json.loads((run / "pareto.json").read_text())
+    assert sorted(t["number"] for t in pareto["trials"]) == sorted(results["pareto"])
+    assert set(results["pareto"]) <= {t["number"] for t in done if t["feasible"]}
+    return results
+
+
+def test_optimize_writes_a_valid_run_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    results = optimize(tiny(trials=3), run, progress=False)
+    check_results(run, 3)
+    best = results["best"]
+    assert best["trial"] in results["pareto"] and best["parity"]["ok"]
+    assert (run / "best" / "model.onnx").is_file() and (run / "best" / "model.pt").is_file()
+    m = best["metrics"]  # the best satisfies the limit
+    assert results["baseline"]["accuracy"] - m["accuracy"] <= 0.5
+    assert results["kinds"]["host_latency_ms"] == "measured" and m["host_latency_ms"] > 0
+    first = {t["number"]: t["metrics"] for t in results["trials"]}
+    # the same run again with more trials: resumes, keeps the finished ones untouched
+    results = optimize(tiny(trials=5), run, progress=False)
+    check_results(run, 5)
+    assert all(first[t["number"]] == t["metrics"] for t in results["trials"] if t["number"] in first)
+    with pytest.raises(UserError, match="other settings"):
+        optimize(tiny(trials=5, seed=1), run, progress=False)
+
+
+def test_no_feasible_candidate_is_said_and_closest_shown(tmp_path):
+    results = optimize(tiny(trials=2, constraints=Constraints(max_size_kb=0.01)), tmp_path / "run", progress=False)
+    best = results["best"]
+    assert best["trial"] is None and best["onnx"] is None and "no candidate satisfied" in best["reason"]
+    assert best["closest"]["violations"] and "size" in best["closest"]["violations"][0]
+    assert results["pareto"] == [] and not (tmp_path / "run" / "best" / "model.onnx").exists()
+
+
+KILL_SCRIPT = """
+import sys
+from hwai.search import OptimizeConfig, SpaceConfig, Constraints, optimize
+space = SpaceConfig(widths=(0.5, 1.0), kernel_sizes=(3,), resolutions=(1.0,), prune_ratios=(0.0,), bits=(32,),
+                    fuse=(False,), finetune_epochs=(3,), train_epochs=(3,))
+cfg = OptimizeConfig(model="mlp", data="digits", width=0.25, input_size=None, target=None, host_target=None,
+                     trials=5, baseline_epochs=1, space=space, constraints=Constraints(max_accuracy_drop=0.5),
+                     measure_seconds=0.2)
+optimize(cfg, sys.argv[1], progress=False)
+"""
+
+
+def _states(run: Path) -> list:
+    if not (run / "study.db").is_file():
+        return []
+    try:  # the other process may still be creating the tables
+        storage = optuna.storages.RDBStorage(f"sqlite:///{run / 'study.db'}", skip_table_creation=True)
+        return optuna.load_study(study_name="hwai-optimize", storage=storage).get_trials(deepcopy=True)
+    except Exception:
+        return []
+
+
+def test_kill_9_mid_trial_then_resume(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(run)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    before: list = []
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            trials = _states(run)
+            done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if len(done) >= 2 and any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+                os.kill(proc.pid, signal.SIGKILL)  # mid-trial
+                break
+            time.sleep(0.1)
+        proc.wait(timeout=30)
+        before = _states(run)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed mid-trial"
+    completed = {t.number: t.user_attrs["metrics"] for t in before if t.state == optuna.trial.TrialState.COMPLETE}
+    killed = [t.number for t in before if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(completed) >= 2 and len(killed) == 1
+    # resume in a fresh process, exactly as a user would
+    subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run)], check=True, capture_output=True, timeout=120)
+    results = check_results(run, 5)
+    by_number = {t["number"]: t for t in results["trials"]}
+    for n, metrics in completed.items():  # every trial finished before the kill is still there, unchanged
+        assert by_number[n]["state"] == "COMPLETE" and by_number[n]["metrics"] == metrics
+    assert by_number[killed[0]]["state"] == "FAIL"
+    retries = [t for t in results["trials"] if t.get("retry_of") == killed[0]]
+    assert len(retries) == 1 and retries[0]["state"] == "COMPLETE"  # retried once, counted once
+    sampled = next(t.params for t in before if t.number == killed[0])  # what it had sampled before it died
+    assert all(retries[0]["params"][k] == v for k, v in sampled.items())  # the retry runs the same candidate
+
+
+def _hwai(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "hwai", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args", [["optimize", "--storage", "bogus://nowhere"],
+                                  ["worker", "--storage", "postgresql://u:secret@127.0.0.1:1/db", "--study", "s"]])
+def test_bad_storage_url_is_one_line_exit_2(args, tmp_path):
+    proc = _hwai(*args, "--run", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hwai: error: cannot open storage")
+    assert "secret" not in proc.stderr  # the password is not printed
+    assert not (tmp_path / "run").exists()

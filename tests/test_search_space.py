@@ -1,0 +1,104 @@
+"""The search space samples valid candidates; constraints and the Pareto/best logic are right."""
+import optuna
+import pytest
+import torch
+
+from hwai import data as hdata
+from hwai.errors import UserError
+from hwai.models import ModelSpec, build
+from hwai.search.candidate import data_at
+from hwai.search.constraints import Constraints, check
+from hwai.search.results import choose, dominates, pareto
+from hwai.search.space import SpaceConfig, sample, weighted_layers
+
+SPACE = SpaceConfig(widths=(0.5, 1.0), depths=(1, 2), kernel_sizes=(3, 5), resolutions=(1.0, 0.75),
+                    prune_ratios=(0.0, 0.25, 0.5), prune_groups=2, bits=(32, 8, 4), fuse=(False, True),
+                    finetune_epochs=(0, 1), train_epochs=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return hdata.load("digits", input_size=16)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet8", "mlp"])
+def test_sampled_candidates_are_valid(name, digits):
+    base = ModelSpec(name, 10, 1, (16, 16), 0.5, {})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen_same = seen_new = False
+    for _ in range(12):
+        trial = study.ask()
+        cand = sample(trial, SPACE, base)
+        model = build(cand.spec).eval()
+        x = data_at(digits, cand.spec).example(2)
+        assert x.shape[-2:] == torch.Size(cand.spec.input_size)
+        assert model(x).shape == (2, 10)  # the architecture runs on the data at its resolution
+        layers = weighted_layers(model)
+        assert set(cand.bits) == set(layers) and set(cand.bits.values()) <= {32, 8, 4}
+        assert set(cand.prune) <= set(layers[:-1]), "the classifier is never pruned"
+        assert all(r in (0.25, 0.5) for r in cand.prune.values())
+        if cand.same_architecture:
+            seen_same = True
+            assert cand.spec.width == base.width and cand.spec.input_size == base.input_size
+            assert cand.epochs in SPACE.finetune_epochs
+        else:
+            seen_new = True
+            assert cand.epochs in SPACE.train_epochs
+        if name != "resnet8":
+            assert "depth" not in trial.params  # only factories that take a depth get the knob
+        if name == "mlp":
+            assert "kernel_size" not in trial.params
+        study.tell(trial, 0.0)
+    assert seen_same and seen_new
+
+
+def test_single_choice_knobs_are_fixed_not_suggested():
+    space = SpaceConfig(widths=(1.0,), kernel_sizes=(3,), resolutions=(1.0,), prune_ratios=(0.0,), bits=(8,),
+                        per_layer_bits=False, fuse=(True,), finetune_epochs=(2,))
+    trial = optuna.create_study().ask()
+    cand = sample(trial, space, ModelSpec("cnn", 10, 1, (16, 16), 0.5, {}))
+    assert trial.params == {}
+    assert cand.same_architecture and cand.fuse and cand.epochs == 2 and set(cand.bits.values()) == {8}
+    assert cand.precision()[weighted_layers(build(cand.spec))[0]] == "int8"
+
+
+@pytest.mark.parametrize("bad", [dict(widths=()), dict(bits=(16,)), dict(prune_ratios=(1.0,)),
+                                 dict(kernel_sizes=(4,)), dict(train_epochs=(0,))])
+def test_space_rejects_bad_values(bad):
+    with pytest.raises(UserError):
+        SpaceConfig(**bad)
+
+
+def test_constraints_check_names_each_violation():
+    c = Constraints(max_latency_ms=10, max_size_kb=100, max_sram_kb=50, max_accuracy_drop=0.02)
+    ok = {"target_latency_ms": 9.0, "size_kb": 90.0, "peak_sram_kb": 40.0, "accuracy": 0.97, "fits": True}
+    why, values = check(c, ok, 0.98, "target_latency_ms")
+    assert why == [] and all(v <= 0 for v in values.values())
+    bad = {"target_latency_ms": 20.0, "size_kb": 200.0, "peak_sram_kb": 60.0, "accuracy": 0.9, "fits": False,
+           "fit_message": "needs 2 MB"}
+    why, values = check(c, bad, 0.98, "target_latency_ms")
+    assert len(why) == 5 and values["latency"] == pytest.approx(1.0) and values["size"] == pytest.approx(1.0)
+    # screening sees predictions only, and a corrected host prediction needs a clear margin
+    why, _ = check(c, {"host_predicted_ms": 11.0, "size_kb": 500.0}, None, "host_latency_ms", screening=True)
+    assert why == []
+    why, _ = check(c, {"host_predicted_ms": 13.0}, None, "host_latency_ms", screening=True)
+    assert len(why) == 1 and "latency" in why[0]
+    with pytest.raises(UserError):
+        Constraints(max_latency_ms=-1)
+
+
+def _rec(n, acc, lat, feasible=True, why=(), state="COMPLETE"):
+    return {"number": n, "state": state, "metrics": {"accuracy": acc, "host_latency_ms": lat, "size_kb": 1.0},
+            "feasible": feasible, "violations": list(why), "description": f"c{n}"}
+
+
+def test_pareto_and_best_respect_constraints():
+    assert dominates([1, 1], [1, 2]) and not dominates([1, 2], [2, 1]) and not dominates([1, 1], [1, 1])
+    recs = [_rec(0, 0.95, 1.0), _rec(1, 0.97, 2.0), _rec(2, 0.94, 3.0),  # 2 is dominated by 0
+            _rec(3, 0.99, 0.1, feasible=False, why=["size 900 KB > limit 100 KB"])]  # best numbers, infeasible
+    front = pareto(recs, ["accuracy", "host_latency_ms", "size_kb"])
+    assert sorted(front) == [0, 1]
+    best = choose(recs, front, "host_latency_ms", {"max_size_kb": 100})
+    assert best["trial"] == 0 and "satisfy" in best["reason"]
+    none = choose([recs[3], _rec(4, 0.5, 1, False, ["a", "b"])], [], "host_latency_ms", {"max_size_kb": 100})
+    assert none["trial"] is None and none["closest"]["trial"] == 3 and "no candidate" in none["reason"]
