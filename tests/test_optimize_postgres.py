@@ -13,12 +13,12 @@ import pytest
 URL = os.environ.get("HWAI_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="HWAI_TEST_POSTGRES_URL not set (CI sets it; see .ci/run)")
 
-TRIALS = 6
+TRIALS = 8
 MAIN = """
 import sys
 from hwai.search import OptimizeConfig, SpaceConfig, Constraints, optimize
-space = SpaceConfig(widths=(0.5, 1.0), kernel_sizes=(3,), resolutions=(1.0,), prune_ratios=(0.0,), bits=(32,),
-                    fuse=(False,), finetune_epochs=(2, 3), train_epochs=(2,))
+space = SpaceConfig(widths=(0.25, 0.5, 0.75, 1.0), kernel_sizes=(3,), resolutions=(1.0,), prune_ratios=(0.0,), bits=(32,),
+                    fuse=(False,), finetune_epochs=(6, 8, 10), train_epochs=(8,))  # few repeats, long enough trials
 cfg = OptimizeConfig(model="mlp", data="digits", width=0.25, input_size=None, target=None, host_target=None,
                      trials=%d, baseline_epochs=3, space=space, constraints=Constraints(max_accuracy_drop=0.5),
                      measure_seconds=0.2)
@@ -50,7 +50,9 @@ def test_two_workers_share_one_postgres_study(tmp_path):
         # each process checks the count before it starts a trial: at most one extra when both start at once
         assert TRIALS <= len(done) <= TRIALS + 1 and not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
         workers = {t.user_attrs["worker"] for t in done}
-        assert len(workers) == 2, f"both processes should have run trials, got {workers}"
+        timeline = [(t.number, t.user_attrs["worker"], str(t.datetime_start.time()), str(t.datetime_complete.time()))
+                    for t in done]
+        assert len(workers) == 2, f"both processes should have run trials, got {timeline}; worker: {worker.stdout}"
         assert "finished" in worker.stdout
         for t in done:  # every finished trial has its files, written by whichever process ran it
             saved = json.loads((run / "trials" / str(t.number) / "metrics.json").read_text())
