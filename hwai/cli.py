@@ -277,7 +277,7 @@ def compress(
     console.print(result.measurement)
     console.print(f"wrote {out / 'model.onnx'} (parity: max |delta logit| {result.final.parity['max_abs_diff']:.3g}, "
                   f"top-1 agreement {result.final.parity['top1_agreement']:.1%}), {out / 'model.pt'}, "
-                  f"{out / 'metrics.json'}")
+                  f"{out / 'metrics.json'}, {out / 'report.html'}")
 
 
 @app.command()
@@ -328,7 +328,7 @@ def optimize(
         console.print(f"exported {run / best['onnx']}: parity {'ok' if p['ok'] else 'FAILED'} (ONNX Runtime vs PyTorch: "
                       f"max |diff| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.2%})")
     console.print(f"{results['measurement']}\npredicted: {results['prediction']}")
-    console.print(f"results: {run / 'results.json'}; wall time {time.perf_counter() - start:.0f} s (measured)")
+    console.print(f"results: {run / 'results.json'}; report: {run / 'report.html'}; wall time {time.perf_counter() - start:.0f} s (measured)")
 
 
 @app.command()

@@ -208,6 +208,9 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
             io.atomic_write(out_dir / "model.onnx", lambda t: shutil.copyfile(path, t))
             _save_model(out_dir / "model.pt", float_model, spec, data, metrics)
             io.write_json(out_dir / "metrics.json", metrics)
+            from hwai.report import report
+
+            report(out_dir)  # out_dir/report.html, from the metrics.json just written
     return CompressResult(baseline, stage, steps, current, out_dir, metrics, measurement)
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -76,6 +77,9 @@ def test_cli_end_to_end_on_digits_writes_parsed_metrics(tmp_path):
     assert m["model"]["name"] == "cnn" and m["trials"] == [] and m["pareto"] == []
     loaded = torch.load(out / "model.pt", weights_only=True)
     assert loaded["format"] == "hwai.checkpoint/1"
+    page = (out / "report.html").read_text()  # written at the end of compress, from metrics.json
+    shown = re.search(r'data-key="best.metrics.accuracy" data-value="([^"]+)"', page)
+    assert shown and float(shown.group(1)) == m["best"]["metrics"]["accuracy"]
 
 
 def test_cli_refuses_bad_options_with_one_line(tmp_path):

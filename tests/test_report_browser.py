@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hwai.report import report
-from test_report import synthetic_results, write_run
+from test_report import _lookup, synthetic_results, write_run
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
          "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
@@ -90,3 +90,33 @@ def test_status_reports_page_errors(chromium, tmp_path):
                                                '<pre id="hwai-status" hidden></pre><script>notAFunction();</script>'))
     status, _ = page_status(chromium, broken, tmp_path / "profile")
     assert any("notAFunction" in e for e in status["errors"]) and status["rendered"] == 3
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A real (tiny) `hwai optimize` run with a target and host predictions; it writes report.html itself."""
+    from test_optimize import tiny
+
+    from hwai.search import optimize
+
+    run = tmp_path_factory.mktemp("optimize") / "run"
+    results = optimize(tiny(trials=4, target="stm32h743", host_target="host"), run, progress=False)
+    return run, results
+
+
+def test_report_of_a_real_optimize_run_renders_its_results(chromium, real_run, tmp_path):
+    run, results = real_run
+    page = run / "report.html"
+    assert page.is_file(), "optimize writes the report at the end of the run"
+    assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(results))
+    status, console = page_status(chromium, page, tmp_path / "profile")
+    assert status["errors"] == [] and not [line for line in console if re.search(r"error|uncaught", line, re.I)]
+    assert status["plots"] == status["rendered"] >= 2
+    figures = {f["id"]: {t["name"]: t["points"] for t in f["traces"]} for f in status["figures"]}
+    assert figures["pareto-plot"]["Pareto front"] == len(results["pareto"]) >= 1
+    # every number the page shows with its source key is the number in results.json
+    text = page.read_text()
+    cells = re.findall(r'data-key="([^"]+)" data-value="([^"]+)">', text)
+    assert len(cells) > 20
+    for key, raw in cells:
+        assert float(raw) == pytest.approx(_lookup(results, key), rel=1e-12), key

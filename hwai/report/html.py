@@ -180,8 +180,7 @@ def _techniques(run: Run) -> str:
     techniques = [t for t in run.items("techniques") if isinstance(t, dict)]
     if not techniques:
         return _section("techniques", "Techniques applied", "", _na("no techniques recorded"))
-    metrics = [m for m in dict.fromkeys(k for t in techniques for part in ("metric_before", "metric_after")
-                                         for k in (t.get(part) or {}))]
+    metrics = run.figures([t.get(part) or {} for t in techniques for part in ("metric_before", "metric_after")])
     head = "".join(f"<th class='num'>{escape(label(m))} {_badge(run.kind(m))}</th>" for m in metrics)
     rows = []
     for i, t in enumerate(techniques):
@@ -201,7 +200,7 @@ def _trials(run: Run) -> str:
     if not trials:
         return _section("trials", "Trials", "", _na("no search trials in this run"))
     pareto = [t for t in trials if t.get("number") in set(run.pareto)]
-    metrics = [m for m in dict.fromkeys(k for t in trials for k in (t.get("metrics") or {}))]
+    metrics = run.figures([t.get("metrics") or {} for t in trials])
     return _section("trials", "Pareto-optimal trials", "No other trial is at least as good on every objective.",
                     _trial_table(run, pareto, metrics) +
                     f"<details><summary>all {len(trials)} trials</summary>{_trial_table(run, trials, metrics)}</details>")

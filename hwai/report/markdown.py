@@ -39,7 +39,7 @@ def render(run: Run) -> str:
         for t in techniques:
             before, after = t.get("metric_before") or {}, t.get("metric_after") or {}
             effect = "; ".join(f"{label(m)} {fmt(m, before.get(m))} → {fmt(m, after.get(m))}"
-                               for m in dict.fromkeys([*before, *after]))
+                               for m in run.figures([before, after]))
             lines.append(f"| {t.get('name', '?')} | {effect or 'not available'} |")
     lines += ["", f"- measured: {run.data.get('measurement') or 'not available'}",
               f"- predicted: {run.data.get('prediction') or 'not available'}"]

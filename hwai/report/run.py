@@ -23,6 +23,10 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "size_kb": ("model size", "KiB", False),
     "energy_mj": ("energy per inference", "mJ", False),
     "peak_sram_kb": ("peak activation memory", "KiB", False),
+    "test_accuracy": ("test accuracy", "%", True),
+    "host_predicted_ms": ("host latency, corrected prediction", "ms", False),
+    "host_predicted_raw_ms": ("host latency, roofline prediction", "ms", False),
+    "parity_top1_agreement": ("ONNX top-1 agreement", "%", True),
 }
 
 
@@ -98,10 +102,16 @@ class Run:
         return f"trials.{self.section('best').get('trial')}.metrics"
 
     def metric_keys(self) -> list[str]:
-        """Numeric metrics in baseline or chosen model: known ones in a fixed order, then the rest."""
-        present = [k for k in {**self.baseline, **self.best} if number(self.baseline.get(k)) is not None
-                   or number(self.best.get(k)) is not None]
+        """Numeric figures in baseline or chosen model: known ones in a fixed order, then the rest."""
+        present = self.figures([self.baseline, self.best])
         return [k for k in METRICS if k in present] + [k for k in present if k not in METRICS]
+
+    def figures(self, metric_dicts: list[dict[str, Any]]) -> list[str]:
+        """Keys with a number in any of `metric_dicts`: the known metrics, and others only where the run
+        labels them measured or predicted (search bookkeeping such as correction factors is not a figure)."""
+        keys = dict.fromkeys(k for d in metric_dicts if isinstance(d, dict) for k in d)
+        return [k for k in keys if (k in METRICS or self.kind(k) in ("measured", "predicted"))
+                and any(isinstance(d, dict) and number(d.get(k)) is not None for d in metric_dicts)]
 
     @property
     def sram_bytes(self) -> float | None:

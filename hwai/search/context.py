@@ -16,7 +16,8 @@ from hwai.models import ModelSpec
 KINDS = {"accuracy": "measured", "test_accuracy": "measured", "host_latency_ms": "measured",
          "host_latency_iqr_ms": "measured", "size_kb": "measured", "target_latency_ms": "predicted",
          "energy_mj": "predicted", "peak_sram_kb": "predicted", "fits": "predicted",
-         "host_predicted_ms": "predicted", "host_predicted_raw_ms": "predicted"}
+         "host_predicted_ms": "predicted", "host_predicted_raw_ms": "predicted",
+         "parity_top1_agreement": "measured"}
 
 
 @dataclass

@@ -178,6 +178,9 @@ def finalize(ctx, study: optuna.Study) -> dict:
                   "config": cfg.to_dict()},
     }
     io.write_json(ctx.run_dir / "results.json", results)
+    from hwai.report import report
+
+    report(ctx.run_dir)  # run_dir/report.html, from the results.json just written
     return results
 
 
