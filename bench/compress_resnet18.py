@@ -21,7 +21,7 @@ from hwai.compress import CompressConfig, compress
 from hwai.export import quiet, CalibrationReader, ort_accuracy, to_onnx
 from hwai.measure import MeasureConfig, latency, physical_cores
 
-console = Console()
+console = Console(width=140)  # a full table also when the output is a file
 
 
 def peer_int8(fp32: Path, out: Path, bundle, samples: int) -> Path:

@@ -18,3 +18,21 @@ def digits():
     from hwai import data
 
     return data.load("digits")
+
+
+@pytest.fixture(scope="session")
+def _resnet8_on_digits(digits):
+    from hwai import models, train
+
+    train.seed_everything(0)
+    model = models.create("resnet8", 10, 1, 8, width=0.5)
+    train.train(model, digits, train.TrainConfig(epochs=3, augment=False), progress=False)
+    return model.eval()
+
+
+@pytest.fixture
+def trained_resnet8(_resnet8_on_digits):
+    """A resnet8 (width 0.5) trained 3 epochs on digits; each test gets its own copy."""
+    import copy
+
+    return copy.deepcopy(_resnet8_on_digits)

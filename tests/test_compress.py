@@ -14,33 +14,25 @@ from hwai.models import ModelSpec
 QUICK = MeasureConfig(warmup=2, min_repeats=5, max_repeats=50, max_seconds=0.3)
 
 
-@pytest.fixture(scope="module")
-def trained(digits):
-    train.seed_everything(0)
-    model = models.create("resnet8", 10, 1, 8, width=0.5)
-    train.train(model, digits, train.TrainConfig(epochs=3, augment=False), progress=False)
-    return model.eval()
-
-
-def test_a_step_that_loses_too_much_accuracy_is_rolled_back_unless_forced(trained, digits, tmp_path):
+def test_a_step_that_loses_too_much_accuracy_is_rolled_back_unless_forced(trained_resnet8, digits, tmp_path):
     cfg = CompressConfig(prune=0.9, finetune_epochs=0, max_accuracy_drop=0.0, measure=QUICK)
     spec = ModelSpec("resnet8", 10, 1, (8, 8), 0.5)
-    result = compress(trained, digits, cfg, out=tmp_path / "a", spec=spec, log=lambda s: None, progress=False)
+    result = compress(trained_resnet8, digits, cfg, out=tmp_path / "a", spec=spec, log=lambda s: None, progress=False)
     (step,) = result.steps
     assert not step.kept and "below the original" in step.reason
-    assert result.final is result.baseline and result.final.params == sum(p.numel() for p in trained.parameters())
+    assert result.final is result.baseline and result.final.params == sum(p.numel() for p in trained_resnet8.parameters())
     reloaded, _ = train.load_checkpoint(tmp_path / "a" / "model.pt")  # the previous (original) model was kept
     assert sum(p.numel() for p in reloaded.parameters()) == result.final.params
 
-    forced = compress(trained, digits, CompressConfig(prune=0.9, finetune_epochs=0, max_accuracy_drop=0.0,
+    forced = compress(trained_resnet8, digits, CompressConfig(prune=0.9, finetune_epochs=0, max_accuracy_drop=0.0,
                                                       force=True, measure=QUICK), log=lambda s: None, progress=False)
     assert forced.steps[0].kept and forced.final.params < result.final.params / 10
 
 
-def test_prune_and_quantize_shrink_the_artifact_with_verified_parity(trained, digits, tmp_path):
+def test_prune_and_quantize_shrink_the_artifact_with_verified_parity(trained_resnet8, digits, tmp_path):
     cfg = CompressConfig(prune=0.5, finetune_epochs=1, distill=True, quantize="int8", max_accuracy_drop=1.0,
                          force=True, measure=QUICK)
-    result = compress(trained, digits, cfg, out=tmp_path, log=lambda s: None, progress=False)
+    result = compress(trained_resnet8, digits, cfg, out=tmp_path, log=lambda s: None, progress=False)
     assert [s.name.split()[0] for s in result.steps] == ["prune", "fuse", "quantize"]
     assert result.final.precision == "int8" and result.final.parity["ok"]
     assert result.baseline.size_kb / result.final.size_kb > 2.5  # tiny model: ONNX graph overhead dominates
