@@ -5,6 +5,7 @@ allowed or makes the model slower is rolled back (the previous model is kept) un
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import shutil
 import sys
@@ -279,9 +280,9 @@ def table(result: CompressResult):
         t.add_column(col, justify="left" if col == "stage" else "right", overflow="fold")
     rows = [("original FP32", base)] + [(s.name + ("" if s.kept else " [rolled back]"), s.after) for s in result.steps]
     for name, s in rows:
-        eager = f"{s.torch_ms:.3g}±{s.torch_iqr_ms:.1g}" if s.torch_ms is not None else "-"
+        eager = _ms(s.torch_ms, s.torch_iqr_ms) if s.torch_ms is not None else "-"
         t.add_row(name, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}", f"{base.size_kb / s.size_kb:.1f}x",
-                  eager, f"{s.ort_ms:.3g}±{s.ort_iqr_ms:.1g}", f"{base.ort_ms / s.ort_ms:.2f}x")
+                  eager, _ms(s.ort_ms, s.ort_iqr_ms), f"{base.ort_ms / s.ort_ms:.2f}x")
     return t
 
 
@@ -294,3 +295,9 @@ def checkpoint_input_size(model: str) -> int | None:
     except Exception:
         return None  # resolve_model reports unreadable checkpoints
     return int(size[0]) if size else None
+
+
+def _ms(median: float, iqr: float) -> str:
+    """'12.3±0.4': the median to 3 significant digits, the IQR to the same decimal place."""
+    digits = max(0, 2 - int(math.floor(math.log10(abs(median))))) if median else 3
+    return f"{median:.{digits}f}±{iqr:.{digits}f}"
