@@ -114,6 +114,9 @@ def test_report_of_a_real_optimize_run_renders_its_results(chromium, real_run, t
     assert status["plots"] == status["rendered"] >= 2
     figures = {f["id"]: {t["name"]: t["points"] for t in f["traces"]} for f in status["figures"]}
     assert figures["pareto-plot"]["Pareto front"] == len(results["pareto"]) >= 1
+    measured = [r for r in results["layers"] if r.get("baseline_fp32_measured_ms") and r.get("chosen_fp32_measured_ms")]
+    assert measured and all(r["predicted_ms"] > 0 for r in measured if r["op"] in ("linear", "conv"))
+    assert figures["layers-plot"]["baseline FP32 measured"] == len(results["layers"])
     # every number the page shows with its source key is the number in results.json
     text = page.read_text()
     cells = re.findall(r'data-key="([^"]+)" data-value="([^"]+)">', text)

@@ -57,7 +57,8 @@ class Context:
         return (f"host latency measured with ONNX Runtime (CPU), batch 1, {c.threads} thread(s), {c.warmup} warm-up runs, "
                 f"{c.min_repeats}..{c.max_repeats} repeats until the median is stable within {c.rel_tol:.0%} or "
                 f"{c.max_seconds:g} s; median and IQR reported. Accuracy measured on the validation split "
-                f"(test split as test_accuracy); size = bytes of the exported ONNX file")
+                f"(test split as test_accuracy); size = bytes of the exported ONNX file; per-layer times of the baseline "
+                "and the chosen model: ONNX Runtime's profiler (hwai.profile), mean of typical profiled runs")
 
     def prediction(self) -> str:
         if not self.targets:
