@@ -205,6 +205,8 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
         metrics = _metrics(baseline, stage, steps, cfg, spec, data, measurement)
         out_dir = Path(out) if out is not None else None
         if out_dir is not None:
+            log("per-layer times of the original and the compressed model (ONNX Runtime profiler)")
+            metrics.update(_layer_detail(original, base_path, float_model, path, stage.precision, data, cfg))
             out_dir.mkdir(parents=True, exist_ok=True)
             io.atomic_write(out_dir / "model.onnx", lambda t: shutil.copyfile(path, t))
             _save_model(out_dir / "model.pt", float_model, spec, data, metrics)
@@ -213,6 +215,27 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
 
             report(out_dir)  # out_dir/report.html, from the metrics.json just written
     return CompressResult(baseline, stage, steps, current, out_dir, metrics, measurement)
+
+
+def _layer_detail(original: nn.Module, original_onnx: Path, compressed: nn.Module, compressed_onnx: Path,
+                  precision: str, data: DataBundle, cfg: CompressConfig) -> dict:
+    """results.json `layers` (measured ORT time per layer of the original FP32 and the compressed ONNX,
+    side by side) and `memory` (live activation bytes of the compressed model over its execution order)."""
+    from dataclasses import replace
+
+    from hwai import graph, memory
+    from hwai.profile import merge_layers, module_times
+
+    example = data.example(1)
+    mcfg = replace(cfg.measure, layer_runs=10)
+    series = {"fp32_measured_ms": module_times(original_onnx, data, mcfg),
+              ("compressed_fp32" if precision == "fp32" else precision) + "_measured_ms":
+                  module_times(compressed_onnx, data, mcfg)}
+    nodes = [{"name": n.name, "op": n.op} for n in graph.capture(original, example).nodes]
+    rows = [r for r in merge_layers(nodes, series) if any(k in r for k in series)]
+    timeline = memory.timeline(graph.capture(compressed, example))
+    return {"layers": rows, "memory": {"timeline": [{"node": n, "live_bytes": int(b)} for n, b in timeline],
+                                       "sram_bytes": None}}
 
 
 def _save_model(path: Path, model: nn.Module, spec: ModelSpec | None, data: DataBundle, metrics: dict) -> None:
@@ -265,7 +288,7 @@ def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConf
                  "speedup": baseline.ort_ms / final.ort_ms, "size_ratio": baseline.size_kb / final.size_kb},
         "techniques": [{"name": s.name, "kept": s.kept, "reason": s.reason, "metric_before": _summary(s.before),
                         "metric_after": _summary(s.after)} for s in steps],
-        "layers": [], "memory": {"timeline": [], "sram_bytes": None}, "config": config,
+        "layers": [], "memory": {"timeline": [], "sram_bytes": None}, "config": config,  # filled when written
         "measurement": measurement, "prediction": "none: compress reports measured numbers only",
     }
 

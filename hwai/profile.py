@@ -196,3 +196,32 @@ def _assemble(label: str, g: Graph, lat: measure.LatencyStats, times: measure.La
                    f"profiled runs whose total lies in the interquartile range")
     return Profile(label, lat.runtime, lat.threads, lat.batch, g.method, notice, rows, total, measurement,
                    prediction, g)
+
+
+def module_of(onnx_node: str) -> str:
+    """The module an exported ONNX node came from: '/layers/layers.0/layers.0.0/conv1/Conv' -> 'layers.0.0.conv1'
+    (torch.onnx names nodes by their module scopes; quantize/dequantize nodes go to the layer they follow)."""
+    name = ""
+    for scope in onnx_node.strip("/").split("/")[:-1]:
+        name = scope if not name or scope.startswith(name + ".") else f"{name}.{scope}"
+    return name
+
+
+def module_times(onnx_path: str | Path, data: DataBundle | torch.Tensor,
+                 cfg: measure.MeasureConfig = measure.MeasureConfig()) -> dict[str, float]:
+    """Measured ONNX Runtime time per torch module (ms, execution order) of an ONNX file exported by hwai:
+    the file's per-layer profile summed by module, so an FP32 and an INT8 export line up row by row."""
+    times: dict[str, float] = {}
+    for layer in profile(onnx_path, data, cfg=cfg).layers:
+        name = module_of(layer.name)
+        if layer.measured_ms is not None and name:
+            times[name] = times.get(name, 0.0) + layer.measured_ms
+    return times
+
+
+def merge_layers(rows: list[dict], series: dict[str, dict[str, float]]) -> list[dict]:
+    """Rows of results.json `layers`: each row gets its time from every series {key: {module: ms}}; without
+    rows (no cost-model prediction) one row per module in the series' execution order."""
+    if not rows:
+        rows = [{"name": name, "op": ""} for name in dict.fromkeys(n for times in series.values() for n in times)]
+    return [{**r, **{key: times[r["name"]] for key, times in series.items() if r["name"] in times}} for r in rows]

@@ -70,6 +70,11 @@ def test_cli_end_to_end_on_digits_writes_parsed_metrics(tmp_path):
     loaded = torch.load(out / "model.pt", weights_only=True)
     assert loaded["format"] == "hwai.checkpoint/1"
     page = (out / "report.html").read_text()  # written at the end of compress, from metrics.json
+    int8_kept = any(t["kept"] and t["name"].startswith("quantize") for t in m["techniques"])  # or rolled back
+    final_key = "int8_measured_ms" if int8_kept else "compressed_fp32_measured_ms"
+    side_by_side = [r for r in m["layers"] if "fp32_measured_ms" in r and final_key in r]
+    assert len(side_by_side) >= 3 and all(r["fp32_measured_ms"] > 0 for r in side_by_side)
+    assert m["memory"]["timeline"] and all(e["live_bytes"] > 0 for e in m["memory"]["timeline"])
     shown = re.search(r'data-key="best.metrics.accuracy" data-value="([^"]+)"', page)
     assert shown and float(shown.group(1)) == m["best"]["metrics"]["accuracy"]
 

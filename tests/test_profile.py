@@ -194,3 +194,14 @@ def test_cli_profile_resnet18_mnist_full_width():
     r = run_cli("profile", "--model", "resnet18", "--data", "mnist")
     assert r.returncode == 0, r.stderr
     print(f"measured: hwai profile --model resnet18 --data mnist wall time {time.perf_counter() - start:.1f} s")
+
+
+def test_onnx_node_names_map_back_to_torch_modules():
+    from hwai.profile import merge_layers, module_of
+
+    assert module_of("/layers/layers.0/layers.0.0/conv1/Conv") == "layers.0.0.conv1"
+    assert module_of("/0/0.0/Conv") == "0.0" and module_of("/11/Gemm") == "11"
+    assert module_of("/3/3.2/Relu_output_0_QuantizeLinear") == "3.2" and module_of("Identity_0") == ""
+    rows = merge_layers([{"name": "a", "op": "conv"}, {"name": "b", "op": "relu"}], {"x_ms": {"a": 1.0}, "y_ms": {"b": 2.0}})
+    assert rows == [{"name": "a", "op": "conv", "x_ms": 1.0}, {"name": "b", "op": "relu", "y_ms": 2.0}]
+    assert [r["name"] for r in merge_layers([], {"x_ms": {"a": 1.0}, "y_ms": {"c": 1.0, "a": 2.0}})] == ["a", "c"]

@@ -126,34 +126,18 @@ def export_best(ctx, best: dict) -> dict:
     return out, detail
 
 
-def _module_of(onnx_node: str) -> str:
-    """The module an exported ONNX node came from: '/layers/layers.0/layers.0.0/conv1/Conv' -> 'layers.0.0.conv1'
-    (torch.onnx names nodes by their module scopes; quantize/dequantize nodes go to the layer they follow)."""
-    name = ""
-    for scope in onnx_node.strip("/").split("/")[:-1]:
-        name = scope if not name or scope.startswith(name + ".") else f"{name}.{scope}"
-    return name
-
-
 def _measured_layers(ctx, rows: list[dict], best_onnx, bundle, quantized: bool) -> list[dict]:
     """Per-layer ONNX Runtime times (hwai.profile) of the baseline (FP32) and the chosen model, added to the
     predicted rows by module name (rows of their own when there is no target)."""
     from dataclasses import replace
 
-    from hwai.profile import profile
+    from hwai.profile import merge_layers, module_times
 
     cfg = replace(ctx.mcfg, layer_runs=10)
     chosen = f"chosen_{'int8' if quantized else 'fp32'}_measured_ms"
-    times: dict[str, dict[str, float]] = {}
-    for key, path, data in (("baseline_fp32_measured_ms", ctx.run_dir / "baseline" / "model.onnx", ctx.data),
-                            (chosen, best_onnx, bundle)):
-        for layer in profile(path, data, cfg=cfg).layers:
-            if layer.measured_ms is not None:
-                row = times.setdefault(_module_of(layer.name), {})
-                row[key] = row.get(key, 0.0) + layer.measured_ms
-    if not rows:
-        rows = [{"name": name, "op": ""} for name in times if name]
-    return [{**r, **times.get(r["name"], {})} for r in rows]
+    return merge_layers(rows, {"baseline_fp32_measured_ms": module_times(ctx.run_dir / "baseline" / "model.onnx",
+                                                                         ctx.data, cfg),
+                               chosen: module_times(best_onnx, bundle, cfg)})
 
 
 def _target_detail(ctx, cand, model_float, bundle) -> dict:
