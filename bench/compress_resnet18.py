@@ -2,7 +2,7 @@
 (onnxruntime.quantization.quantize_static with its defaults) vs hwai (fuse + 50% structured prune + distill
 + INT8 QDQ). Accuracy (test split), ONNX size, median latency (batch 1), and ratios, all measured in one run.
 
-    .venv/bin/python bench/compress_resnet18.py [--checkpoint resnet18.pt | --epochs 1 --width 1.0] [--finetune-epochs 1]
+    .venv/bin/python bench/compress_resnet18.py [--checkpoint resnet18.pt | --epochs 1 --width 1.0] [--finetune-epochs 2]
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, help="a trained resnet18 checkpoint (skips training)")
     ap.add_argument("--epochs", type=int, default=1, help="training epochs when no checkpoint is given")
     ap.add_argument("--width", type=float, default=1.0, help="width multiplier when training here")
-    ap.add_argument("--finetune-epochs", type=int, default=1, help="distillation epochs after pruning")
+    ap.add_argument("--finetune-epochs", type=int, default=2, help="distillation epochs after pruning")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-compress"))
     args = ap.parse_args()
