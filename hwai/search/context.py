@@ -79,15 +79,15 @@ def correction(metrics: list[dict], group: str = "fp32") -> tuple[float, int]:
 
 
 def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[nn.Module, ModelSpec]:
-    from hwai.train import TrainConfig, load_checkpoint, resolve_model, save_checkpoint, train
+    from hwai.train import (TrainConfig, default_augmentation, load_checkpoint, resolve_model, save_checkpoint,
+                            train)
 
     if path.is_file():
         model, meta = load_checkpoint(path)
         return model, ModelSpec.from_dict(meta["model"])
     model, spec = resolve_model(cfg.model, data, width=cfg.width)
     if not cfg.model.endswith((".pt", ".pth")) and cfg.baseline_epochs:
-        tcfg = TrainConfig(epochs=cfg.baseline_epochs, augment=data.image_size is not None and spec.name != "mlp",
-                           seed=cfg.seed)
+        tcfg = TrainConfig(epochs=cfg.baseline_epochs, seed=cfg.seed, **default_augmentation(spec.name, data))
         train(model, data, tcfg, progress=progress, description="baseline")
     save_checkpoint(path, model, spec, data.describe(), {"kind": "baseline"})
     return model.eval(), spec
