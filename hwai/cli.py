@@ -42,7 +42,7 @@ def train(
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default: 2e-3 AdamW, 0.05 SGD)"),
     label_smoothing: float = typer.Option(0.1),
     augment: Optional[bool] = typer.Option(None, help="random shifts (and flips for natural images); "
-                                           "default: on for convolutional models, off for mlp"),
+                                           "default: on for images, shifts of at most 1 pixel for mlp"),
     width: float = typer.Option(1.0, help="width multiplier of zoo models"),
     input_size: Optional[int] = typer.Option(None, help="resize images to this size (28 -> 32 pads)"),
     seed: int = typer.Option(0),
@@ -55,9 +55,11 @@ def train(
     bundle = hdata.load(data, input_size=input_size)
     htrain.seed_everything(seed)
     net, spec = htrain.resolve_model(model, bundle, width=width)
-    augment = augment if augment is not None else spec.name != "mlp"
+    aug = htrain.default_augmentation(spec.name, bundle)
+    if augment is not None:
+        aug["augment"] = augment
     cfg = htrain.TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                             label_smoothing=label_smoothing, augment=augment, seed=seed)
+                             label_smoothing=label_smoothing, seed=seed, **aug)
     out = out or _default_checkpoint(model, data)
     params = sum(p.numel() for p in net.parameters())
     console.print(f"[bold]{spec.name}[/] on {data}: {params:,} parameters, {len(bundle.train[1])} train / "
@@ -270,7 +272,8 @@ def compress(
     cfg = hcompress.CompressConfig(fuse=fuse, prune=prune, structured=structured, quantize=quantize,
                                    quant_method=quant_method, qat_epochs=qat_epochs, distill=distill,
                                    finetune_epochs=finetune_epochs, max_accuracy_drop=max_accuracy_drop, force=force)
-    bundle = hdata.load(data, input_size=input_size or hcompress.checkpoint_input_size(model))
+    stored = hcompress.checkpoint_data(model)
+    bundle = hdata.load(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
     net, spec = htrain.resolve_model(model, bundle, width=width)
     result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=console.print)
     console.print(hcompress.table(result), width=max(console.width, 110))

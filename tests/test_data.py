@@ -56,6 +56,32 @@ def test_augment_keeps_shape_and_changes_pixels(digits):
     x = digits.example(16, "train")
     y = data.augment(x, torch.Generator().manual_seed(0), flip=True)
     assert y.shape == x.shape and not torch.equal(x, y)
+    one = data.augment(x, torch.Generator().manual_seed(0), flip=False, max_shift=1)
+    shifted = torch.stack([x.roll((dy, dx), (2, 3)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # away from the zero-filled border
+    assert all(any(torch.equal(one[i][inner[1:]], s[i][inner[1:]]) for s in shifted) for i in range(16))
+
+
+def test_deskew_makes_a_slanted_stroke_upright_and_centred():
+    x = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    for r in range(4, 20):
+        x[0, 0, r, 8 + (19 - r) // 2] = 255  # leans right, left of centre, high up
+    y = data.deskew(x)
+    assert y.dtype == torch.uint8 and y.shape == x.shape
+    rows, cols = y[0, 0].float().nonzero(as_tuple=True)
+    weights = y[0, 0][rows, cols].float()
+    centre_r, centre_c = (weights * rows).sum() / weights.sum(), (weights * cols).sum() / weights.sum()
+    assert abs(float(centre_r) - 13.5) < 0.5 and abs(float(centre_c) - 13.5) < 0.5
+    assert int(cols.max() - cols.min()) <= 2  # vertical: the stroke spans 8 columns before
+
+
+def test_mnist_is_deskewed_by_default_and_says_so():
+    b = data.load("mnist")
+    assert b.deskew and b.describe()["deskew"] and not data.load("digits").deskew
+    raw = data.load("mnist", deskew=False)
+    assert torch.equal(b.test[0], data.deskew(raw.test[0]))
+    with pytest.raises(UserError, match="greyscale"):
+        data.DataBundle("x", *[(torch.zeros(4, 3, 8, 8), torch.zeros(4))] * 3, classes=["a"], deskew=True)
 
 
 def test_cifar10_directory_and_tarball(cifar_dir, tmp_path):

@@ -20,6 +20,13 @@ def test_training_learns_digits_and_is_seeded(digits):
     assert torch.equal(states[0]["1.weight"], states[1]["1.weight"])
 
 
+def test_default_augmentation_shifts_an_mlp_by_one_pixel_at_most(digits):
+    assert train.default_augmentation("mlp", digits) == {"augment": True, "max_shift": 1}
+    assert train.default_augmentation("cnn", digits) == {"augment": True, "max_shift": None}
+    with pytest.raises(UserError, match="shift"):
+        train.TrainConfig(max_shift=-1)
+
+
 def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
     logits = torch.randn(8, 10)
     assert float(train.distillation_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
@@ -40,7 +47,7 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path, digits):
     model = models.build(spec).eval()
     path = train.save_checkpoint(tmp_path / "m.pt", model, spec, digits.describe(), {"test_accuracy": 0.5})
     raw = torch.load(path, weights_only=True)
-    assert raw["data"] == {"spec": "digits", "input_size": None}
+    assert raw["data"] == {"spec": "digits", "input_size": None, "deskew": False}
     loaded, meta = train.load_checkpoint(path)
     x = digits.example(4)
     assert torch.allclose(loaded(x), model(x)) and meta["metrics"]["test_accuracy"] == 0.5

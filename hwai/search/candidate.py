@@ -22,7 +22,7 @@ from hwai import measure
 from hwai.data import DataBundle
 from hwai.models import ModelSpec, build
 from hwai.search.space import BITS_DTYPE, Candidate
-from hwai.train import TrainConfig, train
+from hwai.train import TrainConfig, default_augmentation, train
 
 PARITY_SAMPLES = 256  # real inputs on which the exported ONNX must agree with PyTorch (hwai.export.parity)
 FINETUNE_LR = 5e-4  # fine-tuning from the baseline's weights: a quarter of AdamW's default peak rate
@@ -114,7 +114,7 @@ def realize(cand: Candidate, baseline: nn.Module, base_spec: ModelSpec, data: Da
     teacher = AtResolution(baseline, base_spec.input_size) if data.image_size else baseline
     cfg = TrainConfig(epochs=cand.epochs, lr=FINETUNE_LR if cand.same_architecture else None,
                       warmup_epochs=0.0 if cand.same_architecture else 0.5,
-                      augment=bundle.image_size is not None and cand.spec.name != "mlp", seed=seed)
+                      seed=seed, **default_augmentation(cand.spec.name, bundle))
     if cand.epochs:
         train(model, bundle, cfg, teacher=teacher, progress=False)
     model.eval()

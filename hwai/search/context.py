@@ -80,15 +80,15 @@ def correction(metrics: list[dict], group: str = "fp32") -> tuple[float, int]:
 
 
 def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[nn.Module, ModelSpec]:
-    from hwai.train import TrainConfig, load_checkpoint, resolve_model, save_checkpoint, train
+    from hwai.train import (TrainConfig, default_augmentation, load_checkpoint, resolve_model, save_checkpoint,
+                            train)
 
     if path.is_file():
         model, meta = load_checkpoint(path)
         return model, ModelSpec.from_dict(meta["model"])
     model, spec = resolve_model(cfg.model, data, width=cfg.width)
     if not cfg.model.endswith((".pt", ".pth")) and cfg.baseline_epochs:
-        tcfg = TrainConfig(epochs=cfg.baseline_epochs, augment=data.image_size is not None and spec.name != "mlp",
-                           seed=cfg.seed)
+        tcfg = TrainConfig(epochs=cfg.baseline_epochs, seed=cfg.seed, **default_augmentation(spec.name, data))
         train(model, data, tcfg, progress=progress, description="baseline")
     save_checkpoint(path, model, spec, data.describe(), {"kind": "baseline"})
     return model.eval(), spec
@@ -100,7 +100,10 @@ def prepare(cfg, run_dir: Path, progress: bool = True) -> Context:
     from hwai.train import seed_everything
 
     seed_everything(cfg.seed)
-    bundle = hdata.load(cfg.data, input_size=cfg.input_size)
+    from hwai.compress import checkpoint_data
+
+    stored = checkpoint_data(cfg.model)  # a user's checkpoint: its input size and preprocessing
+    bundle = hdata.load(cfg.data, input_size=cfg.input_size or stored.get("input_size"), deskew=stored.get("deskew"))
     target = host = None
     if cfg.target or cfg.host_target:
         from hwai import targets
