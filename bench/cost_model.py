@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 130))  # a full table also when the output is a file
     target = targets.load(args.target)
     if Path(target.path).parent == Path(targets.__file__).parent and target.name == "host":
         console.print("[yellow]note: host is the uncalibrated placeholder; run `hwai calibrate` first[/]")

@@ -201,7 +201,7 @@ def targets(
     table = Table("field", "value", "unit", "source")
     for field, (value, unit, source) in t.sources.items():
         table.add_row(field, f"{value:g}", unit, source)
-    console.print(table)
+    Console(width=max(console.width, 120)).print(table)  # do not squeeze the table
 
 
 @app.command()
@@ -227,7 +227,7 @@ def calibrate(
     for r in result.rows:
         table.add_row(r["case"], r["split"], f"{r['measured_ms']:.4f}", f"{r['iqr_ms']:.4f}", str(r["repeats"]),
                       f"{r['predicted_ms']:.4f}", f"{r['error']:+.1%}")
-    console.print(table)
+    Console(width=max(console.width, 120)).print(table)  # do not squeeze the table
     console.print(f"held-out median |error| {result.held_out_error():.1%}; wrote {result.path}")
 
 
@@ -276,7 +276,7 @@ def compress(
     bundle = hdata.load(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
     net, spec = htrain.resolve_model(model, bundle, width=width)
     result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=console.print)
-    console.print(hcompress.table(result), width=max(console.width, 110))
+    Console(width=max(console.width, 120)).print(hcompress.table(result))  # do not squeeze the table
     console.print(result.measurement)
     console.print(f"wrote {out / 'model.onnx'} (parity: max |delta logit| {result.final.parity['max_abs_diff']:.3g}, "
                   f"top-1 agreement {result.final.parity['top1_agreement']:.1%}), {out / 'model.pt'}, "

@@ -70,8 +70,15 @@ def test_no_feasible_candidate_is_said_and_closest_shown(tmp_path):
 
 
 KILL_SCRIPT = """
-import sys
+import sys, time
 from hwai.search import OptimizeConfig, SpaceConfig, Constraints, optimize
+module = sys.modules["hwai.search.optimize"]
+sample = module.sample
+def slow(*args, **kw):  # trials can take 0.1 s: give the test a wide mid-trial window, after sampling
+    cand = sample(*args, **kw)
+    time.sleep(1.0)
+    return cand
+module.sample = slow
 space = SpaceConfig(widths=(0.5, 1.0), kernel_sizes=(3,), resolutions=(1.0,), prune_ratios=(0.0,), bits=(32,),
                     fuse=(False,), finetune_epochs=(3,), train_epochs=(3,))
 cfg = OptimizeConfig(model="mlp", data="digits", width=0.25, input_size=None, target=None, host_target=None,

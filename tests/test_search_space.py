@@ -9,7 +9,7 @@ from hwai.models import ModelSpec, build
 from hwai.search.candidate import data_at
 from hwai.search.constraints import Constraints, check
 from hwai.search.results import choose, dominates, pareto
-from hwai.search.space import SpaceConfig, sample, weighted_layers
+from hwai.search.space import SpaceConfig, sample, warm_start, weighted_layers
 
 SPACE = SpaceConfig(widths=(0.5, 1.0), depths=(1, 2), kernel_sizes=(3, 5), resolutions=(1.0, 0.75),
                     prune_ratios=(0.0, 0.25, 0.5), prune_groups=2, bits=(32, 8, 4), fuse=(False, True),
@@ -102,3 +102,27 @@ def test_pareto_and_best_respect_constraints():
     assert best["trial"] == 0 and "satisfy" in best["reason"]
     none = choose([recs[3], _rec(4, 0.5, 1, False, ["a", "b"])], [], "host_latency_ms", {"max_size_kb": 100})
     assert none["trial"] is None and none["closest"]["trial"] == 3 and "no candidate" in none["reason"]
+
+
+def test_a_trial_the_baseline_dominates_is_not_on_the_front_and_the_baseline_is_kept():
+    recs = [_rec(0, 0.95, 2.0), _rec(1, 0.99, 3.0)]
+    objectives = ["accuracy", "host_latency_ms", "size_kb"]
+    baseline = {"accuracy": 0.96, "host_latency_ms": 1.0, "size_kb": 1.0}
+    assert pareto(recs, objectives, baseline) == [1]  # more accurate than the baseline: a real trade-off
+    front = pareto(recs[:1], objectives, baseline)
+    kept = choose(recs[:1], front, "host_latency_ms", {})
+    assert front == [] and kept["trial"] is None and "baseline is kept" in kept["reason"]
+    assert kept["closest"]["trial"] == 0 and kept["closest"]["violations"] == ["dominated by the baseline"]
+    assert pareto(recs[:1], objectives, None) == [0]  # no reference (the baseline breaks a limit): trials only
+
+
+def test_warm_start_is_int8_on_the_baseline_architecture_then_light_pruning():
+    base = ModelSpec("cnn", 10, 1, (16, 16), 0.25)
+    space = SpaceConfig(prune_ratios=(0.0, 0.25, 0.5))
+    first, second = warm_start(space, base)
+    layers = weighted_layers(build(base))
+    assert all(first[f"bits.{n}"] == 8 for n in layers) and first["fuse"] and first["width"] == 1.0
+    assert [first[f"prune.g{g}"] for g in range(3)] == [0.0] * 3 and [second[f"prune.g{g}"] for g in range(3)] == [0.25] * 3
+    assert first["finetune_epochs"] == max(space.finetune_epochs)
+    assert warm_start(SpaceConfig(bits=(32,), prune_ratios=(0.0,)), base) == []  # nothing textbook to try
+    assert sample(optuna.trial.FixedTrial(first), space, base).quantized  # valid parameters of the space

@@ -22,7 +22,7 @@ from hwai.errors import UserError
 from hwai.search import study as hstudy
 from hwai.search.constraints import Constraints, check
 from hwai.search.context import Context, baseline_metrics, correction, prepare
-from hwai.search.space import SpaceConfig, sample
+from hwai.search.space import SpaceConfig, sample, warm_start
 
 STUDY_NAME = "hwai-optimize"
 HOST = "host"
@@ -236,6 +236,11 @@ def optimize(cfg: OptimizeConfig = OptimizeConfig(), run_dir: str | Path | None 
         if "baseline" not in study.user_attrs:
             study.set_user_attr("baseline", baseline_metrics(ctx))
         ctx.baseline = study.user_attrs["baseline"]
+        if "warm_start" not in study.user_attrs and not study.trials:
+            policies = warm_start(cfg.space, ctx.base_spec)[:max(0, cfg.trials // 4)]
+            for params in policies:
+                study.enqueue_trial(params, user_attrs={"warm_start": True})
+            study.set_user_attr("warm_start", len(policies))
         _run_loop(ctx, study, wait=True, timeout_s=timeout_s, progress=progress)
         return finalize(ctx, study)
 

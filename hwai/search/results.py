@@ -41,18 +41,23 @@ def dominates(a: list[float], b: list[float]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
-def pareto(recs: list[dict], objectives: list[str]) -> list[int]:
-    """Numbers of the non-dominated feasible completed trials (a re-proposed candidate counts once)."""
-    def key(r: dict) -> list[float]:
-        return [-r["metrics"][o] if o == "accuracy" else r["metrics"][o] for o in objectives]
+def pareto(recs: list[dict], objectives: list[str], reference: dict | None = None) -> list[int]:
+    """Numbers of the non-dominated feasible completed trials (a re-proposed candidate counts once).
+    `reference`: the baseline's metrics when it meets the limits; a trial it dominates bought nothing
+    (no better on any objective) and is not on the front."""
+    def key(m: dict) -> list[float]:
+        return [-m[o] if o == "accuracy" else m[o] for o in objectives]
 
     pool = [r for r in recs if r["feasible"] and "duplicate_of" not in r["metrics"]]  # a copy is not a new point
-    return [r["number"] for r in pool if not any(dominates(key(o), key(r)) for o in pool if o is not r)]
+    ref = key(reference) if reference and all(o in reference for o in objectives) else None
+    return [r["number"] for r in pool
+            if not any(dominates(key(o["metrics"]), key(r["metrics"])) for o in pool if o is not r)
+            and not (ref is not None and dominates(ref, key(r["metrics"])))]
 
 
 def choose(recs: list[dict], front: list[int], latency_key: str, constraints: dict) -> dict:
     """The best feasible candidate: the lowest latency on the target among the Pareto front (all of
-    which meet the accuracy-drop limit); or, when none is feasible, the closest one."""
+    which meet the accuracy-drop limit); or, when none is, why not and the closest one."""
     by_number = {r["number"]: r for r in recs}
     if front:
         best = min((by_number[n] for n in front), key=lambda r: (r["metrics"][latency_key], -r["metrics"]["accuracy"]))
@@ -60,15 +65,32 @@ def choose(recs: list[dict], front: list[int], latency_key: str, constraints: di
         return {"trial": best["number"], "metrics": best["metrics"], "description": best["description"],
                 "reason": f"lowest {kind} latency among {len(front)} Pareto-optimal candidates that satisfy "
                           f"every limit ({_limits(constraints)})"}
-    tried = [r for r in recs if r["state"] in ("COMPLETE", "PRUNED") and r["violations"]]
-    closest = min(tried, key=lambda r: (r["state"] != "COMPLETE", len(r["violations"])), default=None)
-    reason = f"no candidate satisfied the limits ({_limits(constraints)})"
+    feasible = [r for r in recs if r["feasible"] and "duplicate_of" not in r["metrics"]]
+    if feasible:  # all dominated by the baseline: roll back to it
+        closest = min(feasible, key=lambda r: (r["metrics"][latency_key], -r["metrics"]["accuracy"]))
+        reason = (f"no candidate improved on the baseline: each of the {len(feasible)} that satisfy the limits "
+                  f"({_limits(constraints)}) is no better on any objective, so the baseline is kept")
+        violations = ["dominated by the baseline"]
+    else:
+        tried = [r for r in recs if r["state"] in ("COMPLETE", "PRUNED") and r["violations"]]
+        closest = min(tried, key=lambda r: (r["state"] != "COMPLETE", len(r["violations"])), default=None)
+        reason = f"no candidate satisfied the limits ({_limits(constraints)})"
+        violations = closest["violations"] if closest else []
     out = {"trial": None, "metrics": {}, "onnx": None, "parity": None, "reason": reason}
     if closest is not None:
-        out["closest"] = {"trial": closest["number"], "metrics": closest["metrics"], "violations": closest["violations"],
+        out["closest"] = {"trial": closest["number"], "metrics": closest["metrics"], "violations": violations,
                           "description": closest["description"]}
-        out["reason"] += f"; closest: trial {closest['number']} ({'; '.join(closest['violations'])})"
+        out["reason"] += f"; closest: trial {closest['number']} ({'; '.join(violations)})"
     return out
+
+
+def reference(ctx) -> dict | None:
+    """The baseline's metrics when the baseline itself meets the user's limits (a candidate must beat it)."""
+    from hwai.search.constraints import check
+
+    base = ctx.baseline or {}
+    why, _ = check(ctx.cfg.constraints, base, base.get("accuracy"), ctx.cfg.latency_key)
+    return None if why or not base else base
 
 
 def _limits(c: dict) -> str:
@@ -169,7 +191,7 @@ def finalize(ctx, study: optuna.Study) -> dict:
     cfg = ctx.cfg
     recs = records(study)
     objectives = study.user_attrs.get("objectives", cfg.objectives)
-    front = pareto(recs, objectives)
+    front = pareto(recs, objectives, reference(ctx))
     best = choose(recs, front, cfg.latency_key, cfg.constraints.to_dict())
     detail: dict = {}
     if best["trial"] is not None:
@@ -278,7 +300,7 @@ class Progress:
     def update(self, study: optuna.Study, trial) -> None:
         cfg = self.ctx.cfg
         recs = records(study)
-        front = pareto(recs, study.user_attrs.get("objectives", cfg.objectives))
+        front = pareto(recs, study.user_attrs.get("objectives", cfg.objectives), reference(self.ctx))
         best = choose(recs, front, cfg.latency_key, cfg.constraints.to_dict())
         done = sum(r["state"] in ("COMPLETE", "PRUNED") for r in recs)
         status = f"Pareto {len(front)}"

@@ -159,3 +159,34 @@ def _same(spec: ModelSpec, base: ModelSpec) -> bool:
                 if p.default is not inspect.Parameter.empty} if factory else {}
     return ({**defaults, **spec.options} == {**defaults, **base.options} and spec.width == base.width
             and tuple(spec.input_size) == tuple(base.input_size))
+
+
+def warm_start(space: SpaceConfig, base: ModelSpec) -> list[dict[str, Any]]:
+    """Parameters of the first trials: the textbook policies on the baseline architecture (INT8 with
+    fusion and fine-tuning; then also the lightest structured pruning), so the search starts from
+    candidates that usually pay off before it explores. Only knobs the space has; none when the space
+    allows neither quantization nor pruning."""
+    def knob(name: str, choices: tuple, value) -> dict:
+        return {name: value} if len(choices) > 1 and value in choices else {}
+
+    arch = {**knob("width", space.widths, 1.0), **knob("resolution", space.resolutions, 1.0)}
+    if "kernel_size" in factory_options(base.name):
+        default = inspect.signature(REGISTRY[base.name]).parameters["kernel_size"].default
+        arch.update(knob("kernel_size", space.kernel_sizes, base.options.get("kernel_size", default)))
+    if space.depths and "depth" in factory_options(base.name) and "depth" in base.options:
+        arch.update(knob("depth", space.depths, base.options["depth"]))
+    layers = weighted_layers(build(base))
+    groups = min(space.prune_groups, len(layers) - 1)
+    names = [f"bits.{n}" for n in layers] if space.per_layer_bits else ["bits"]
+    common = {**arch, **{n: v for name in names for n, v in knob(name, space.bits, 8).items()},
+              **knob("fuse", space.fuse, True), **knob("finetune_epochs", space.finetune_epochs,
+                                                        max(space.finetune_epochs))}
+    out = []
+    if 8 in space.bits:
+        out.append({**common, **{k: v for g in range(groups) for k, v in knob(f"prune.g{g}", space.prune_ratios,
+                                                                             0.0).items()}})
+    lightest = min((r for r in space.prune_ratios if r > 0), default=None)
+    if lightest is not None and groups:
+        out.append({**common, **{k: v for g in range(groups)
+                                 for k, v in knob(f"prune.g{g}", space.prune_ratios, lightest).items()}})
+    return [p for p in out if p]
