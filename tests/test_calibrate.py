@@ -14,8 +14,8 @@ def test_fit_recovers_known_factors():
         g = int(rng.integers(5, 40))
         feats.append((rng.uniform(1e-6, 1e-3, g), rng.uniform(1e-7, 1e-4, g), rng.integers(-1, k, g)))
     measured = np.array([calibrate._predict(true, f) for f in feats])
-    eff, ovh, _ = calibrate.fit(feats, measured, 3e-6)
-    theta = np.log(np.concatenate([list(eff.values()), list(ovh.values())]))
+    eff, ovh, memory_scale, _ = calibrate.fit(feats, measured, 3e-6)
+    theta = calibrate._theta(eff, ovh, memory_scale)
     fitted = np.array([calibrate._predict(theta, f) for f in feats])
     assert np.abs(fitted / measured - 1).max() < 0.05
 
