@@ -221,7 +221,7 @@ def calibrate(
     console.print(f"measured microbenchmarks ({result.target.runtime}): fp32 GEMM {m['ort_fp32_ops'] / 1e9:.1f} GFLOP/s "
                   f"(torch {m['torch_fp32_ops'] / 1e9:.1f}), int8 GEMM {m['ort_int8_ops'] / 1e9:.1f} GOP/s, copy "
                   f"{m['sram_bps'] / 1e9:.1f} GB/s (cache) / {m['dram_bps'] / 1e9:.1f} GB/s (DRAM), "
-                  f"per-op overhead {m['overhead_s'] * 1e6:.2f} us")
+                  f"per-op overhead {m['overhead_s'] * 1e6:.2f} us; fitted memory-time factor {m['memory_scale']:.3g}")
     table = Table("model", "split", "measured ms (median, best round)", "IQR ms", "repeats", "predicted ms", "error",
                   title=f"whole-model latency: measured (onnxruntime) vs predicted (roofline, {result.path})")
     for r in result.rows:
