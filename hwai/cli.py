@@ -156,13 +156,13 @@ def profile(
         console.print(f"note: these layers are short, so the profiler's own cost (about {per_layer_us:.0f} us per "
                       "layer, from the figures above) inflates per-layer times; compare their shares, not their sum")
     if t["peak_memory_bytes"] is not None:
-        console.print(f"peak memory during inference: +{t['peak_memory_bytes'] / 1024:.0f} KB resident over the "
+        console.print(f"peak memory during inference: +{t['peak_memory_bytes'] / 1024:.0f} KiB resident over the "
                       f"baseline, process peak {t['peak_rss_bytes'] / 2**20:.0f} MiB (measured: /proc/self/statm "
                       "sampled every 1 ms over the first two runs)")
     if predicted:
         console.print(f"predicted on {prof.prediction.target}: {t['predicted_ms']:.3f} ms, "
                       f"{t['predicted_energy_mj']:.3f} mJ, peak activations "
-                      f"{t['predicted_peak_activation_bytes'] / 1024:.1f} KB; {t['predicted_fit_message']}")
+                      f"{t['predicted_peak_activation_bytes'] / 1024:.1f} KiB; {t['predicted_fit_message']}")
     if prof.notice:
         console.print(f"notice: {prof.notice}", soft_wrap=True)
     console.print(prof.measurement, style="dim")

@@ -269,7 +269,7 @@ def _kib(n: float) -> str:
 
 
 def fit_message(target: Target, sram_needed: float, weights: float, peak_act: float) -> str:
-    """'fits: ...' or 'does not fit by N KB: ...' for the target's SRAM and weight storage."""
+    """'fits (...)' or 'does not fit by N KiB (...)' for the target's SRAM and weight storage."""
     store = target.weights_in
     cap_sram, cap_w = target.capacity_bytes["sram"], target.capacity_bytes[store]
     w_need = weights + (peak_act if store == "dram" else 0.0)
@@ -278,7 +278,7 @@ def fit_message(target: Target, sram_needed: float, weights: float, peak_act: fl
         over.append((w_need - cap_w, f"{store} needs {_kib(w_need)} of {_kib(cap_w)}"))
     excess = max(o for o, _ in over)
     detail = "; ".join(text for _, text in over)
-    return f"fits ({detail})" if excess <= 0 else f"does not fit by {excess / 1000:,.1f} KB ({detail})"
+    return f"fits ({detail})" if excess <= 0 else f"does not fit by {_kib(excess)} ({detail})"
 
 
 def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,

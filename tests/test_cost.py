@@ -133,7 +133,7 @@ def test_peak_memory_and_fit_message():
     small = graph.capture(models.create("cnn", 10, 3, 32, width=0.25), example)
     stm = targets.load("stm32h743")
     p = cost.predict(big, stm)
-    assert not p.fits and p.fit_message.startswith("does not fit by") and "KB" in p.fit_message
+    assert not p.fits and p.fit_message.startswith("does not fit by") and "KiB" in p.fit_message
     assert p.peak_activation_bytes > 0 and p.weight_bytes > 2 * 2**20 and p.energy_mj > 0
     q = cost.predict(small, stm, precision="int8")
     assert q.fits and q.fit_message.startswith("fits") and q.sram_bytes_needed == q.peak_activation_bytes
