@@ -232,3 +232,12 @@ def test_cli(tmp_path):
     assert "| accuracy | measured |" in done.stdout
     done = run_cli("report", tmp_path / "missing", timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("hwai: error: run directory") and done.stderr.count("\n") == 1
+
+
+def test_a_run_without_a_chosen_model_says_why(tmp_path):
+    data = synthetic_results()
+    data["best"] = {"trial": None, "metrics": {}, "onnx": None, "parity": None,
+                    "reason": "no candidate improved on the baseline: each of the 3 that satisfy the limits is no "
+                              "better on any objective, so the baseline is kept"}
+    page = report(write_run(tmp_path, data)).read_text()
+    assert "<b>No model chosen</b> — no candidate improved on the baseline" in page and "Chosen: <b>trial" not in page

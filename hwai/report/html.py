@@ -114,6 +114,8 @@ def _pareto(run: Run, plotted: bool) -> str:
     if best.get("trial") is not None:
         why = f' — {escape(str(best["reason"]))}' if best.get("reason") else ""
         reason = f'<p>Chosen: <b>trial {escape(str(best["trial"]))}</b>{why}</p>'
+    elif best.get("reason"):  # nothing met the limits, or nothing beat the baseline: say so, with the closest
+        reason = f'<p><b>No model chosen</b> — {escape(str(best["reason"]))}</p>'
     n = len(run.trials)
     lead = (f"{n} trials; {len(run.pareto)} on the Pareto front (dark), infeasible ones grey, the chosen model a star, "
             "the baseline an open diamond. Marker area grows with model size; dashed red lines are constraints.")
