@@ -17,7 +17,7 @@ from rich.table import Table
 
 from hwai import data as hdata
 from hwai import train as htrain
-from hwai.compress import CompressConfig, checkpoint_data, compress
+from hwai.compress import CompressConfig, compress
 from hwai.export import quiet, CalibrationReader, ort_accuracy, to_onnx
 from hwai.measure import MeasureConfig, latency, physical_cores
 
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads or physical_cores())
 
-    stored = checkpoint_data(str(args.checkpoint)) if args.checkpoint else {}
+    stored = htrain.checkpoint_data(str(args.checkpoint)) if args.checkpoint else {}
     bundle = hdata.load("mnist", input_size=32, deskew=stored.get("deskew"))
     if args.checkpoint:
         model, spec = htrain.resolve_model(str(args.checkpoint), bundle)

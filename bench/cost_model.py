@@ -20,8 +20,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from hwai import cost, targets
-from hwai.calibrate import CalibrateConfig, Case, build, cpu_model, measure_cases
-from hwai.measure import MeasureConfig, physical_cores
+from hwai.calibrate import CalibrateConfig, Case, build, cpu_model, prepare_cases, time_cases
+from hwai.measure import physical_cores
 
 WIDTHS = {"resnet18": (0.25, 0.5)}  # the big one stays small so the bench runs in minutes
 
@@ -70,13 +70,15 @@ def main() -> None:
     fit_set = set(CalibrateConfig().fit)
     cases = candidates(args.candidates, args.seed)
     with Progress(transient=True) as bar:
-        task = bar.add_task("measure", total=2 * len(cases) * (rounds + 1))
+        task = bar.add_task("measure", total=len(cases) * (2 * rounds + 1))
         step = lambda label: bar.update(task, description=label, advance=1)  # noqa: E731
-        first = measure_cases(cases, cfg, threads, rounds, step)
-        # measured again from scratch: how well the machine repeats its own measurements bounds any prediction
-        second = [st for _, st in measure_cases(cases, cfg, threads, rounds, step)]
+        prepared = prepare_cases(cases, step)
+        labels = [c.label for c in cases]
+        first = time_cases(prepared, labels, cfg, threads, rounds, step)
+        # timed twice: how well the machine repeats its own measurements bounds any prediction
+        second = time_cases(prepared, labels, cfg, threads, rounds, step)
     rows, repeat = [], []
-    for case, (g, one), two in zip(cases, first, second):
+    for case, (g, _, _), one, two in zip(cases, prepared, first, second):
         stats = min(one, two, key=lambda st: st.median_ms)  # other processes only ever slow a run down
         repeat.append(abs(two.median_ms / one.median_ms - 1))
         predicted = cost.predict(g, target, precision=case.dtype).latency_ms

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
-import logging
 import tempfile
 import time
 import warnings
@@ -125,17 +124,14 @@ def quantize_int8(onnx_model: bytes, example, samples: int = 4) -> bytes:
         def get_next(self):
             return next(self.items, None)
 
-    logging.disable(logging.WARNING)  # its advice to pre-process is noise for a timing model
-    try:
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-            src.write_bytes(onnx_model)
-            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            return dst.read_bytes()
-    finally:
-        logging.disable(logging.NOTSET)
+    from hwai.export import quiet
+
+    with tempfile.TemporaryDirectory() as tmp, quiet():  # its advice to pre-process is noise for a timing model
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(onnx_model)
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return dst.read_bytes()
 
 
 def build(case: Case):
@@ -160,34 +156,33 @@ def prepare_case(case: Case):
     return g, onnx_model, example
 
 
+def prepare_cases(cases: list[Case], advance=lambda label: None) -> list:
+    """`prepare_case` for each case, reporting progress."""
+    out = []
+    for case in cases:
+        advance(f"export {case.label}")
+        out.append(prepare_case(case))
+    return out
+
+
 def time_case(prepared, cfg: MeasureConfig, threads: int):
     """One round: ONNX Runtime latency statistics of a prepared case."""
     _, onnx_model, example = prepared
     return latency(onnx_model, example, dataclasses.replace(cfg, threads=threads), runtime="onnxruntime")
 
 
-def measure_case(case: Case, cfg: MeasureConfig, threads: int, rounds: int = 1):
-    """Export (and quantize) a case, time it on ONNX Runtime; returns (graph, LatencyStats) of the round with
-    the lowest median (on a shared machine, other processes inflate some rounds)."""
-    prepared = prepare_case(case)
-    stats = [time_case(prepared, cfg, threads) for _ in range(rounds)]
-    return prepared[0], min(stats, key=lambda st: st.median_ms)
-
-
-def measure_cases(cases: list[Case], cfg: MeasureConfig, threads: int, rounds: int, advance=lambda label: None):
-    """`measure_case` for many cases, with the rounds spread in time: each round is a pass over all cases
-    (noise on a shared machine comes in bursts that back-to-back rounds would all fall into)."""
-    prepared = []
-    for case in cases:
-        advance(f"export {case.label}")
-        prepared.append(prepare_case(case))
-    best = [None] * len(cases)
+def time_cases(prepared: list, labels: list[str], cfg: MeasureConfig, threads: int, rounds: int,
+               advance=lambda label: None) -> list:
+    """LatencyStats per prepared case: the round with the lowest median (other processes only ever slow a
+    run down), the rounds spread in time, each a pass over all cases (noise on a shared machine comes in
+    bursts that back-to-back rounds would all fall into)."""
+    best = [None] * len(prepared)
     for r in range(rounds):
-        for i, case in enumerate(cases):
-            advance(f"round {r + 1}/{rounds}: measure {case.label}")
-            stats = time_case(prepared[i], cfg, threads)
+        for i, (case, label) in enumerate(zip(prepared, labels)):
+            advance(f"round {r + 1}/{rounds}: measure {label}")
+            stats = time_case(case, cfg, threads)
             best[i] = stats if best[i] is None or stats.median_ms < best[i].median_ms else best[i]
-    return [(p[0], st) for p, st in zip(prepared, best)]
+    return best
 
 
 def _gemm_onnx(n: int, int8: bool) -> bytes:
@@ -286,12 +281,12 @@ def _features(graph, unit: targets.Target, dtype: str) -> tuple[np.ndarray, np.n
 
 
 def _predict(theta: np.ndarray, feats) -> float:
-    """Whole-model seconds: theta = log efficiencies, log overheads (per class and dtype), and optionally
-    the log of one factor on every layer's memory time (the copy microbenchmark is only a proxy for the
-    bandwidth ONNX Runtime's kernels reach)."""
+    """Whole-model seconds: theta = log efficiencies, log overheads (per class and dtype), and the log of
+    one factor on every layer's memory time (the copy microbenchmark is only a proxy for the bandwidth
+    ONNX Runtime's kernels reach); see `_theta`."""
     k = len(CLASSES) * len(FIT_DTYPES)
     eff, ovh = np.exp(np.append(theta[:k], 0.0)), np.exp(np.append(theta[k:2 * k], -np.inf))  # index -1: free op
-    memory_scale = np.exp(theta[2 * k]) if len(theta) > 2 * k else 1.0
+    memory_scale = np.exp(theta[2 * k])
     compute, mem, klass = feats
     return float((np.maximum(compute / eff[klass], mem * memory_scale) + ovh[klass]).sum())
 
@@ -390,17 +385,19 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
     base = targets.load(cfg.base)
     cases = [(c, "fit") for c in cfg.fit] + [(c, "held-out") for c in cfg.held_out]
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("microbenchmarks", total=len(cases) * (cfg.rounds + 1) + 1)  # + the final microbenchmark
+        task = bar.add_task("microbenchmarks", total=len(cases) * (cfg.rounds + 1) + 2)  # + microbenchmarks twice
         micro = microbench(threads, cfg.gemm_size)
         bar.advance(task)
 
         def advance(label: str) -> None:
             bar.update(task, description=label, advance=1)
 
-        timed = measure_cases([c for c, _ in cases], cfg.measure, threads, cfg.rounds, advance)
+        prepared = prepare_cases([c for c, _ in cases], advance)
+        timed = time_cases(prepared, [c.label for c, _ in cases], cfg.measure, threads, cfg.rounds, advance)
+        advance("microbenchmarks again")
         again = microbench(threads, cfg.gemm_size)  # once more at the end: keep the better of the two
         micro = {k: (min if k == "overhead_s" else max)(v, again[k]) for k, v in micro.items()}
-        measured = [(case, split, g, stats) for (case, split), (g, stats) in zip(cases, timed)]
+        measured = [(case, split, p[0], stats) for (case, split), p, stats in zip(cases, prepared, timed)]
     unit = dataclasses.replace(base, peak_ops={"fp32": micro["ort_fp32_ops"], "int8": micro["ort_int8_ops"]},
                                bandwidth_bps={"sram": micro["sram_bps"], "dram": micro["dram_bps"]},
                                capacity_bytes={"sram": float(_cache_bytes()), "dram": float(_dram_bytes())},

@@ -82,6 +82,11 @@ def train(
     console.print(f"checkpoint: {out}")
 
 
+def _wide(renderable, width: int = 120) -> None:
+    """Print a table at least `width` columns wide: piped output would otherwise squeeze it to 80."""
+    Console(width=max(console.width, width)).print(renderable)
+
+
 def _si(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
@@ -143,7 +148,7 @@ def profile(
     cells = ["sum of layers", "", "", _si(t["params"]), _si(t["macs"]), f"{t['activation_bytes'] / 1024:.1f}",
              f"{t['sum_layers_ms']:.3f}", "100.0"]
     table.add_row(*(cells + ([f"{t['predicted_ms']:.3f}", f"{1000 * t['predicted_energy_mj']:.1f}"] if predicted else [])))
-    Console(width=max(console.width, 160)).print(table)  # layer names are long: do not squeeze the table
+    _wide(table, 160)  # layer names are long
     console.print(f"measured whole model: median {t['measured_ms_median']:.3f} ms, IQR {t['measured_ms_iqr']:.3f} ms "
                   f"({t['measured_repeats']} repeats); layers add up to {t['sum_layers_ms']:.3f} ms = "
                   f"{100 * t['sum_over_median']:.0f}% of it ({100 * t['sum_over_interleaved']:.0f}% of "
@@ -201,7 +206,7 @@ def targets(
     table = Table("field", "value", "unit", "source")
     for field, (value, unit, source) in t.sources.items():
         table.add_row(field, f"{value:g}", unit, source)
-    Console(width=max(console.width, 120)).print(table)  # do not squeeze the table
+    _wide(table)
 
 
 @app.command()
@@ -227,7 +232,7 @@ def calibrate(
     for r in result.rows:
         table.add_row(r["case"], r["split"], f"{r['measured_ms']:.4f}", f"{r['iqr_ms']:.4f}", str(r["repeats"]),
                       f"{r['predicted_ms']:.4f}", f"{r['error']:+.1%}")
-    Console(width=max(console.width, 120)).print(table)  # do not squeeze the table
+    _wide(table)
     console.print(f"held-out median |error| {result.held_out_error():.1%}; wrote {result.path}")
 
 
@@ -272,11 +277,11 @@ def compress(
     cfg = hcompress.CompressConfig(fuse=fuse, prune=prune, structured=structured, quantize=quantize,
                                    quant_method=quant_method, qat_epochs=qat_epochs, distill=distill,
                                    finetune_epochs=finetune_epochs, max_accuracy_drop=max_accuracy_drop, force=force)
-    stored = hcompress.checkpoint_data(model)
+    stored = htrain.checkpoint_data(model)
     bundle = hdata.load(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
     net, spec = htrain.resolve_model(model, bundle, width=width)
     result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=console.print)
-    Console(width=max(console.width, 120)).print(hcompress.table(result))  # do not squeeze the table
+    _wide(hcompress.table(result))
     console.print(result.measurement)
     console.print(f"wrote {out / 'model.onnx'} (parity: max |delta logit| {result.final.parity['max_abs_diff']:.3g}, "
                   f"top-1 agreement {result.final.parity['top1_agreement']:.1%}), {out / 'model.pt'}, "

@@ -309,20 +309,6 @@ def table(result: CompressResult):
     return t
 
 
-def checkpoint_data(model: str) -> dict:
-    """`hwai.data.load` keywords that prepare data as the checkpoint was trained on: its input size (so
-    `--data mnist` matches a 32x32 resnet) and deskewing (off for checkpoints from before it existed).
-    Empty for anything that is not a readable checkpoint."""
-    if not model.endswith((".pt", ".pth")) or not Path(model).is_file():
-        return {}
-    try:
-        stored = torch.load(model, map_location="cpu", weights_only=True).get("data", {})
-    except Exception:
-        return {}  # resolve_model reports unreadable checkpoints
-    size = stored.get("input_size")
-    return {"input_size": int(size[0]) if size else None, "deskew": bool(stored.get("deskew", False))}
-
-
 def _ms(median: float, iqr: float) -> str:
     """'12.3±0.4': the median to 3 significant digits, the IQR to the same decimal place."""
     digits = max(0, 2 - int(math.floor(math.log10(abs(median))))) if median else 3

@@ -216,6 +216,20 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
 
 
+def checkpoint_data(model: str) -> dict:
+    """`hwai.data.load` keywords that prepare data as the checkpoint was trained on: its input size (so
+    `--data mnist` matches a 32x32 resnet) and deskewing (off for checkpoints from before it existed).
+    Empty for anything that is not a readable checkpoint."""
+    if not model.endswith((".pt", ".pth")) or not Path(model).is_file():
+        return {}
+    try:
+        stored = torch.load(model, map_location="cpu", weights_only=True).get("data", {})
+    except Exception:
+        return {}  # resolve_model reports unreadable checkpoints
+    size = stored.get("input_size")
+    return {"input_size": int(size[0]) if size else None, "deskew": bool(stored.get("deskew", False))}
+
+
 def resolve_model(name: str, data: DataBundle, width: float = 1.0, **options) -> tuple[nn.Module, ModelSpec]:
     """A zoo name, `file.py:factory` or a checkpoint `.pt`, shaped for `data`; checked with a forward pass."""
     if name.endswith(".pt") or name.endswith(".pth"):

@@ -8,7 +8,7 @@ from hwai.measure import MeasureConfig
 def test_fit_recovers_known_factors():
     rng = np.random.default_rng(0)
     k = len(calibrate.CLASSES) * len(calibrate.FIT_DTYPES)
-    true = np.log(np.concatenate([rng.uniform(0.05, 0.8, k), rng.uniform(1e-6, 2e-5, k)]))
+    true = np.log(np.concatenate([rng.uniform(0.05, 0.8, k), rng.uniform(1e-6, 2e-5, k), [1.0]]))
     feats = []
     for _ in range(60):
         g = int(rng.integers(5, 40))

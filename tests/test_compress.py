@@ -6,7 +6,7 @@ import torch
 
 from conftest import run_cli
 from hwai import models, train
-from hwai.compress import CompressConfig, checkpoint_data, compress
+from hwai.compress import CompressConfig, compress
 from hwai.errors import UserError
 from hwai.measure import MeasureConfig
 from hwai.models import ModelSpec
@@ -83,13 +83,3 @@ def test_cli_refuses_bad_options_with_one_line(tmp_path):
     r = run_cli("compress", "--model", "cnn", "--data", "digits", "--quantize", "int3", "--out", tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "int8 or mixed" in r.stderr
 
-
-def test_data_is_prepared_as_the_checkpoint_was_trained(tmp_path):
-    spec = ModelSpec("mlp", 10, 1, (32, 32), 0.25)
-    model = models.build(spec)
-    new = train.save_checkpoint(tmp_path / "new.pt", model, spec, {"spec": "mnist", "input_size": [32, 32],
-                                                                   "deskew": True}, {})
-    old = train.save_checkpoint(tmp_path / "old.pt", model, spec, {"spec": "mnist", "input_size": None}, {})
-    assert checkpoint_data(str(new)) == {"input_size": 32, "deskew": True}
-    assert checkpoint_data(str(old)) == {"input_size": None, "deskew": False}  # trained before deskewing
-    assert checkpoint_data("cnn") == {} and checkpoint_data(str(tmp_path / "missing.pt")) == {}

@@ -89,3 +89,14 @@ def test_resolve_model_rejects_mismatched_data(tmp_path):
         train.resolve_model("resnet18", features)
     model, spec = train.resolve_model("mlp", features)
     assert spec.num_classes == 2 and model(features.example(3)).shape == (3, 2)
+
+
+def test_data_is_prepared_as_the_checkpoint_was_trained(tmp_path):
+    spec = ModelSpec("mlp", 10, 1, (32, 32), 0.25)
+    model = models.build(spec)
+    new = train.save_checkpoint(tmp_path / "new.pt", model, spec, {"spec": "mnist", "input_size": [32, 32],
+                                                                   "deskew": True}, {})
+    old = train.save_checkpoint(tmp_path / "old.pt", model, spec, {"spec": "mnist", "input_size": None}, {})
+    assert train.checkpoint_data(str(new)) == {"input_size": 32, "deskew": True}
+    assert train.checkpoint_data(str(old)) == {"input_size": None, "deskew": False}  # trained before deskewing
+    assert train.checkpoint_data("cnn") == {} and train.checkpoint_data(str(tmp_path / "missing.pt")) == {}

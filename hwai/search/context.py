@@ -97,11 +97,9 @@ def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[
 def prepare(cfg, run_dir: Path, progress: bool = True) -> Context:
     """Load data and targets, train (or load) the baseline: the same in every process of a run."""
     from hwai import data as hdata
-    from hwai.train import seed_everything
+    from hwai.train import checkpoint_data, seed_everything
 
     seed_everything(cfg.seed)
-    from hwai.compress import checkpoint_data
-
     stored = checkpoint_data(cfg.model)  # a user's checkpoint: its input size and preprocessing
     bundle = hdata.load(cfg.data, input_size=cfg.input_size or stored.get("input_size"), deskew=stored.get("deskew"))
     target = host = None

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hwai import io
+from hwai.search.constraints import check
 from hwai.search.context import correction
 
 STATES = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "FAIL",
@@ -48,26 +49,35 @@ def pareto(recs: list[dict], objectives: list[str], reference: dict | None = Non
     def key(m: dict) -> list[float]:
         return [-m[o] if o == "accuracy" else m[o] for o in objectives]
 
-    pool = [r for r in recs if r["feasible"] and "duplicate_of" not in r["metrics"]]  # a copy is not a new point
+    pool = _distinct_feasible(recs)
     ref = key(reference) if reference and all(o in reference for o in objectives) else None
     return [r["number"] for r in pool
             if not any(dominates(key(o["metrics"]), key(r["metrics"])) for o in pool if o is not r)
             and not (ref is not None and dominates(ref, key(r["metrics"])))]
 
 
+def _distinct_feasible(recs: list[dict]) -> list[dict]:
+    """Completed trials within every limit, each candidate once (a re-proposed copy is not a new point)."""
+    return [r for r in recs if r["feasible"] and "duplicate_of" not in r["metrics"]]
+
+
 def choose(recs: list[dict], front: list[int], latency_key: str, constraints: dict) -> dict:
     """The best feasible candidate: the lowest latency on the target among the Pareto front (all of
     which meet the accuracy-drop limit); or, when none is, why not and the closest one."""
     by_number = {r["number"]: r for r in recs}
+
+    def fastest(r: dict) -> tuple[float, float]:
+        return r["metrics"][latency_key], -r["metrics"]["accuracy"]
+
     if front:
-        best = min((by_number[n] for n in front), key=lambda r: (r["metrics"][latency_key], -r["metrics"]["accuracy"]))
+        best = min((by_number[n] for n in front), key=fastest)
         kind = "predicted" if latency_key == "target_latency_ms" else "measured host"
         return {"trial": best["number"], "metrics": best["metrics"], "description": best["description"],
                 "reason": f"lowest {kind} latency among {len(front)} Pareto-optimal candidates that satisfy "
                           f"every limit ({_limits(constraints)})"}
-    feasible = [r for r in recs if r["feasible"] and "duplicate_of" not in r["metrics"]]
+    feasible = _distinct_feasible(recs)
     if feasible:  # all dominated by the baseline: roll back to it
-        closest = min(feasible, key=lambda r: (r["metrics"][latency_key], -r["metrics"]["accuracy"]))
+        closest = min(feasible, key=fastest)
         reason = (f"no candidate improved on the baseline: each of the {len(feasible)} that satisfy the limits "
                   f"({_limits(constraints)}) is no better on any objective, so the baseline is kept")
         violations = ["dominated by the baseline"]
@@ -86,8 +96,6 @@ def choose(recs: list[dict], front: list[int], latency_key: str, constraints: di
 
 def reference(ctx) -> dict | None:
     """The baseline's metrics when the baseline itself meets the user's limits (a candidate must beat it)."""
-    from hwai.search.constraints import check
-
     base = ctx.baseline or {}
     why, _ = check(ctx.cfg.constraints, base, base.get("accuracy"), ctx.cfg.latency_key)
     return None if why or not base else base

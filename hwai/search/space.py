@@ -134,12 +134,9 @@ def sample(trial, space: SpaceConfig, base: ModelSpec) -> Candidate:
     spec = sample_architecture(trial, space, base)
     same = _same(spec, base)
     layers = weighted_layers(build(spec))
-    prunable = layers[:-1]  # the classifier's outputs are the classes: never pruned
     prune: dict[str, float] = {}
-    groups = min(space.prune_groups, len(prunable))
-    for g in range(groups):
+    for g, members in enumerate(prune_groups(space, layers)):
         ratio = _pick(trial, f"prune.g{g}", space.prune_ratios)
-        members = prunable[g * len(prunable) // groups:(g + 1) * len(prunable) // groups]
         prune.update({name: ratio for name in members if ratio > 0})
     if space.per_layer_bits:
         bits = {name: _pick(trial, f"bits.{name}", space.bits) for name in layers}
@@ -152,11 +149,24 @@ def sample(trial, space: SpaceConfig, base: ModelSpec) -> Candidate:
     return Candidate(spec, same, prune, bits, fuse, epochs)
 
 
+def prune_groups(space: SpaceConfig, layers: list[str]) -> list[list[str]]:
+    """The prunable layers (all but the classifier, whose outputs are the classes) in contiguous groups,
+    one `prune.gK` knob each."""
+    prunable = layers[:-1]
+    n = min(space.prune_groups, len(prunable))
+    return [prunable[g * len(prunable) // n:(g + 1) * len(prunable) // n] for g in range(n)]
+
+
+def _factory_defaults(name: str) -> dict[str, Any]:
+    """Keyword defaults of the zoo factory `name` (none for user models)."""
+    factory = REGISTRY.get(name)
+    return {k: p.default for k, p in inspect.signature(factory).parameters.items()
+            if p.default is not inspect.Parameter.empty} if factory else {}
+
+
 def _same(spec: ModelSpec, base: ModelSpec) -> bool:
     """Same architecture as the baseline (options compared with the factory's defaults filled in)."""
-    factory = REGISTRY.get(base.name)
-    defaults = {k: p.default for k, p in inspect.signature(factory).parameters.items()
-                if p.default is not inspect.Parameter.empty} if factory else {}
+    defaults = _factory_defaults(base.name)
     return ({**defaults, **spec.options} == {**defaults, **base.options} and spec.width == base.width
             and tuple(spec.input_size) == tuple(base.input_size))
 
@@ -169,24 +179,23 @@ def warm_start(space: SpaceConfig, base: ModelSpec) -> list[dict[str, Any]]:
     def knob(name: str, choices: tuple, value) -> dict:
         return {name: value} if len(choices) > 1 and value in choices else {}
 
+    options = {**_factory_defaults(base.name), **base.options}
     arch = {**knob("width", space.widths, 1.0), **knob("resolution", space.resolutions, 1.0)}
-    if "kernel_size" in factory_options(base.name):
-        default = inspect.signature(REGISTRY[base.name]).parameters["kernel_size"].default
-        arch.update(knob("kernel_size", space.kernel_sizes, base.options.get("kernel_size", default)))
-    if space.depths and "depth" in factory_options(base.name) and "depth" in base.options:
-        arch.update(knob("depth", space.depths, base.options["depth"]))
+    if "kernel_size" in options:
+        arch.update(knob("kernel_size", space.kernel_sizes, options["kernel_size"]))
+    if space.depths and "depth" in options:
+        arch.update(knob("depth", space.depths, options["depth"]))
     layers = weighted_layers(build(base))
-    groups = min(space.prune_groups, len(layers) - 1)
+    groups = len(prune_groups(space, layers))
     names = [f"bits.{n}" for n in layers] if space.per_layer_bits else ["bits"]
     common = {**arch, **{n: v for name in names for n, v in knob(name, space.bits, 8).items()},
               **knob("fuse", space.fuse, True), **knob("finetune_epochs", space.finetune_epochs,
                                                         max(space.finetune_epochs))}
-    out = []
-    if 8 in space.bits:
-        out.append({**common, **{k: v for g in range(groups) for k, v in knob(f"prune.g{g}", space.prune_ratios,
-                                                                             0.0).items()}})
+
+    def pruned(ratio: float) -> dict:
+        return {**common, **{k: v for g in range(groups) for k, v in knob(f"prune.g{g}", space.prune_ratios,
+                                                                          ratio).items()}}
+
     lightest = min((r for r in space.prune_ratios if r > 0), default=None)
-    if lightest is not None and groups:
-        out.append({**common, **{k: v for g in range(groups)
-                                 for k, v in knob(f"prune.g{g}", space.prune_ratios, lightest).items()}})
+    out = ([pruned(0.0)] if 8 in space.bits else []) + ([pruned(lightest)] if lightest is not None and groups else [])
     return [p for p in out if p]
