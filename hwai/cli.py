@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-
 from hwai.errors import UserError
+from hwai.text import console as _console, styled
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="hwai: hardware-aware AI for PyTorch models.")
-console = Console()
+console = _console()  # markup off: user paths and names print literally (hwai.text)
 
 MODEL_HELP = "zoo name (mlp, cnn, resnet8, resnet18, mobilenetv2, dscnn), checkpoint .pt, or file.py:factory"
 DATA_HELP = "digits, mnist, cifar10:PATH, folder:PATH or npz:PATH"
@@ -25,6 +24,16 @@ DATA_HELP = "digits, mnist, cifar10:PATH, folder:PATH or npz:PATH"
 def _default_checkpoint(model: str, data: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(model).stem}-{Path(data.split(':')[0]).name}").strip("-")
     return Path("checkpoints") / f"{slug}.pt"
+
+
+def _load_data(spec: str, **kwargs):
+    """hwai.data.load, printing once what loading changed (e.g. labels remapped to 0..K-1)."""
+    from hwai import data as hdata
+
+    bundle = hdata.load(spec, **kwargs)
+    for note in bundle.notes:
+        console.print(f"note: {spec}: {note}")
+    return bundle
 
 
 @app.callback()
@@ -49,10 +58,9 @@ def train(
     out: Optional[Path] = typer.Option(None, help="checkpoint path (default: checkpoints/MODEL-DATA.pt)"),
 ) -> None:
     """Train a model with a progress bar; saves a checkpoint after every epoch and prints measured test accuracy."""
-    from hwai import data as hdata
     from hwai import train as htrain
 
-    bundle = hdata.load(data, input_size=input_size)
+    bundle = _load_data(data, input_size=input_size)
     htrain.seed_everything(seed)
     net, spec = htrain.resolve_model(model, bundle, width=width)
     aug = htrain.default_augmentation(spec.name, bundle)
@@ -62,8 +70,8 @@ def train(
                              label_smoothing=label_smoothing, seed=seed, **aug)
     out = out or _default_checkpoint(model, data)
     params = sum(p.numel() for p in net.parameters())
-    console.print(f"[bold]{spec.name}[/] on {data}: {params:,} parameters, {len(bundle.train[1])} train / "
-                  f"{len(bundle.val[1])} val / {len(bundle.test[1])} test samples")
+    console.print(styled((spec.name, "bold"), f" on {data}: {params:,} parameters, {len(bundle.train[1])} train / "
+                                             f"{len(bundle.val[1])} val / {len(bundle.test[1])} test samples"))
 
     def save(epoch: int, model_: object, metrics: dict | None = None) -> None:
         htrain.save_checkpoint(out, net, spec, bundle.describe(), metrics or {"epochs_done": epoch + 1})
@@ -77,14 +85,15 @@ def train(
                "train_loss": result.train_loss, "epochs_done": result.epochs, "train_wall_s": result.wall_s,
                "kind": "measured"}
     save(epochs - 1, net, metrics)
-    console.print(f"test accuracy [bold]{result.test_accuracy:.2%}[/] (measured on {len(bundle.test[1])} test samples), "
-                  f"val {result.val_accuracy:.2%}; training took {result.wall_s:.1f} s (measured wall time)")
+    console.print(styled("test accuracy ", (f"{result.test_accuracy:.2%}", "bold"),
+                         f" (measured on {len(bundle.test[1])} test samples), val {result.val_accuracy:.2%}; "
+                         f"training took {result.wall_s:.1f} s (measured wall time)"))
     console.print(f"checkpoint: {out}")
 
 
 def _wide(renderable, width: int = 120) -> None:
     """Print a table at least `width` columns wide: piped output would otherwise squeeze it to 80."""
-    Console(width=max(console.width, width)).print(renderable)
+    _console(width=max(console.width, width)).print(renderable)
 
 
 def _si(n: float) -> str:
@@ -109,7 +118,6 @@ def profile(
     """Per-layer profile: params, MACs, activation KB, measured ms (this host), predicted ms/energy (--target)."""
     from rich.table import Table
 
-    from hwai import data as hdata
     from hwai import io as hio
     from hwai import measure
     from hwai import profile as hprofile
@@ -121,7 +129,7 @@ def profile(
         check_path(model)  # before loading data: a wrong path fails fast
         if runtime not in (None, "onnxruntime"):
             raise UserError(f"{model} is an ONNX file: it runs with --runtime onnxruntime")
-    bundle = hdata.load(data, input_size=input_size)
+    bundle = _load_data(data, input_size=input_size)
     cfg = measure.MeasureConfig(threads=threads)
     if onnx_file:
         prof = hprofile.profile(model, bundle, target, "onnxruntime", cfg, batch)
@@ -200,9 +208,9 @@ def targets(
     if action != "show" or not name:
         raise UserError("usage: hwai targets [show NAME]")
     t = htargets.load(name)
-    console.print(f"[bold]{t.name}[/] ({t.kind}): {t.description}\nruntime: {t.runtime}\nfile: {t.path}\n"
+    console.print(styled((t.name, "bold"), f" ({t.kind}): {t.description}\nruntime: {t.runtime}\nfile: {t.path}\n"
                   f"dtypes: {', '.join(t.dtypes)}; weights in {t.weights_in}; sparsity accelerated: "
-                  f"{'yes' if t.sparsity_accelerated else 'no'}")
+                         f"{'yes' if t.sparsity_accelerated else 'no'}"))
     table = Table("field", "value", "unit", "source")
     for field, (value, unit, source) in t.sources.items():
         table.add_row(field, f"{value:g}", unit, source)
@@ -271,14 +279,13 @@ def compress(
 ) -> None:
     """Compress a model (prune, distill, fuse, quantize), export verified ONNX, print measured before/after."""
     from hwai import compress as hcompress
-    from hwai import data as hdata
     from hwai import train as htrain
 
     cfg = hcompress.CompressConfig(fuse=fuse, prune=prune, structured=structured, quantize=quantize,
                                    quant_method=quant_method, qat_epochs=qat_epochs, distill=distill,
                                    finetune_epochs=finetune_epochs, max_accuracy_drop=max_accuracy_drop, force=force)
     stored = htrain.checkpoint_data(model)
-    bundle = hdata.load(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
+    bundle = _load_data(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
     net, spec = htrain.resolve_model(model, bundle, width=width)
     result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=console.print)
     _wide(hcompress.table(result))
@@ -329,8 +336,8 @@ def optimize(
     for line in pareto_table(results):
         console.print(line)
     best = results["best"]
-    console.print(("[bold]best[/]: trial " + str(best["trial"]) if best["trial"] is not None else "[bold red]no best[/]")
-                  + f": {best['reason']}")
+    console.print(styled((f"best: trial {best['trial']}", "bold") if best["trial"] is not None
+                         else ("no best", "bold red"), f": {best['reason']}"))
     if best.get("parity"):
         p = best["parity"]
         console.print(f"exported {run / best['onnx']}: parity {'ok' if p['ok'] else 'FAILED'} (ONNX Runtime vs PyTorch: "

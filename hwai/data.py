@@ -39,14 +39,17 @@ class DataBundle:
     flip: bool = False  # horizontal flips are a valid augmentation (natural images, not digits)
     input_size: tuple[int, int] | None = None  # resize target; None keeps the stored size
     deskew: bool = False  # every image (all splits) sheared upright once, at load (handwriting)
+    notes: tuple[str, ...] = ()  # what loading changed that the user should hear once (e.g. labels remapped)
+    deskewed: bool = field(default=False, repr=False)  # set once done: dataclasses.replace must not shear again
     mean: torch.Tensor = field(init=False)
     std: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.deskew:
+        if self.deskew and not self.deskewed:
             if self.train[0].dim() != 4 or self.train[0].shape[1] != 1:
                 raise UserError(f"data {self.spec!r}: deskewing needs greyscale images (load it with deskew=False)")
             self.train, self.val, self.test = ((deskew(x), y) for x, y in (self.train, self.val, self.test))
+            self.deskewed = True
         x = self._scale(self.train[0][:20000])
         dims = [0] + list(range(2, x.dim()))
         self.mean = x.mean(dim=dims)
@@ -204,6 +207,35 @@ def _encode_labels(y: np.ndarray, classes: list[str] | None = None) -> tuple[np.
     return np.array([lookup[str(v)] for v in y], dtype=np.int64), classes
 
 
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Labels as a flat array: (N,) or (N, 1) (a column, as many tools save them)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise UserError(f"{where}: y has shape {y.shape}; expected one label per sample, shape (N,) or (N, 1)")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise UserError(f"{where}: y holds NaN or infinite labels")
+    return y
+
+
+def _check_samples(x: np.ndarray, where: str) -> None:
+    if len(x) == 0:
+        raise UserError(f"{where}: x holds no samples")
+    if x.dtype.kind in "fc" and not np.isfinite(x).all():
+        bad = int(x.size - np.isfinite(x).sum())
+        raise UserError(f"{where}: x holds {bad:,} non-finite values (NaN or infinity) of {x.size:,}; "
+                        "clean or impute them before training")
+
+
+def _remap_note(y: np.ndarray, classes: list[str]) -> tuple[str, ...]:
+    """Say once when numeric labels are not already 0..K-1 (the model's outputs follow `classes`)."""
+    if y.dtype.kind not in "iuf" or classes == [str(i) for i in range(len(classes))]:
+        return ()
+    shown = ", ".join(f"{c}->{i}" for i, c in enumerate(classes[:6])) + (", ..." if len(classes) > 6 else "")
+    return (f"labels remapped to 0..{len(classes) - 1} in sorted order ({shown})",)
+
+
 def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
     if x.ndim == 2:  # flat feature vectors
         return x
@@ -223,21 +255,40 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
 
 def _bundle_from_arrays(spec: str, x: np.ndarray, y: np.ndarray, classes: list[str] | None = None,
                         test: tuple[np.ndarray, np.ndarray] | None = None, **kw) -> DataBundle:
-    """Split (x, y) 80/10/10, or 90/10 train/val when a separate test set is given."""
+    """Split (x, y) 80/10/10, or 90/10 train/val when a separate test set is given; refuse data that cannot
+    be trained on (no samples, non-finite values, one class, an empty split)."""
+    _check_samples(x, spec)
+    y = _labels(y, spec)
+    if len(y) != len(x):
+        raise UserError(f"{spec}: x has {len(x)} samples but y has {len(y)}")
+    notes = _remap_note(y, classes or [str(v) for v in np.unique(y)])
     y, classes = _encode_labels(y, classes)
+    present = np.bincount(y, minlength=len(classes))
+    if (present > 0).sum() < 2:
+        raise UserError(f"{spec}: the training data has {int((present > 0).sum())} class(es) "
+                        f"({', '.join(classes[i] for i in np.flatnonzero(present)) or 'none'}); classification needs at least two")
+    if (present == 0).any():
+        missing = [classes[i] for i in np.flatnonzero(present == 0)]
+        raise UserError(f"{spec}: class(es) {', '.join(missing[:5])} have no training sample")
     if test is None:
         tr, va, te = stratified_split(y)
         parts = [(x[i], y[i]) for i in (tr, va, te)]
     else:
         tr, va, rest = stratified_split(y)
         tr = np.sort(np.concatenate([tr, rest]))  # a separate test set: 90/10 train/val
+        _check_samples(test[0], f"{spec} (test set)")
+        test = (test[0], _labels(test[1], f"{spec} (test set)"))
         lookup = {c: i for i, c in enumerate(classes)}
         y_test = np.array([lookup.get(str(v), -1) for v in test[1]], dtype=np.int64)
         if (y_test < 0).any():
             raise UserError(f"{spec}: the test set has labels the training set does not")
         parts = [(x[tr], y[tr]), (x[va], y[va]), (test[0], y_test)]
+    empty = [name for name, (_, b) in zip(("train", "val", "test"), parts) if len(b) == 0]
+    if empty:
+        raise UserError(f"{spec}: {len(y)} samples are too few: the stratified {'90/10' if test is not None else '80/10/10'} "
+                        f"split leaves the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} empty (about 10 samples per class are needed)")
     tensors = [(_tensor(a), torch.from_numpy(b)) for a, b in parts]
-    return DataBundle(spec, *tensors, classes=classes, **kw)
+    return DataBundle(spec, *tensors, classes=classes, notes=notes, **kw)
 
 
 def _digits(spec: str, **kw) -> DataBundle:
@@ -347,12 +398,14 @@ def _npz(spec: str, path: str, **kw) -> DataBundle:
     except Exception as exc:
         raise UserError(f"npz: {p} is not a readable .npz file ({exc.__class__.__name__})") from None
     if {"x", "y"} <= arrays.keys():
-        x, y, test = arrays["x"], arrays["y"], None
+        x, y, test = arrays["x"], _labels(arrays["y"], f"npz: {p}"), None
     elif {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
-        x, y = arrays["x_train"], arrays["y_train"]
-        test = (_to_nchw(arrays["x_test"], str(p)), arrays["y_test"].astype(str))
+        x, y = arrays["x_train"], _labels(arrays["y_train"], f"npz: {p}")
+        test = (_to_nchw(arrays["x_test"], str(p)), _labels(arrays["y_test"], f"npz: {p}").astype(str))
     else:
         raise UserError(f"npz: {p} has arrays {sorted(arrays)}; expected x and y (or x_train, y_train, x_test, y_test)")
+    if x.dtype.kind not in "biuf":
+        raise UserError(f"npz: {p}: x has dtype {x.dtype}; expected numbers")
     if len(x) != len(y):
         raise UserError(f"npz: {p}: x has {len(x)} samples but y has {len(y)}")
     y = y.astype(str) if test is not None else y

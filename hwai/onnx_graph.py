@@ -49,9 +49,13 @@ def _load(path: str | Path):
 
     path = check_path(path)
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as exc:
         raise UserError(f"{path} is not a readable ONNX model: {str(exc).splitlines()[0][:160]}") from None
+    initializers = {t.name for t in model.graph.initializer}
+    if not model.graph.node or not [i for i in model.graph.input if i.name not in initializers]:
+        raise UserError(f"{path} holds no ONNX graph (no nodes or no input); export one with torch.onnx or `hwai compress`")
+    return model
 
 
 def _tensor_info(model, input_shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], int]]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from hwai import io
 from hwai.data import DataBundle
-from hwai.errors import UserError
+from hwai.errors import UserError, first_line
 from hwai.models import ModelSpec, build, create
 
 CHECKPOINT_FORMAT = "hwai.checkpoint/1"
@@ -135,15 +135,15 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), 
             seen = correct = 0
             loss_sum = 0.0
             for x, y in batches:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                if teacher is not None:
-                    with torch.no_grad():
-                        target = teacher(x)
-                    kd = distillation_loss(logits, target, cfg.distill_temperature)
-                    loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                try:
+                    logits, loss = _step_loss(model, teacher, x, y, cfg)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                except Exception as exc:
+                    if bar.tasks[task].completed:  # it trained before: not a mistake in the model's code
+                        raise
+                    raise UserError(f"{description}: the model's first training step failed on a batch of shape "
+                                    f"{tuple(x.shape)}: {first_line(exc)}") from None
                 opt.step()
                 sched.step()
                 seen += len(y)
@@ -155,6 +155,19 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), 
                 on_epoch(epoch, model)
     wall = time.perf_counter() - start
     return TrainResult(evaluate(model, data, "test"), evaluate(model, data, "val"), loss_avg, cfg.epochs, wall)
+
+
+def _step_loss(model: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+               cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and loss of one training batch: cross-entropy, plus the distillation term with a teacher."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    if teacher is not None:
+        with torch.no_grad():
+            target = teacher(x)
+        kd = distillation_loss(logits, target, cfg.distill_temperature)
+        loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
+    return logits, loss
 
 
 def _progress(enabled: bool):
@@ -245,7 +258,7 @@ def resolve_model(name: str, data: DataBundle, width: float = 1.0, **options) ->
             out = model(data.example(2))
     except Exception as exc:
         raise UserError(f"model {name!r} does not accept data {data.spec!r} "
-                        f"(input {tuple(data.sample_shape)}): {str(exc).splitlines()[0]}") from None
+                        f"(input {tuple(data.sample_shape)}): {first_line(exc)}") from None
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise UserError(f"model {name!r} outputs {tuple(out.shape)}, but data {data.spec!r} has {data.num_classes} classes")
     return model, spec

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from torch import nn
 
-from hwai.errors import UserError
+from hwai.errors import UserError, first_line
 from hwai.models.cnn import cnn
 from hwai.models.dscnn import dscnn
 from hwai.models.mlp import mlp
@@ -61,7 +62,7 @@ def _user_factory(name: str) -> Callable[..., nn.Module]:
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
-        raise UserError(f"could not import {file}: {exc.__class__.__name__}: {exc}") from None
+        raise UserError(f"could not import {file}: {first_line(exc)}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UserError(f"{file} has no callable {attr!r}")
@@ -76,8 +77,8 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, input_size: i
     """
     if isinstance(input_size, int):
         input_size = (input_size, input_size)
-    if width <= 0:
-        raise UserError(f"width must be positive, got {width}")
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise UserError(f"width must be a positive number, got {width}")
     if num_classes < 1 or in_channels < 1:
         raise UserError(f"num_classes and in_channels must be positive, got {num_classes}, {in_channels}")
     if name.endswith(".py") or ".py:" in name:
@@ -88,7 +89,10 @@ def create(name: str, num_classes: int = 10, in_channels: int = 1, input_size: i
         params = inspect.signature(factory).parameters
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             kwargs = {k: v for k, v in kwargs.items() if k in params}
-        model = factory(**kwargs)
+        try:
+            model = factory(**kwargs)
+        except Exception as exc:  # the user's code failed: name it, no traceback
+            raise UserError(f"{name} raised {first_line(exc)}") from None
         if not isinstance(model, nn.Module):
             raise UserError(f"{name} returned {type(model).__name__}, not a torch.nn.Module")
         return model

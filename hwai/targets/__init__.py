@@ -8,6 +8,7 @@ Any mistake (unknown key, missing field, wrong unit or type, missing source) rai
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -35,6 +36,27 @@ _SPARSE = re.compile(r"(sparse)_speedup_max")  # cap on the speed-up from zero w
 _UNIT_HINTS = {r"\w*lanes\w*": "lanes_<dtype> (channels)", r"peak_\w+": "peak_<dtype>_tops|gops|mops", r"(sram|flash|dram)_(kb|mb|gb|bytes)": "<level>_kib|mib|gib",
                r"(sram|flash|dram)_\w*(bw|bandwidth|gb_s|mbps)\w*": "<level>_gbps",
                r"energy_\w+": "energy_<dtype>_pj_per_mac or energy_<level>_pj_per_byte"}
+
+
+# Physically plausible bounds (SI units, after unit conversion): a number outside them is a typo or a unit slip
+# (efficiency 50 meant 50%, a bandwidth in bits/s), refused when parsed rather than predicting nonsense.
+PLAUSIBLE = {
+    "peak": (1e6, 1e19, "operations/s (1 MOPS .. 10 EOPS)"),
+    "capacity": (256, 2.0**50, "bytes (256 B .. 1 PiB)"),
+    "bandwidth": (1e5, 1e14, "bytes/s (100 KB/s .. 100 TB/s)"),
+    "energy_mac": (1e-16, 1e-6, "J per MAC (0.1 fJ .. 1 uJ)"),
+    "energy_byte": (0.0, 1e-6, "J per byte (0 .. 1 uJ)"),
+    "lanes": (1, 4096, "channels"),
+    "sparse": (1, 100, "x"),
+    "efficiency": (0.0, 1.0, "fraction of peak, in (0, 1]"),
+    "overhead_us": (0.0, 1.0, "seconds per op (0 .. 1 s)"),
+}
+
+
+def _plausible(path: str, field: str, kind: str, si_value: float, written: float) -> None:
+    low, high, unit = PLAUSIBLE[kind]
+    if not low <= si_value <= high or (kind == "efficiency" and si_value == 0):
+        _fail(path, field, f"value {written:g} is outside the plausible range for this field ({unit})")
 
 
 @dataclass(frozen=True)
@@ -111,8 +133,8 @@ def _number(path: str, field: str, entry, allow_zero: bool = False) -> tuple[flo
     if not isinstance(entry, dict) or set(entry) != {"value", "source"}:
         _fail(path, field, "must be {value: NUMBER, source: TEXT} (every number needs its source)")
     value, source = entry["value"], entry["source"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(path, field, f"value must be a number in the field's unit, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(path, field, f"value must be a finite number in the field's unit, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         _fail(path, field, f"value must be {'>= 0' if allow_zero else '> 0'}, got {value}")
     if not isinstance(source, str) or len(source.strip()) < 8:
@@ -129,6 +151,7 @@ def _table(path: str, field: str, raw, scale: float) -> tuple[dict, dict]:
         if (op not in OPS and op != "_default") or (dtype and dtype not in DTYPES):
             _fail(path, f"{field}.{key}", f"unknown op; use one of {', '.join(OPS)}, _default (optionally :dtype)")
         value, source = _number(path, f"{field}.{key}", entry, allow_zero=field == "overhead_us")
+        _plausible(path, f"{field}.{key}", field, value * scale, value)
         values[str(key)] = value * scale
         sources[f"{field}.{key}"] = (value, field.rpartition("_")[2] if field == "overhead_us" else "", source)
     return values, sources
@@ -162,13 +185,15 @@ def parse(raw: object, path: str = "<target>") -> Target:
     for key, entry in raw.items():
         if key in TEXT_FIELDS | LIST_FIELDS | TABLE_FIELDS | {"sparsity_accelerated"}:
             continue
-        for pattern, store, unit_of in ((_PEAK, peak, lambda m: PEAK_UNITS[m[2]]), (_SIZE, cap, lambda m: SIZE_UNITS[m[2]]),
-                                        (_BW, bw, lambda m: 1e9), (_E_MAC, e_mac, lambda m: 1e-12),
-                                        (_E_BYTE, e_byte, lambda m: 1e-12), (_SPARSE, sparse, lambda m: 1.0),
-                                        (_LANES, lanes, lambda m: 1.0)):
+        for pattern, store, unit_of, kind in ((_PEAK, peak, lambda m: PEAK_UNITS[m[2]], "peak"),
+                                              (_SIZE, cap, lambda m: SIZE_UNITS[m[2]], "capacity"),
+                                              (_BW, bw, lambda m: 1e9, "bandwidth"), (_E_MAC, e_mac, lambda m: 1e-12, "energy_mac"),
+                                              (_E_BYTE, e_byte, lambda m: 1e-12, "energy_byte"),
+                                              (_SPARSE, sparse, lambda m: 1.0, "sparse"), (_LANES, lanes, lambda m: 1.0, "lanes")):
             m = pattern.fullmatch(str(key))
             if m:
                 value, source = _number(path, key, entry, allow_zero=store is e_byte)
+                _plausible(path, key, kind, value * unit_of(m), value)
                 if (store is sparse and value < 1) or (store is lanes and (value < 1 or value != int(value))):
                     _fail(path, key, f"value must be {'a whole number of channels' if store is lanes else '>= 1'}, got {value}")
                 if m[1] in store:
