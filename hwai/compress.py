@@ -1,6 +1,9 @@
 """`hwai compress`: prune (+ fine-tune / distill), fuse and quantize a model, export it to ONNX, verify
 parity, and measure every stage the same way in the same run. A step that loses more accuracy than
-allowed or makes the model slower is rolled back (the previous model is kept) unless forced.
+allowed or makes the model measurably slower is rolled back (the previous model is kept) unless forced.
+
+Splits: every decision (keep / roll back, parity inputs) reads the validation split; the test split is
+measured once, at the end, on the original and the final artifact, and read by no decision.
 """
 from __future__ import annotations
 
@@ -20,16 +23,15 @@ from torch import nn
 
 from hwai import io
 from hwai.data import DataBundle
-from hwai.errors import UserError
+from hwai.errors import UserError, finite
 from hwai.export import ort_accuracy, to_onnx, verified
-from hwai.measure import MeasureConfig, latency, ort_session
+from hwai.measure import MeasureConfig, latency, physical_cores
 from hwai.models import ModelSpec
 from hwai.passes.distill import DistillConfig, distill
 from hwai.passes.fuse import fuse
-from hwai.passes.prune import PRUNABLE, PruneConfig, prune, sparsity
+from hwai.passes.prune import PRUNABLE, PruneConfig, achieved, prune
 from hwai.passes.quantize import QuantConfig, quantize
-
-SLOWER = 1.05  # a step "makes the model slower" when its median latency exceeds the previous one by > 5% (noise)
+from hwai.verdict import Comparison, compare
 
 
 @dataclass(frozen=True)
@@ -46,20 +48,22 @@ class CompressConfig:
     distill: bool = False  # fine-tune (after pruning, during QAT) from the original model's logits
     finetune_epochs: int = 2  # fine-tuning epochs after pruning
     finetune_lr: float = 1e-3  # peak learning rate of that fine-tuning
-    max_accuracy_drop: float = 0.02  # allowed test-accuracy loss vs the original (0.02 = 2 points)
+    max_accuracy_drop: float = 0.02  # allowed validation-accuracy loss vs the original (0.02 = 2 points)
     force: bool = False  # keep a step even when it breaks the limits
     measure: MeasureConfig = MeasureConfig(max_seconds=2.0)  # latency harness settings (batch 1)
-    parity_samples: int = 256  # real test inputs for the ONNX parity check
+    parity_samples: int = 256  # real validation inputs for the ONNX parity check
 
     def __post_init__(self) -> None:
-        if not 0 <= self.prune < 1:
+        finite("--max-accuracy-drop", self.max_accuracy_drop, 0, 1)
+        finite("--finetune-lr", self.finetune_lr, 0, low_open=True)
+        if not (finite("--prune", self.prune, 0) < 1):
             raise UserError(f"--prune must be in [0, 1), got {self.prune}")
         if self.quantize not in (None, "int8", "mixed"):
             raise UserError(f"--quantize must be int8 or mixed, got {self.quantize!r}")
         if self.qat_epochs and not self.quantize:
             raise UserError("--qat-epochs needs --quantize int8 or mixed")
-        if self.qat_epochs < 0 or self.finetune_epochs < 0 or self.max_accuracy_drop < 0:
-            raise UserError("epochs and --max-accuracy-drop must be >= 0")
+        if self.qat_epochs < 0 or self.finetune_epochs < 0:
+            raise UserError("epochs must be >= 0")
 
 
 @dataclass
@@ -68,7 +72,7 @@ class Stage:
 
     name: str
     precision: str  # fp32, int8, mixed
-    accuracy: float  # test split; INT8 stages are run by ONNX Runtime (real INT8 execution)
+    accuracy: float  # validation split (what decisions read); INT8 stages are run by ONNX Runtime (real INT8)
     params: int
     size_kb: float  # ONNX file size
     ort_ms: float  # ONNX Runtime median
@@ -76,6 +80,7 @@ class Stage:
     torch_ms: float | None  # PyTorch eager median (FP32 stages only)
     torch_iqr_ms: float | None
     parity: dict  # export check against PyTorch on real inputs
+    path: Path | None = None  # the stage's ONNX file (in the run's scratch folder)
 
 
 @dataclass
@@ -85,6 +90,8 @@ class Step:
     reason: str  # why it was rolled back or forced ("" when within limits)
     before: Stage
     after: Stage
+    latency: dict | None = None  # hwai.verdict.Comparison of the ONNX Runtime latency, after vs before
+    achieved: dict | None = None  # pruning: fractions of channels / params / MACs actually removed
 
 
 @dataclass
@@ -96,6 +103,7 @@ class CompressResult:
     out: Path | None  # directory with model.onnx, model.pt, metrics.json
     metrics: dict  # what metrics.json holds
     measurement: str  # how latency was measured
+    test_accuracy: dict  # {"original": ..., "final": ...}: the test split, measured once at the end (ONNX Runtime)
 
 
 def _params(model: nn.Module) -> int:
@@ -107,25 +115,26 @@ def _stage(name: str, model: nn.Module, data: DataBundle, cfg: CompressConfig, w
     """Export `model` (INT8 QDQ when it is quantized), verify parity, measure accuracy and latency."""
     from hwai.train import evaluate
 
-    example, inputs = data.example(1), data.example(cfg.parity_samples)
+    example, inputs = data.example(1, split="val"), data.example(cfg.parity_samples, split="val")
     path = to_onnx(model, example, work / f"{name}.onnx", int8=precision != "fp32", calib=data)
     check = verified(model, path, inputs)
     ort = latency(path, example, cfg.measure, runtime="onnxruntime")
     eager = latency(model, example, cfg.measure, runtime="torch") if precision == "fp32" else None
-    acc = evaluate(model, data, "test") if precision == "fp32" else ort_accuracy(path, data, cfg.measure.threads)
+    acc = evaluate(model, data, "val") if precision == "fp32" else ort_accuracy(path, data, cfg.measure.threads, "val")
     return Stage(name, precision, acc, _params(model), path.stat().st_size / 1024, ort.median_ms, ort.iqr_ms,
-                 eager.median_ms if eager else None, eager.iqr_ms if eager else None, check.to_dict()), path
+                 eager.median_ms if eager else None, eager.iqr_ms if eager else None, check.to_dict(), path), path
 
 
-def _verdict(before: Stage, after: Stage, baseline: Stage, cfg: CompressConfig) -> str:
-    """Why a step breaks the limits ("" when it does not)."""
+def _verdict(after: Stage, baseline: Stage, speed: Comparison, cfg: CompressConfig) -> str:
+    """Why a step breaks the limits ("" when it does not): validation accuracy, and a statistically
+    measured slowdown (a difference within the noise is not one)."""
     problems = []
     drop = baseline.accuracy - after.accuracy
     if drop > cfg.max_accuracy_drop:
-        problems.append(f"accuracy {after.accuracy:.2%} is {drop * 100:.2f} points below the original "
-                        f"(allowed {cfg.max_accuracy_drop * 100:.2f})")
-    if after.ort_ms > SLOWER * before.ort_ms:
-        problems.append(f"ONNX Runtime latency {after.ort_ms:.3f} ms is slower than {before.ort_ms:.3f} ms before")
+        problems.append(f"validation accuracy {after.accuracy:.2%} is {drop * 100:.2f} points below the original "
+                        f"{baseline.accuracy:.2%} (limit: at most {cfg.max_accuracy_drop * 100:.2f} points)")
+    if speed.verdict == "slower":
+        problems.append(f"ONNX Runtime latency is measurably slower: {speed.describe()}")
     return "; ".join(problems)
 
 
@@ -148,19 +157,21 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
     from hwai.train import TrainConfig, train
 
     original = copy.deepcopy(model).eval()
-    example = data.example(1)
+    example = data.example(1, split="val")
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="hwai-compress-") as tmp:
         work = Path(tmp)
-        log("measuring the original model (FP32: PyTorch eager and ONNX Runtime)")
+        log("measuring the original model (FP32: PyTorch eager and ONNX Runtime; accuracy on the validation split)")
         baseline, base_path = _stage("original", original, data, cfg, work)
         current, stage, path = original, baseline, base_path
 
-        def decide(name: str, candidate: nn.Module, after: Stage, after_path: Path) -> None:
+        def decide(name: str, candidate: nn.Module, after: Stage, after_path: Path, **extra) -> None:
             nonlocal current, stage, path
-            reason = _verdict(stage, after, baseline, cfg)
+            speed = compare(path, after_path, example, cfg.measure)
+            reason = _verdict(after, baseline, speed, cfg)
             kept = not reason or cfg.force
-            steps.append(Step(name, kept, reason, stage, after))
+            steps.append(Step(name, kept, reason, stage, after, speed.to_dict(), **extra))
+            log(f"{name}: latency {speed.describe()}")
             if reason:
                 log(f"{name}: {reason}; " + ("kept anyway (--force)" if kept else "rolled back: keeping the previous model"))
             if kept:
@@ -171,21 +182,22 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
             name = f"prune {cfg.prune:.0%} {kind}"
             log(f"{name} (Torch-Pruning dependency graph)" if cfg.structured else name)
             pruned = prune(current, PruneConfig(cfg.prune, cfg.structured, cfg.prune_per_layer), example)
+            done = achieved(current, pruned, example)
+            name += f" ({_achieved_text(done, cfg)})"
             if cfg.finetune_epochs:
                 if cfg.distill:
-                    distill(pruned, original, data, DistillConfig(cfg.finetune_epochs, lr=cfg.finetune_lr), progress)
+                    distill(pruned, original, data, DistillConfig(cfg.finetune_epochs, lr=cfg.finetune_lr), progress,
+                            measure_test=False)
                 else:
                     train(pruned, data, TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
                                                     warmup_epochs=min(0.5, cfg.finetune_epochs / 4)),
-                          progress=progress, description="fine-tune")
+                          progress=progress, description="fine-tune", measure_test=False)
                 name += " + " + ("distill" if cfg.distill else "fine-tune") + f" {cfg.finetune_epochs} ep"
-            if not cfg.structured:
-                name += f" (sparsity {sparsity(pruned)['_total']:.1%})"
-            decide(name, pruned.eval(), *_stage("pruned", pruned.eval(), data, cfg, work))
+            decide(name, pruned.eval(), *_stage("pruned", pruned.eval(), data, cfg, work), achieved=done)
         float_model = current  # what model.pt stores: loadable by hwai.train.load_checkpoint (unfused)
 
         if cfg.fuse or cfg.quantize:
-            fused = fuse(current, data.example(8))
+            fused = fuse(current, data.example(8, split="val"))
             after, after_path = _stage("fused", fused, data, cfg, work)
             steps.append(Step("fuse Conv/Linear+BatchNorm", True, "", stage, after))
             current, stage, path = fused, after, after_path
@@ -199,10 +211,16 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
             q = quantize(current, qcfg, calib=data, example=example, progress=progress)
             decide(name, q, *_stage(cfg.quantize, q, data, cfg, work, precision=cfg.quantize))
 
-        measurement = (f"measured: batch 1, {cfg.measure.threads or 'physical-core'} thread(s), median and IQR over "
-                       f">= {cfg.measure.min_repeats} repeats after {cfg.measure.warmup} warm-up runs (hwai.measure); "
-                       "accuracy on the test split (INT8: executed by ONNX Runtime)")
-        metrics = _metrics(baseline, stage, steps, cfg, spec, data, measurement)
+        # the test split, once: the original and the artifact that ships, on ONNX Runtime; read by no decision
+        tested = {"original": ort_accuracy(base_path, data, cfg.measure.threads, "test"),
+                  "final": ort_accuracy(path, data, cfg.measure.threads, "test")}
+        threads = cfg.measure.threads or physical_cores()
+        measurement = (f"measured: batch 1, {threads} thread(s), median and IQR over >= {cfg.measure.min_repeats} "
+                       f"repeats after {cfg.measure.warmup} warm-up runs (hwai.measure); faster/slower: interleaved "
+                       "runs of both models and a bootstrap 95% interval of the median ratio (hwai.verdict); accuracy "
+                       "on the validation split for every decision (INT8: executed by ONNX Runtime), test split "
+                       "measured once at the end on the original and the final ONNX artifact")
+        metrics = _metrics(baseline, stage, steps, cfg, spec, data, measurement, tested)
         out_dir = Path(out) if out is not None else None
         if out_dir is not None:
             log("per-layer times of the original and the compressed model (ONNX Runtime profiler)")
@@ -214,7 +232,18 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
             from hwai.report import report
 
             report(out_dir)  # out_dir/report.html, from the metrics.json just written
-    return CompressResult(baseline, stage, steps, current, out_dir, metrics, measurement)
+    return CompressResult(baseline, stage, steps, current, out_dir, metrics, measurement, tested)
+
+
+def _achieved_text(done: dict, cfg: CompressConfig) -> str:
+    """What pruning really removed, said plainly when it differs from the request."""
+    if not cfg.structured:
+        return f"achieved sparsity {done['zero_weights']:.1%}"
+    text = (f"achieved: {done['channels']:.0%} of channels, {done['params']:.0%} of parameters, "
+            f"{done['macs']:.0%} of MACs removed")
+    if abs(done["channels"] - cfg.prune) > 0.02:
+        text += "; differs from the request: small layers keep at least one channel, ratios round to whole channels"
+    return text
 
 
 def _layer_detail(original: nn.Module, original_onnx: Path, compressed: nn.Module, compressed_onnx: Path,
@@ -263,14 +292,16 @@ def _environment() -> dict:
             "onnxruntime": onnxruntime.__version__, "hwai": __version__, "platform": sys.platform}
 
 
-def _summary(s: Stage) -> dict:
-    return {"accuracy": s.accuracy, "host_latency_ms": s.ort_ms, "host_latency_iqr_ms": s.ort_iqr_ms,
-            "torch_latency_ms": s.torch_ms, "size_kb": s.size_kb, "params": s.params, "precision": s.precision}
+def _summary(s: Stage, test_accuracy: float | None = None) -> dict:
+    out = {"accuracy": s.accuracy, "host_latency_ms": s.ort_ms, "host_latency_iqr_ms": s.ort_iqr_ms,
+           "torch_latency_ms": s.torch_ms, "size_kb": s.size_kb, "params": s.params, "precision": s.precision}
+    return out if test_accuracy is None else {**out, "test_accuracy": test_accuracy}
 
 
 def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConfig, spec: ModelSpec | None,
-             data: DataBundle, measurement: str) -> dict:
-    kinds = {k: "measured" for k in ("accuracy", "host_latency_ms", "host_latency_iqr_ms", "torch_latency_ms", "size_kb")}
+             data: DataBundle, measurement: str, tested: dict) -> dict:
+    kinds = {k: "measured" for k in ("accuracy", "test_accuracy", "host_latency_ms", "host_latency_iqr_ms",
+                                     "torch_latency_ms", "size_kb")}
     config = asdict(cfg)
     config["measure"] = asdict(cfg.measure)
     return {
@@ -282,30 +313,34 @@ def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConf
         "constraints": {"max_latency_ms": None, "max_size_kb": None, "max_sram_kb": None,
                         "max_accuracy_drop": cfg.max_accuracy_drop},
         "objectives": ["accuracy", "host_latency_ms", "size_kb"],
-        "baseline": _summary(baseline), "kinds": kinds, "trials": [], "pareto": [],
-        "best": {"trial": None, "metrics": _summary(final), "onnx": "model.onnx", "parity": final.parity,
+        "baseline": _summary(baseline, tested["original"]), "kinds": kinds, "trials": [], "pareto": [],
+        "best": {"trial": None, "metrics": _summary(final, tested["final"]), "onnx": "model.onnx", "parity": final.parity,
                  "reason": "the last step within the limits (rolled-back steps are listed in techniques)",
                  "speedup": baseline.ort_ms / final.ort_ms, "size_ratio": baseline.size_kb / final.size_kb},
         "techniques": [{"name": s.name, "kept": s.kept, "reason": s.reason, "metric_before": _summary(s.before),
-                        "metric_after": _summary(s.after)} for s in steps],
+                        "metric_after": _summary(s.after), "latency_verdict": s.latency, "achieved": s.achieved}
+                       for s in steps],
         "layers": [], "memory": {"timeline": [], "sram_bytes": None}, "config": config,  # filled when written
         "measurement": measurement, "prediction": "none: compress reports measured numbers only",
     }
 
 
 def table(result: CompressResult):
-    """A rich table: one row per stage (original, then each step's result), with ratios to the original."""
+    """A rich table: one row per stage (original, then each step's result), with ratios to the original and
+    each step's latency verdict against the model before it (interleaved runs, bootstrap interval)."""
     from rich.table import Table
 
     base = result.baseline
     t = Table(title="hwai compress (measured; latency: median ±IQR, batch 1; ORT runs the stage's ONNX: FP32 or INT8)")
-    for col in ("stage", "accuracy", "params", "KB", "smaller", "eager ms", "ORT ms", "faster"):
-        t.add_column(col, justify="left" if col == "stage" else "right", overflow="fold")
-    rows = [("original FP32", base)] + [(s.name + ("" if s.kept else " [rolled back]"), s.after) for s in result.steps]
-    for name, s in rows:
+    for col in ("stage", "val accuracy", "params", "KB", "smaller", "eager ms", "ORT ms", "faster", "vs step before"):
+        t.add_column(col, justify="left" if col in ("stage", "vs step before") else "right", overflow="fold")
+    rows = [("original FP32", base, None)] + [(s.name + ("" if s.kept else " [rolled back]"), s.after, s.latency)
+                                              for s in result.steps]
+    for name, s, speed in rows:
         eager = _ms(s.torch_ms, s.torch_iqr_ms) if s.torch_ms is not None else "-"
+        verdict = "-" if speed is None else f"{speed['verdict']} (x{speed['ratio_low']:.2f}..x{speed['ratio_high']:.2f})"
         t.add_row(name, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}", f"{base.size_kb / s.size_kb:.1f}x",
-                  eager, _ms(s.ort_ms, s.ort_iqr_ms), f"{base.ort_ms / s.ort_ms:.2f}x")
+                  eager, _ms(s.ort_ms, s.ort_iqr_ms), f"{base.ort_ms / s.ort_ms:.2f}x", verdict)
     return t
 
 

@@ -108,8 +108,9 @@ class DataBundle:
             shuffle = split == "train"
         return Batches(self, x, y, batch_size, shuffle, augment and x.dim() == 4, seed, max_shift)
 
-    def example(self, n: int = 1, split: str = "test") -> torch.Tensor:
-        """A few real, normalised inputs: for tracing, export and parity checks."""
+    def example(self, n: int = 1, split: str = "val") -> torch.Tensor:
+        """A few real, normalised inputs: for tracing, export and parity checks (validation split by default:
+        a parity check refuses artifacts, a decision the test split must not inform)."""
         return self.prepare(self.split(split)[0][:n])
 
 

@@ -171,7 +171,7 @@ def verified(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor) -> P
     return result
 
 
-def ort_accuracy(path: str | Path, data: DataBundle, threads: int | None = None, split: str = "test") -> float:
+def ort_accuracy(path: str | Path, data: DataBundle, threads: int | None = None, split: str = "val") -> float:
     """Top-1 accuracy of an ONNX model executed by ONNX Runtime (real INT8 kernels for QDQ models)."""
     session = ort_session(Path(path), threads)
     name = session.get_inputs()[0].name

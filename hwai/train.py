@@ -59,7 +59,7 @@ class TrainConfig:
 class TrainResult:
     """Measured outcome of a training run."""
 
-    test_accuracy: float
+    test_accuracy: float | None  # None when the caller is not done (a fine-tune step whose result it still judges)
     val_accuracy: float
     train_loss: float
     epochs: int
@@ -115,10 +115,11 @@ def _schedule(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -
 
 def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), teacher: nn.Module | None = None,
           progress: bool = True, on_epoch: Callable[[int, nn.Module], None] | None = None,
-          description: str = "train") -> TrainResult:
+          description: str = "train", measure_test: bool = True) -> TrainResult:
     """Train `model` in place; with a `teacher`, add a distillation loss. Returns measured accuracies.
 
     `on_epoch(epoch, model)` runs after each epoch (used to checkpoint, so an interrupt loses one epoch).
+    `measure_test=False`: leave the test split alone (a step of a larger job that measures it once at its end).
     """
     seed_everything(cfg.seed)
     batches = data.batches("train", cfg.batch_size, augment=cfg.augment, seed=cfg.seed, max_shift=cfg.max_shift)
@@ -154,7 +155,8 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), 
             if on_epoch is not None:
                 on_epoch(epoch, model)
     wall = time.perf_counter() - start
-    return TrainResult(evaluate(model, data, "test"), evaluate(model, data, "val"), loss_avg, cfg.epochs, wall)
+    test = evaluate(model, data, "test") if measure_test else None
+    return TrainResult(test, evaluate(model, data, "val"), loss_avg, cfg.epochs, wall)
 
 
 def _step_loss(model: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,

@@ -1,10 +1,15 @@
+import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+# A user's own ~/.config/hwai/targets (e.g. a calibrated or broken host.yaml) must not change what the tests
+# test: every test, and every CLI it starts, sees an empty user target folder of its own.
+os.environ["HWAI_TARGET_DIR"] = tempfile.mkdtemp(prefix="hwai-test-targets-")
 
 
 def run_cli(*args: str, cwd=None, timeout: float = 600) -> subprocess.CompletedProcess:

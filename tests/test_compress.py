@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 
@@ -5,11 +6,14 @@ import pytest
 import torch
 
 from conftest import run_cli
+from hwai import compress as hcompress
 from hwai import models, train
 from hwai.compress import CompressConfig, compress
+from hwai.data import DataBundle
 from hwai.errors import UserError
 from hwai.measure import MeasureConfig
 from hwai.models import ModelSpec
+from hwai.verdict import Comparison
 
 QUICK = MeasureConfig(warmup=2, min_repeats=5, max_repeats=50, max_seconds=0.3)
 
@@ -19,7 +23,7 @@ def test_a_step_that_loses_too_much_accuracy_is_rolled_back_unless_forced(traine
     spec = ModelSpec("resnet8", 10, 1, (8, 8), 0.5)
     result = compress(trained_resnet8, digits, cfg, out=tmp_path / "a", spec=spec, log=lambda s: None, progress=False)
     (step,) = result.steps
-    assert not step.kept and "below the original" in step.reason
+    assert not step.kept and "validation accuracy" in step.reason and "below the original" in step.reason
     assert result.final is result.baseline and result.final.params == sum(p.numel() for p in trained_resnet8.parameters())
     reloaded, _ = train.load_checkpoint(tmp_path / "a" / "model.pt")  # the previous (original) model was kept
     assert sum(p.numel() for p in reloaded.parameters()) == result.final.params
@@ -47,6 +51,71 @@ def test_config_mistakes_are_user_errors():
         CompressConfig(qat_epochs=1)
     with pytest.raises(UserError):
         CompressConfig(prune=1.5)
+    for bad in (float("nan"), float("inf"), -0.1):  # nan used to disable the check silently
+        with pytest.raises(UserError, match="max-accuracy-drop"):
+            CompressConfig(max_accuracy_drop=bad)
+    with pytest.raises(UserError, match="prune"):
+        CompressConfig(prune=float("nan"))
+
+
+def _poisoned_test_split(data: DataBundle) -> DataBundle:
+    """The same data with the test labels scrambled: a decision that reads the test split changes."""
+    x, y = data.test
+    return dataclasses.replace(data, test=(x, (y + 1) % data.num_classes))
+
+
+def test_decisions_read_the_validation_split_and_test_is_measured_once_at_the_end(trained_resnet8, digits,
+                                                                                    monkeypatch):
+    events: list[str] = []
+    batches, example = DataBundle.batches, DataBundle.example
+
+    def spy_batches(self, split="train", *a, **k):
+        events.append(split)
+        return batches(self, split, *a, **k)
+
+    def spy_example(self, n=1, split="val"):
+        events.append(split)
+        return example(self, n, split)
+
+    verdict = hcompress._verdict
+    monkeypatch.setattr(DataBundle, "batches", spy_batches)
+    monkeypatch.setattr(DataBundle, "example", spy_example)
+    monkeypatch.setattr(hcompress, "_verdict", lambda *a: (events.append("decide"), verdict(*a))[1])
+    # the pruned model loses accuracy on val (rolled back); with scrambled test labels every model scores ~0 on
+    # test, so a decision read from the test split would keep the step
+    cfg = CompressConfig(prune=0.9, finetune_epochs=0, quantize="int8", max_accuracy_drop=0.0, measure=QUICK)
+    result = compress(trained_resnet8, _poisoned_test_split(digits), cfg, log=lambda s: None, progress=False)
+    assert not result.steps[0].kept and "validation accuracy" in result.steps[0].reason
+    last_decision = max(i for i, e in enumerate(events) if e == "decide")
+    assert events.count("decide") == 2 and "val" in events[:last_decision]
+    assert "test" not in events[:last_decision + 1]  # the test split is touched only after every decision
+    assert events.count("test") == 2  # once for the original, once for the final artifact
+    assert result.test_accuracy["final"] < 0.2  # it was measured (on the scrambled labels), not used
+
+
+def _speed(verdict: str) -> Comparison:
+    return Comparison(1.0, 1.5 if verdict == "slower" else 1.0, 1.5, 1.4, 1.6, 40, 1, "onnxruntime", verdict)
+
+
+@pytest.mark.parametrize("verdict,kept", [("slower", False), ("no measurable difference", True)])
+def test_a_step_is_rolled_back_only_for_a_measurable_slowdown(trained_resnet8, digits, monkeypatch, verdict, kept):
+    monkeypatch.setattr(hcompress, "compare", lambda *a, **k: _speed(verdict))
+    cfg = CompressConfig(fuse=True, quantize="int8", max_accuracy_drop=1.0, measure=QUICK)
+    result = compress(trained_resnet8, digits, cfg, log=lambda s: None, progress=False)
+    quant = result.steps[-1]
+    assert quant.name.startswith("quantize") and quant.kept is kept and quant.latency["verdict"] == verdict
+    assert ("measurably slower" in quant.reason) is (not kept)
+    assert (result.final.precision == "int8") is kept
+
+
+def test_pruning_reports_what_it_achieved_when_it_differs_from_the_request(digits):
+    model = models.create("resnet8", 10, 1, 8, width=0.125)  # layers of 4 and 8 channels: 90% is not possible
+    cfg = CompressConfig(prune=0.9, finetune_epochs=0, max_accuracy_drop=1.0, force=True, measure=QUICK)
+    result = compress(model, digits, cfg, log=lambda s: None, progress=False)
+    (step,) = result.steps
+    assert step.achieved["channels"] == pytest.approx(1 - 9 / 48)  # 6 layers of 4 -> 1, 3 of 8 -> 1
+    assert step.achieved["params"] > 0.8 and step.after.params < step.before.params / 5  # it did prune
+    assert "achieved: 81% of channels" in step.name and "differs from the request" in step.name
 
 
 def test_cli_end_to_end_on_digits_writes_parsed_metrics(tmp_path):
@@ -55,9 +124,9 @@ def test_cli_end_to_end_on_digits_writes_parsed_metrics(tmp_path):
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
     r = run_cli("compress", "--model", ckpt, "--data", "digits", "--fuse", "--quantize", "int8",
-                "--max-accuracy-drop", "0.05", "--out", out)
+                "--max-accuracy-drop", "0.05", "--threads", "1", "--force", "--out", out)
     assert r.returncode == 0, r.stderr
-    assert "measured" in r.stdout and "faster" in r.stdout
+    assert "measured" in r.stdout and "1 thread(s)" in r.stdout and "test accuracy (measured once" in r.stdout
     assert (out / "model.onnx").stat().st_size > 0 and (out / "model.pt").is_file()
     m = json.loads((out / "metrics.json").read_text())
     assert m["schema"] == "hwai.results/1" and m["command"] == "compress"
@@ -70,9 +139,10 @@ def test_cli_end_to_end_on_digits_writes_parsed_metrics(tmp_path):
     loaded = torch.load(out / "model.pt", weights_only=True)
     assert loaded["format"] == "hwai.checkpoint/1"
     page = (out / "report.html").read_text()  # written at the end of compress, from metrics.json
-    int8_kept = any(t["kept"] and t["name"].startswith("quantize") for t in m["techniques"])  # or rolled back
-    final_key = "int8_measured_ms" if int8_kept else "compressed_fp32_measured_ms"
-    side_by_side = [r for r in m["layers"] if "fp32_measured_ms" in r and final_key in r]
+    (quant,) = [t for t in m["techniques"] if t["name"].startswith("quantize")]
+    assert quant["kept"] and quant["latency_verdict"]["verdict"] in ("faster", "slower", "no measurable difference")
+    assert 0 < m["best"]["metrics"]["test_accuracy"] <= 1 and m["kinds"]["test_accuracy"] == "measured"
+    side_by_side = [r for r in m["layers"] if "fp32_measured_ms" in r and "int8_measured_ms" in r]
     assert len(side_by_side) >= 3 and all(r["fp32_measured_ms"] > 0 for r in side_by_side)
     assert m["memory"]["timeline"] and all(e["live_bytes"] > 0 for e in m["memory"]["timeline"])
     shown = re.search(r'data-key="best.metrics.accuracy" data-value="([^"]+)"', page)

@@ -6,6 +6,7 @@ The classifier's output layer is never pruned.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -74,12 +75,47 @@ def _structured(model: nn.Module, cfg: PruneConfig, example: torch.Tensor, layer
                 skip: nn.Module | None) -> None:
     import torch_pruning as tp
 
-    ratios = {m: policy.resolve(n, cfg.per_layer, cfg.ratio) for n, m in layers.items()}
+    ratios = {m: _channel_ratio(policy.resolve(n, cfg.per_layer, cfg.ratio), _out_channels(m))
+              for n, m in layers.items()}
     pruner = tp.pruner.MetaPruner(
         model, example, importance=tp.importance.MagnitudeImportance(p=2), global_pruning=cfg.global_,
         pruning_ratio=cfg.ratio, pruning_ratio_dict=ratios, ignored_layers=[skip] if skip is not None else [],
         round_to=cfg.round_to)
     pruner.step()
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+
+
+def _channel_ratio(ratio: float, channels: int) -> float:
+    """The ratio to hand Torch-Pruning so that a layer keeps round(channels x (1 - ratio)) channels, and at
+    least one. Torch-Pruning keeps int(channels x (1 - ratio)) and leaves a layer whole when that is zero,
+    so a small layer would otherwise get the opposite of what was asked (nothing pruned at all)."""
+    if ratio <= 0:
+        return 0.0
+    keep = max(1, math.floor(channels * (1 - ratio) + 0.5))
+    return max(0.0, 1 - (keep + 0.5) / channels)
+
+
+def achieved(original: nn.Module, pruned: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """Fractions actually removed by pruning: output channels of the prunable layers, parameters, MACs,
+    and weights that are exactly zero (unstructured pruning) — what was done, not what was asked."""
+    from hwai.graph import capture
+
+    def channels(model: nn.Module) -> int:
+        skip = _output_layer(model, example)
+        return sum(_out_channels(m) for m in _layers(model, skip).values())
+
+    def params(model: nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    def removed(before: float, after: float) -> float:
+        return 1 - after / before if before else 0.0
+
+    return {"channels": removed(channels(original), channels(pruned)), "params": removed(params(original), params(pruned)),
+            "macs": removed(capture(original, example).macs, capture(pruned, example).macs),
+            "zero_weights": sparsity(pruned)["_total"]}
 
 
 def prune(model: nn.Module, cfg: PruneConfig = PruneConfig(), example: torch.Tensor | None = None) -> nn.Module:

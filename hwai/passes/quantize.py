@@ -180,7 +180,7 @@ def quantize(model: nn.Module, cfg: QuantConfig = QuantConfig(), calib: DataBund
         tcfg = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, warmup_epochs=0.0, augment=False,
                            label_smoothing=0.0, distill_alpha=0.5)
         train(qmodel, calib, tcfg, teacher=teacher if cfg.qat_distill else None, progress=progress,
-              description="QAT")
+              description="QAT", measure_test=False)
     qmodel.eval()
     qmodel.hwai_quant = cfg  # read by hwai.export (calibration method and sample count for ONNX Runtime)
     return qmodel
