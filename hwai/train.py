@@ -212,6 +212,21 @@ def _fit_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 setattr(module, bname, torch.empty_like(state[f"{name}.{bname}"]))
 
 
+def _materialize(model: nn.Module, spec: ModelSpec) -> None:
+    """Give lazy modules (nn.LazyLinear, ...) their shapes with one dry forward pass at the spec's input shape,
+    so that the stored weights can be loaded into them."""
+    from torch.nn.parameter import UninitializedParameter
+
+    if not any(isinstance(p, UninitializedParameter) for p in model.parameters()):
+        return
+    shape = (spec.in_channels,) if tuple(spec.input_size) == (1, 1) else (spec.in_channels, *spec.input_size)
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *shape))
+    except Exception as exc:
+        raise UserError(f"{spec.name}: could not run the model once to shape its lazy layers: {first_line(exc)}") from None
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model stored at `path`; returns (model in eval mode, checkpoint metadata)."""
     path = Path(path)
@@ -225,6 +240,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         raise UserError(f"{path} is not an hwai checkpoint (train one with `hwai train --out {path.name}`)")
     spec = ModelSpec.from_dict(ckpt["model"])
     model = build(spec)
+    _materialize(model, spec)
     _fit_shapes(model, ckpt["state_dict"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
