@@ -61,8 +61,12 @@ def bootstrap_ratio(before: np.ndarray, after: np.ndarray, seed: int = 0) -> tup
     return float(np.median(after) / np.median(before)), float(low), float(high)
 
 
-def _runner(model: torch.nn.Module | str | Path, example: torch.Tensor, runtime: str, threads: int,
-            stack: ExitStack) -> Callable[[], object]:
+Runnable = torch.nn.Module | str | Path | Callable[[], object]  # a torch model, an ONNX file, or a prepared call
+
+
+def _runner(model: Runnable, example: torch.Tensor, runtime: str, threads: int, stack: ExitStack) -> Callable[[], object]:
+    if callable(model) and not isinstance(model, torch.nn.Module):
+        return model  # already bound to its input (another runtime, e.g. OpenVINO)
     if runtime == "onnxruntime":
         session = ort_session(Path(model) if not isinstance(model, bytes) else model, threads)
         feed = {session.get_inputs()[0].name: example.detach().cpu().numpy()}
@@ -72,10 +76,12 @@ def _runner(model: torch.nn.Module | str | Path, example: torch.Tensor, runtime:
     return lambda: model(example)
 
 
-def compare(before: torch.nn.Module | str | Path, after: torch.nn.Module | str | Path, example: torch.Tensor,
-            cfg: MeasureConfig = MeasureConfig(), runtime: str = "onnxruntime", seed: int = 0) -> Comparison:
+def compare(before: Runnable, after: Runnable, example: torch.Tensor, cfg: MeasureConfig = MeasureConfig(),
+            runtime: str = "onnxruntime", seed: int = 0) -> Comparison:
     """Time `before` and `after` interleaved (warm-up, then pairs in random order until `cfg.max_seconds` or
-    `cfg.max_repeats`, at least `cfg.min_repeats`) and decide with a bootstrap interval of the median ratio."""
+    `cfg.max_repeats`, at least `cfg.min_repeats`) and decide with a bootstrap interval of the median ratio.
+    Each is a torch model (runtime "torch"), an ONNX file (runtime "onnxruntime") or a zero-argument callable
+    already bound to `example` (any other runtime; `runtime` then only names it)."""
     threads = cfg.threads or physical_cores()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)

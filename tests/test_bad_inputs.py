@@ -232,3 +232,18 @@ def test_target_efficiency_must_be_a_fraction(tmp_path, capsys, value, phrase):
     code, _, err = run(["targets", "show", path], capsys)
     assert_clean(code, err, expect=2)
     assert "efficiency.conv" in err and phrase in err
+
+
+def test_compress_and_report_on_paths_with_brackets_spaces_and_non_ascii(files, tmp_path, capsys):
+    ckpt = tmp_path / "[ckpt] ü.pt"
+    code, _, err = run(["train", "--model", f"{files['net']}:build", "--data", "digits", "--epochs", "1",
+                        "--out", ckpt], capsys)
+    assert_clean(code, err, expect=0)
+    out = tmp_path / "out [1] é"
+    code, stdout, err = run(["compress", "--model", ckpt, "--data", "digits", "--quantize", "int8", "--force",
+                             "--threads", "1", "--out", out], capsys)
+    assert_clean(code, err, expect=0)
+    assert (out / "model.onnx").is_file() and "[1] é" in stdout.replace("\n", "")
+    code, stdout, err = run(["report", out], capsys)
+    assert_clean(code, err, expect=0)
+    assert "[1] é" in stdout.replace("\n", "") and "[v2] ü/net.py:build" in (out / "report.html").read_text()
