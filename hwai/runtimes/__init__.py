@@ -23,7 +23,7 @@ from types import ModuleType
 
 from hwai.errors import UserError
 from hwai.runtimes import executorch, litert, onnxruntime, openvino, tensorrt, tflm
-from hwai.runtimes.deploy import (Choice, Deployment, accuracy, deploy, document, fastest, latency, measure_all,
+from hwai.runtimes.deployment import (Choice, Deployment, accuracy, deploy, document, fastest, latency, measure_all,
                                   parity, section)
 
 RUNTIMES: dict[str, ModuleType] = {"onnxruntime": onnxruntime, "openvino": openvino, "executorch": executorch,

@@ -34,7 +34,7 @@ def export(
     from hwai import targets as htargets
     from hwai import train as htrain
     from hwai.measure import MeasureConfig
-    from hwai.runtimes.deploy import PASSES
+    from hwai.runtimes.deployment import PASSES
 
     names, auto, tgt = _runtimes(runtime, target, hrt, htargets)
     stored = htrain.checkpoint_data(model)
@@ -66,7 +66,7 @@ def export(
                       _num(r["accuracy"], ".2%"), _num(r["top1_agreement"], ".1%"), _num(r["max_abs_diff"], ".3g"),
                       f"{r['median_ms']:.3f}±{r['iqr_ms']:.3f}" if r["median_ms"] is not None else "-", escape(d.note))
     Console(width=max(console.width, 140)).print(table)
-    console.print(results["runtimes"]["measurement"], markup=False)
+    console.print(results["runtimes"]["measurement"], markup=False, soft_wrap=True)
     if choice is not None and choice.runner_up is not None:
         console.print(f"chosen for this host: {choice.best.runtime} — {choice.verdict}", markup=False)
     console.print(f"results: {out / 'results.json'}", markup=False)

@@ -26,7 +26,8 @@ CALIB_BATCH = 64  # calibration batch (hwai.export's ONNX Runtime calibration re
 @functools.cache
 def _import_error(module: str) -> str | None:
     try:
-        importlib.import_module(module)
+        with silenced():  # torchao, TensorFlow Lite and absl announce themselves at import
+            importlib.import_module(module)
     except Exception as exc:  # noqa: BLE001 - a broken install raises more than ImportError
         return str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
     return None

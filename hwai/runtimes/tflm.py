@@ -2,8 +2,8 @@
 as a C array header, the tensor arena size, the op resolver lines and a README snippet, in one folder.
 
 Arena: `planned` comes from hwai.memory (peak live int8 activations over the best operator order; a
-prediction), `measured` from TFLite Micro's RecordingMicroAllocator when the tflite-micro package is installed
-(the reference kernels on this host; CMSIS-NN / ESP-NN kernels may ask for extra scratch on the device).
+prediction), `measured` is the smallest arena TFLite Micro's AllocateTensors succeeds in when the tflite-micro
+package is installed (the reference kernels on this host; CMSIS-NN / ESP-NN kernels may ask for extra scratch).
 Without a TFLite converter the bundle keeps the INT8 QDQ ONNX and the planned arena, and its README says why.
 """
 from __future__ import annotations
@@ -50,26 +50,37 @@ def planned_arena_bytes(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def measured_arena_bytes(tflite: bytes, arena_bytes: int) -> int | None:
-    """TFLite Micro's recorded arena use after AllocateTensors (None when tflite-micro is not installed).
-    The allocator prints its report on file descriptor 2, so it is read from there."""
+    """The smallest arena (16-byte steps) in which TFLite Micro's AllocateTensors succeeds on this host, found by
+    bisection from the RecordingMicroAllocator's total (which can fall a few hundred bytes short: it leaves out
+    temporary allocations); None when tflite-micro is not installed. `arena_bytes` must be large enough."""
     try:
         check()
     except UserError:
         return None
     from tflite_micro.python.tflite_micro import runtime
 
-    with tempfile.TemporaryFile(mode="w+") as log:
+    def fits(size: int) -> bool:
+        try:
+            runtime.Interpreter.from_bytes(tflite, arena_size=size)
+        except RuntimeError:
+            return False
+        return True
+
+    with tempfile.TemporaryFile(mode="w+") as log:  # TFLite Micro reports on file descriptor 2
         saved = os.dup(2)
         os.dup2(log.fileno(), 2)
         try:
-            interp = runtime.Interpreter.from_bytes(tflite, arena_size=arena_bytes)
-            interp.print_allocations()
+            runtime.Interpreter.from_bytes(tflite, arena_size=arena_bytes).print_allocations()
+            log.seek(0)
+            recorded = int(_ARENA.search(log.read())[1])
+            lo, hi = recorded - 16, arena_bytes  # lo: taken as too small; hi: fits
+            while hi - lo > 16:
+                mid = (lo + hi) // 32 * 16
+                lo, hi = (lo, mid) if fits(mid) else (mid, hi)
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-        log.seek(0)
-        found = _ARENA.search(log.read())
-    return int(found[1]) if found else None
+    return hi
 
 
 def resolver_calls(tflite: Path) -> list[str]:
@@ -128,8 +139,9 @@ def _readme(meta: dict, example: torch.Tensor) -> str:
     planned, measured = meta["arena_planned_bytes"], meta["arena_measured_bytes"]
     arena = measured or planned
     lines = ["# TensorFlow Lite Micro bundle (written by hwai)", "",
-             f"- tensor arena: {arena:,} bytes = " + (f"measured by TFLite Micro's RecordingMicroAllocator on the host "
-                                                      f"(reference kernels); planned by hwai.memory: {planned:,} bytes"
+             f"- tensor arena: {arena:,} bytes = " + (f"measured: the smallest arena TFLite Micro allocates this model in on "
+                                                      f"the host (reference kernels); hwai.memory plans {planned:,} bytes of activations (TFLite Micro adds "
+                                                      "tensor metadata and kernel buffers)"
                                                       if measured else
                                                       f"planned by hwai.memory (peak live int8 activations; predicted, "
                                                       "not measured)"),
@@ -140,9 +152,10 @@ def _readme(meta: dict, example: torch.Tensor) -> str:
                                   "  Install `hwai[litert]` and export again for the .tflite and its C array.", ""])
     i, o = meta["input"], meta["output"]
     lines += [f"- model: `{meta['model']}` ({meta['bytes']:,} bytes), as a C array in `{meta['header']}`",
-              f"- input {i['dtype']} {i['shape']} (the PyTorch layout): q = round(x / {i['scale']:.6g}) + {i['zero_point']}, "
-              "x normalised as in training",
-              f"- output {o['dtype']} {o['shape']}: logit = (q - {o['zero_point']}) * {o['scale']:.6g}", "",
+              f"- input {i['dtype']} {i['shape']} (the PyTorch layout), x normalised as in training: q = round(x / scale) "
+              f"+ zero_point with scale {i['scale']:.6g}, zero_point {i['zero_point']}",
+              f"- output {o['dtype']} {o['shape']}: logit = (q - zero_point) * scale with scale {o['scale']:.6g}, "
+              f"zero_point {o['zero_point']}", "",
               "```cpp", f'#include "{meta["header"]}"', '#include "tensorflow/lite/micro/micro_interpreter.h"',
               '#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"', "",
               f"constexpr int kTensorArenaSize = {-(-arena // 1024) * 1024};  // {arena:,} bytes rounded up to 1 KiB",
@@ -166,7 +179,7 @@ def load(artifact: str | Path, threads: int | None = None) -> Callable[[np.ndarr
     meta_file = artifact.parent / META
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     data = artifact.read_bytes()
-    arena = meta.get("arena_measured_bytes") or max(10 * len(data), 64 * 1024)
+    arena = meta.get("arena_measured_bytes") or max(10 * len(data), 64 * 1024)  # the bisected minimum, else generous
     interp = runtime.Interpreter.from_bytes(data, arena_size=arena)
     to_int8 = litert.quantizer(_details(interp.get_input_details(0)))
     from_int8 = litert.dequantizer(_details(interp.get_output_details(0)))

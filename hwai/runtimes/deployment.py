@@ -124,8 +124,9 @@ def size_kb(artifact: Path) -> float:
 
 
 def _prepare(name: str, model: nn.Module, data: DataBundle, out_dir: Path, int8: bool, threads: int,
-             parity_samples: int) -> tuple[Deployment, Callable | None]:
-    """Export, then (where the runtime runs here) load, check parity and measure accuracy."""
+             parity_samples: int, strict: bool) -> tuple[Deployment, Callable | None]:
+    """Export, then (where the runtime runs here) load, check parity and measure accuracy; an artifact that
+    disagrees with PyTorch is refused (strict: UserError; else recorded, untimed, with the reason)."""
     from hwai.runtimes import get
 
     module = get(name, installed=False)
@@ -148,8 +149,11 @@ def _prepare(name: str, model: nn.Module, data: DataBundle, out_dir: Path, int8:
     run = module.load(artifact, threads)
     deployment.parity = _parity(run, model, data.example(parity_samples), int8)
     if not deployment.parity.ok:
-        raise UserError(f"refusing {artifact}: {name} disagrees with PyTorch on {deployment.parity.samples} real "
-                        f"inputs ({deployment.parity.reason})")
+        deployment.note = (f"refusing {artifact}: {name} disagrees with PyTorch on {deployment.parity.samples} real "
+                           f"inputs ({deployment.parity.reason})")
+        if strict:
+            raise UserError(deployment.note)
+        return deployment, None
     deployment.accuracy = _accuracy(run, data)
     return deployment, run if module.HOST else None
 
@@ -173,7 +177,7 @@ def measure_all(model: nn.Module, data: DataBundle, out_dir: str | Path, int8: b
         if log:
             log(f"{name}: export {'INT8' if int8 else 'FP32'}, parity, accuracy")
         try:
-            deployment, run = _prepare(name, model, data, out_dir, int8, threads, parity_samples)
+            deployment, run = _prepare(name, model, data, out_dir, int8, threads, parity_samples, strict)
         except UserError as exc:
             if strict:
                 raise
