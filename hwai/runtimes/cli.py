@@ -55,7 +55,7 @@ def export(
     io.write_json(out / "results.json", results)
     from rich.table import Table
 
-    table = Table(title=f"hwai export {spec.name}: measured on this host (batch 1, {results['runtimes']['threads']} "
+    table = Table(title=f"hwai export {escape(spec.name)}: measured on this host (batch 1, {results['runtimes']['threads']} "
                         "thread(s); latency median ±IQR)")
     for col in ("runtime", "precision", "artifact", "KiB", "accuracy", "top-1 agree", "max |Δ logit|", "ms", "note"):
         table.add_column(col, justify="left" if col in ("runtime", "precision", "artifact", "note") else "right",
