@@ -6,12 +6,18 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: the local CPU wheel, never a CUDA build from the registry
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# deployment runtimes the tests exercise (hwai.runtimes), torch held at 2.13.0 by the constraints file;
+	# executorch without its dependencies (coremltools, hydra, tokenizers: export and run need none of them)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,openvino,litert,tflm]"
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "executorch==1.5.1" "torchao>=0.18,<0.19"
+	$(BIN)/python -m pip install -q -c constraints.txt "ruamel.yaml>=0.18"
+	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 install: $(STAMP)

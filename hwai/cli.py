@@ -367,6 +367,11 @@ def worker(
     console.print(f"worker finished {done} trial(s) of study {study}")
 
 
+from hwai.runtimes.cli import export as _export  # noqa: E402 - registered here, defined with the runtimes
+
+app.command(name="export")(_export)
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     try:

@@ -20,8 +20,9 @@ def render(run: Run) -> str:
     from plotly.offline import get_plotlyjs
 
     figs = figures(run)
-    search = run.command != "compress" or bool(run.trials)  # compress has no search: no trade-off, no trials
+    search = run.command == "optimize" or bool(run.trials)  # compress and export have no search: no trade-off, no trials
     body = "\n".join([_cards(run), _pareto(run, "pareto-plot" in figs) if search else "", _comparison(run),
+                      _runtimes(run) if run.section("runtimes") else "",
                       _layers(run, "layers-plot" in figs), _memory(run, "memory-plot" in figs), _techniques(run),
                       _trials(run) if search else "", _export(run), _provenance(run), _environment(run)])
     created = escape(str(run.data.get("created", "")))
@@ -152,6 +153,33 @@ def _comparison(run: Run) -> str:
     return _section("comparison", f"Baseline vs {run.chosen_word} model", "The same metrics for the starting model and "
                     f"the {run.chosen_word} one; each row says whether it was measured on this host or predicted for "
                     "the target.", table)
+
+
+RUNTIME_COLUMNS = (("accuracy", "accuracy", "accuracy"), ("top1_agreement", "top-1 agreement", "accuracy"),
+                   ("max_abs_diff", "max |Δ logit|", ""), ("size_kb", "size (KiB)", ""),
+                   ("median_ms", "median (ms)", ""), ("iqr_ms", "IQR (ms)", ""))
+
+
+def _runtimes(run: Run) -> str:
+    """One row per artifact (model, runtime, precision) from results JSON `runtimes.rows`, as measured."""
+    section = run.section("runtimes")
+    rows = [r for r in section.get("rows") or [] if isinstance(r, dict)]
+    if not rows:
+        return _section("runtimes", "Runtimes", "", _na("no runtime rows"), "measured")
+    models = any("model" in r for r in rows)
+    head = ("<th>model</th>" if models else "") + "<th>runtime</th><th>precision</th>" + "".join(
+        f"<th class='num'>{escape(title)}</th>" for _, title, _ in RUNTIME_COLUMNS) + "<th>note</th>"
+    body = "".join(
+        "<tr>" + (f"<td>{escape(str(r.get('model', '')))}</td>" if models else "")
+        + f"<td>{escape(str(r.get('runtime')))}</td><td>{escape(str(r.get('precision')))}</td>"
+        + "".join(_num(metric, r.get(key), f"runtimes.rows.{i}.{key}", digits=None if metric else 4)
+                  for key, _, metric in RUNTIME_COLUMNS)
+        + f"<td>{escape(str(r.get('note') or ''))}</td></tr>" for i, r in enumerate(rows))
+    chosen = (f"<p>Chosen for this host: <b>{escape(str(section['chosen']))}</b> — {escape(str(section.get('verdict')))}"
+              "</p>") if section.get("chosen") else ""
+    return _section("runtimes", "Runtimes: the same model in each deployment runtime",
+                    escape(str(section.get("measurement") or "")),
+                    f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>{chosen}", "measured")
 
 
 def _layers(run: Run, plotted: bool) -> str:

@@ -41,6 +41,14 @@ def render(run: Run) -> str:
             effect = "; ".join(f"{label(m)} {fmt(m, before.get(m))} → {fmt(m, after.get(m))}"
                                for m in run.figures([before, after]))
             lines.append(f"| {t.get('name', '?')} | {effect or 'not available'} |")
+    runtimes = [r for r in run.section("runtimes").get("rows") or [] if isinstance(r, dict)]
+    if runtimes:
+        lines += ["", "| model | runtime | precision | accuracy | top-1 agreement | max abs delta logit | KiB | median ms |",
+                  "|---|---|---|--:|--:|--:|--:|--:|"]
+        lines += [f"| {r.get('model', '')} | {r.get('runtime')} | {r.get('precision')} | {fmt('accuracy', r.get('accuracy'))} | "
+                  f"{fmt('accuracy', r.get('top1_agreement'))} | {fmt('', r.get('max_abs_diff'))} | "
+                  f"{fmt('', r.get('size_kb'))} | {fmt('', r.get('median_ms'))} |" for r in runtimes]
+        lines.append(f"- runtimes: {run.section('runtimes').get('measurement') or 'not available'}")
     lines += ["", f"- measured: {run.data.get('measurement') or 'not available'}",
               f"- predicted: {run.data.get('prediction') or 'not available'}"]
     env = run.section("environment")

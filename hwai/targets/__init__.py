@@ -26,6 +26,9 @@ SIZE_UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30}
 TEXT_FIELDS = {"name", "description", "kind", "runtime", "weights_in"}
 LIST_FIELDS = {"dtypes", "ops"}
 TABLE_FIELDS = {"efficiency", "overhead_us"}  # {op or op:dtype or _default: {value, source}}
+# optional: the runtimes a deployment to this target uses, in order of preference (hwai.runtimes; tensorrt: ONNX +
+# trtexec command, not run here; tflm: the TFLite Micro bundle)
+DEPLOY_RUNTIMES = ("onnxruntime", "openvino", "executorch", "litert", "tensorrt", "tflm")
 _PEAK = re.compile(rf"peak_({'|'.join(DTYPES)})_({'|'.join(PEAK_UNITS)})")
 _SIZE = re.compile(rf"({'|'.join(LEVELS)})_({'|'.join(SIZE_UNITS)})")
 _BW = re.compile(rf"({'|'.join(LEVELS)})_gbps")
@@ -82,6 +85,7 @@ class Target:
     efficiency: dict  # "op", "op:dtype" or "_default" -> achieved fraction of peak
     overhead_s: dict  # "op", "op:dtype" or "_default" -> fixed cost per executed op (seconds)
     sources: dict  # YAML field (e.g. "sram_kib", "efficiency.conv") -> (value as written, unit, source)
+    deploy_runtimes: tuple[str, ...] = ()  # runtimes a deployment uses (optional field; empty: not named)
 
     def lookup(self, table: dict, op: str, dtype: str) -> float:
         """Per-op factor: `op:dtype`, then `op` (depthwise falls back to conv), then `_default:dtype`, `_default`."""
@@ -181,9 +185,12 @@ def parse(raw: object, path: str = "<target>") -> Target:
         lists[field] = tuple(items)
     if not isinstance(raw["sparsity_accelerated"], bool):
         _fail(path, "sparsity_accelerated", "must be true or false")
+    deploy = raw.get("deploy_runtimes", [])
+    if not isinstance(deploy, list) or any(r not in DEPLOY_RUNTIMES for r in deploy) or len(set(deploy)) < len(deploy):
+        _fail(path, "deploy_runtimes", f"must be a list of distinct runtimes drawn from {', '.join(DEPLOY_RUNTIMES)}")
     peak, cap, bw, e_mac, e_byte, sparse, lanes, sources = {}, {}, {}, {}, {}, {}, {}, {}
     for key, entry in raw.items():
-        if key in TEXT_FIELDS | LIST_FIELDS | TABLE_FIELDS | {"sparsity_accelerated"}:
+        if key in TEXT_FIELDS | LIST_FIELDS | TABLE_FIELDS | {"sparsity_accelerated", "deploy_runtimes"}:
             continue
         for pattern, store, unit_of, kind in ((_PEAK, peak, lambda m: PEAK_UNITS[m[2]], "peak"),
                                               (_SIZE, cap, lambda m: SIZE_UNITS[m[2]], "capacity"),
@@ -224,4 +231,5 @@ def parse(raw: object, path: str = "<target>") -> Target:
                   sparsity_accelerated=raw["sparsity_accelerated"], weights_in=text["weights_in"], peak_ops=peak,
                   capacity_bytes=cap, bandwidth_bps=bw, energy_per_mac_j=e_mac, energy_per_byte_j=e_byte,
                   lanes={d: int(v) for d, v in lanes.items()}, sparse_speedup_max=sparse.get("sparse", 1.0) if raw["sparsity_accelerated"] else 1.0,
-                  efficiency=efficiency, overhead_s=overhead, sources={**sources, **eff_src, **ovh_src})
+                  efficiency=efficiency, overhead_s=overhead, sources={**sources, **eff_src, **ovh_src},
+                  deploy_runtimes=tuple(deploy))
