@@ -274,6 +274,8 @@ def compress(
     max_accuracy_drop: float = typer.Option(0.02, help="allowed validation-accuracy loss (0.02 = 2 points)"),
     force: bool = typer.Option(False, "--force", help="keep steps that break the limits"),
     threads: Optional[int] = typer.Option(None, min=1, help="intra-op threads for every measurement (default: physical cores)"),
+    runtime: str = typer.Option("onnxruntime", help="where each step is measured and judged: onnxruntime, openvino, "
+                                "executorch, litert, or auto (the fastest installed here)"),
     width: float = typer.Option(1.0, help="width multiplier when --model is a zoo name"),
     input_size: Optional[int] = typer.Option(None, help="resize images (default: the checkpoint's size)"),
     out: Path = typer.Option(Path("compressed"), help="output directory: model.onnx, model.pt, metrics.json"),
@@ -287,14 +289,14 @@ def compress(
     cfg = hcompress.CompressConfig(fuse=fuse, prune=prune, structured=structured, quantize=quantize,
                                    quant_method=quant_method, qat_epochs=qat_epochs, distill=distill,
                                    finetune_epochs=finetune_epochs, max_accuracy_drop=max_accuracy_drop, force=force,
-                                   measure=MeasureConfig(threads=threads, max_seconds=2.0))
+                                   measure=MeasureConfig(threads=threads, max_seconds=2.0), runtime=runtime)
     stored = htrain.checkpoint_data(model)
     bundle = _load_data(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
     net, spec = htrain.resolve_model(model, bundle, width=width)
     result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=console.print)
     _wide(hcompress.table(result))
     tested = result.test_accuracy
-    console.print(f"test accuracy (measured once, at the end, on ONNX Runtime; read by no decision): original "
+    console.print(f"test accuracy (measured once, at the end, on {result.final.runtime}; read by no decision): original "
                   f"{tested['original']:.2%}, final {tested['final']:.2%} ({len(bundle.test[1])} test samples)")
     console.print(result.measurement)
     console.print(f"wrote {out / 'model.onnx'} (parity: max |delta logit| {result.final.parity['max_abs_diff']:.3g}, "

@@ -25,7 +25,7 @@ from hwai import io
 from hwai.data import DataBundle
 from hwai.errors import UserError, finite
 from hwai.export import ort_accuracy, to_onnx, verified
-from hwai.measure import MeasureConfig, latency, physical_cores
+from hwai.measure import MeasureConfig, latency, physical_cores, time_callable
 from hwai.models import ModelSpec
 from hwai.passes.distill import DistillConfig, distill
 from hwai.passes.fuse import fuse
@@ -52,6 +52,7 @@ class CompressConfig:
     force: bool = False  # keep a step even when it breaks the limits
     measure: MeasureConfig = MeasureConfig(max_seconds=2.0)  # latency harness settings (batch 1)
     parity_samples: int = 256  # real validation inputs for the ONNX parity check
+    runtime: str = "onnxruntime"  # where latency and accuracy are measured (hwai.runtimes), or "auto": the fastest here
 
     def __post_init__(self) -> None:
         finite("--max-accuracy-drop", self.max_accuracy_drop, 0, 1)
@@ -64,6 +65,10 @@ class CompressConfig:
             raise UserError("--qat-epochs needs --quantize int8 or mixed")
         if self.qat_epochs < 0 or self.finetune_epochs < 0:
             raise UserError("epochs must be >= 0")
+        if self.runtime != "auto":
+            from hwai.runtimes import get
+
+            get(self.runtime)  # unknown, or its extra not installed: one line now, not after the first step
 
 
 @dataclass
@@ -72,15 +77,18 @@ class Stage:
 
     name: str
     precision: str  # fp32, int8, mixed
-    accuracy: float  # validation split (what decisions read); INT8 stages are run by ONNX Runtime (real INT8)
+    accuracy: float  # validation split (what decisions read), executed by the measuring runtime (INT8: real INT8)
     params: int
     size_kb: float  # ONNX file size
-    ort_ms: float  # ONNX Runtime median
-    ort_iqr_ms: float
+    host_ms: float  # median latency on the measuring runtime (ONNX Runtime unless --runtime says otherwise)
+    host_iqr_ms: float
     torch_ms: float | None  # PyTorch eager median (FP32 stages only)
     torch_iqr_ms: float | None
     parity: dict  # export check against PyTorch on real inputs
     path: Path | None = None  # the stage's ONNX file (in the run's scratch folder)
+    runtime: str = "onnxruntime"  # what measured host_ms and accuracy
+    artifact: Path | None = None  # the measuring runtime's artifact (the ONNX file for onnxruntime)
+    run: Callable | None = None  # that runtime's runner on one example (for interleaved comparisons)
 
 
 @dataclass
@@ -112,17 +120,29 @@ def _params(model: nn.Module) -> int:
 
 def _stage(name: str, model: nn.Module, data: DataBundle, cfg: CompressConfig, work: Path,
            precision: str = "fp32") -> tuple[Stage, Path]:
-    """Export `model` (INT8 QDQ when it is quantized), verify parity, measure accuracy and latency."""
+    """Export `model` (INT8 QDQ when it is quantized) and verify parity; measure accuracy and latency on the
+    measuring runtime (ONNX Runtime runs the ONNX file; another runtime gets its own artifact, checked too)."""
     from hwai.train import evaluate
 
     example, inputs = data.example(1, split="val"), data.example(cfg.parity_samples, split="val")
-    path = to_onnx(model, example, work / f"{name}.onnx", int8=precision != "fp32", calib=data)
+    int8 = precision != "fp32"
+    path = to_onnx(model, example, work / f"{name}.onnx", int8=int8, calib=data)
     check = verified(model, path, inputs)
-    ort = latency(path, example, cfg.measure, runtime="onnxruntime")
     eager = latency(model, example, cfg.measure, runtime="torch") if precision == "fp32" else None
-    acc = evaluate(model, data, "val") if precision == "fp32" else ort_accuracy(path, data, cfg.measure.threads, "val")
-    return Stage(name, precision, acc, _params(model), path.stat().st_size / 1024, ort.median_ms, ort.iqr_ms,
-                 eager.median_ms if eager else None, eager.iqr_ms if eager else None, check.to_dict(), path), path
+    if cfg.runtime == "onnxruntime":
+        host = latency(path, example, cfg.measure, runtime="onnxruntime")
+        acc = evaluate(model, data, "val") if not int8 else ort_accuracy(path, data, cfg.measure.threads, "val")
+        artifact, run = path, None
+    else:
+        from hwai.runtimes import ready
+
+        deployment, runner = ready(cfg.runtime, model, data, work / name, int8, cfg.measure.threads, cfg.parity_samples)
+        x = example.numpy()
+        host = time_callable(lambda: runner(x), cfg.measure, cfg.runtime, cfg.measure.threads or physical_cores(), 1)
+        acc, artifact, run = deployment.accuracy, deployment.artifact, lambda: runner(x)
+    return Stage(name, precision, acc, _params(model), path.stat().st_size / 1024, host.median_ms, host.iqr_ms,
+                 eager.median_ms if eager else None, eager.iqr_ms if eager else None, check.to_dict(), path,
+                 cfg.runtime, artifact, run), path
 
 
 def _verdict(after: Stage, baseline: Stage, speed: Comparison, cfg: CompressConfig) -> str:
@@ -161,13 +181,15 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
     steps: list[Step] = []
     with tempfile.TemporaryDirectory(prefix="hwai-compress-") as tmp:
         work = Path(tmp)
+        if cfg.runtime == "auto":
+            cfg = _pick_runtime(original, data, cfg, work, log)
         log("measuring the original model (FP32: PyTorch eager and ONNX Runtime; accuracy on the validation split)")
         baseline, base_path = _stage("original", original, data, cfg, work)
         current, stage, path = original, baseline, base_path
 
         def decide(name: str, candidate: nn.Module, after: Stage, after_path: Path, **extra) -> None:
             nonlocal current, stage, path
-            speed = compare(path, after_path, example, cfg.measure)
+            speed = compare(stage.run or path, after.run or after_path, example, cfg.measure, runtime=cfg.runtime)
             reason = _verdict(after, baseline, speed, cfg)
             kept = not reason or cfg.force
             steps.append(Step(name, kept, reason, stage, after, speed.to_dict(), **extra))
@@ -211,15 +233,14 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
             q = quantize(current, qcfg, calib=data, example=example, progress=progress)
             decide(name, q, *_stage(cfg.quantize, q, data, cfg, work, precision=cfg.quantize))
 
-        # the test split, once: the original and the artifact that ships, on ONNX Runtime; read by no decision
-        tested = {"original": ort_accuracy(base_path, data, cfg.measure.threads, "test"),
-                  "final": ort_accuracy(path, data, cfg.measure.threads, "test")}
+        # the test split, once: the original and the artifact that ships, on the runtime; read by no decision
+        tested = {"original": _test_accuracy(baseline, data, cfg), "final": _test_accuracy(stage, data, cfg)}
         threads = cfg.measure.threads or physical_cores()
-        measurement = (f"measured: batch 1, {threads} thread(s), median and IQR over >= {cfg.measure.min_repeats} "
+        measurement = (f"measured: {cfg.runtime}, batch 1, {threads} thread(s), median and IQR over >= {cfg.measure.min_repeats} "
                        f"repeats after {cfg.measure.warmup} warm-up runs (hwai.measure); faster/slower: interleaved "
                        "runs of both models and a bootstrap 95% interval of the median ratio (hwai.verdict); accuracy "
-                       "on the validation split for every decision (INT8: executed by ONNX Runtime), test split "
-                       "measured once at the end on the original and the final ONNX artifact")
+                       f"on the validation split for every decision (INT8: executed by {cfg.runtime}), test split "
+                       f"measured once at the end on the original and the final {cfg.runtime} artifact")
         metrics = _metrics(baseline, stage, steps, cfg, spec, data, measurement, tested)
         out_dir = Path(out) if out is not None else None
         if out_dir is not None:
@@ -227,12 +248,38 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
             metrics.update(_layer_detail(original, base_path, float_model, path, stage.precision, data, cfg))
             out_dir.mkdir(parents=True, exist_ok=True)
             io.atomic_write(out_dir / "model.onnx", lambda t: shutil.copyfile(path, t))
+            if stage.artifact != path:  # the measuring runtime's own artifact (OpenVINO also has its .bin)
+                for f in [stage.artifact, stage.artifact.with_suffix(".bin")]:
+                    if f.is_file():
+                        io.atomic_write(out_dir / cfg.runtime / f.name, lambda t, f=f: shutil.copyfile(f, t))
             _save_model(out_dir / "model.pt", float_model, spec, data, metrics)
             io.write_json(out_dir / "metrics.json", metrics)
             from hwai.report import report
 
             report(out_dir)  # out_dir/report.html, from the metrics.json just written
     return CompressResult(baseline, stage, steps, current, out_dir, metrics, measurement, tested)
+
+
+def _pick_runtime(model: nn.Module, data: DataBundle, cfg: CompressConfig, work: Path,
+                  log: Callable[[str], None]) -> CompressConfig:
+    """--runtime auto: every runtime installed here, measured on the original model at the precision the job
+    ends in (interleaved passes); the fastest measures every step."""
+    from dataclasses import replace
+
+    from hwai.runtimes import fastest, measure_all
+
+    log("--runtime auto: measuring the original model on every runtime installed here")
+    choice = fastest(measure_all(model, data, work / "auto", int8=cfg.quantize is not None, cfg=cfg.measure, log=log))
+    log(f"measuring on {choice.best.runtime}: {choice.verdict}")
+    return replace(cfg, runtime=choice.best.runtime)
+
+
+def _test_accuracy(stage: Stage, data: DataBundle, cfg: CompressConfig) -> float:
+    if stage.runtime == "onnxruntime":
+        return ort_accuracy(stage.path, data, cfg.measure.threads, "test")
+    from hwai.runtimes import accuracy
+
+    return accuracy(stage.runtime, stage.artifact, data, cfg.measure.threads, "test")
 
 
 def _achieved_text(done: dict, cfg: CompressConfig) -> str:
@@ -293,7 +340,7 @@ def _environment() -> dict:
 
 
 def _summary(s: Stage, test_accuracy: float | None = None) -> dict:
-    out = {"accuracy": s.accuracy, "host_latency_ms": s.ort_ms, "host_latency_iqr_ms": s.ort_iqr_ms,
+    out = {"accuracy": s.accuracy, "host_latency_ms": s.host_ms, "host_latency_iqr_ms": s.host_iqr_ms,
            "torch_latency_ms": s.torch_ms, "size_kb": s.size_kb, "params": s.params, "precision": s.precision}
     return out if test_accuracy is None else {**out, "test_accuracy": test_accuracy}
 
@@ -316,7 +363,7 @@ def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConf
         "baseline": _summary(baseline, tested["original"]), "kinds": kinds, "trials": [], "pareto": [],
         "best": {"trial": None, "metrics": _summary(final, tested["final"]), "onnx": "model.onnx", "parity": final.parity,
                  "reason": "the last step within the limits (rolled-back steps are listed in techniques)",
-                 "speedup": baseline.ort_ms / final.ort_ms, "size_ratio": baseline.size_kb / final.size_kb},
+                 "speedup": baseline.host_ms / final.host_ms, "size_ratio": baseline.size_kb / final.size_kb},
         "techniques": [{"name": s.name, "kept": s.kept, "reason": s.reason, "metric_before": _summary(s.before),
                         "metric_after": _summary(s.after), "latency_verdict": s.latency, "achieved": s.achieved}
                        for s in steps],
@@ -331,8 +378,9 @@ def table(result: CompressResult):
     from rich.table import Table
 
     base = result.baseline
-    t = Table(title="hwai compress (measured; latency: median ±IQR, batch 1; ORT runs the stage's ONNX: FP32 or INT8)")
-    for col in ("stage", "val accuracy", "params", "KB", "smaller", "eager ms", "ORT ms", "faster", "vs step before"):
+    rt = base.runtime
+    t = Table(title=f"hwai compress (measured; latency: median ±IQR, batch 1, on {rt}: each stage's artifact, FP32 or INT8)")
+    for col in ("stage", "val accuracy", "params", "ONNX KB", "smaller", "eager ms", f"{rt} ms", "faster", "vs step before"):
         t.add_column(col, justify="left" if col in ("stage", "vs step before") else "right", overflow="fold")
     rows = [("original FP32", base, None)] + [(s.name + ("" if s.kept else " [rolled back]"), s.after, s.latency)
                                               for s in result.steps]
@@ -340,7 +388,7 @@ def table(result: CompressResult):
         eager = _ms(s.torch_ms, s.torch_iqr_ms) if s.torch_ms is not None else "-"
         verdict = "-" if speed is None else f"{speed['verdict']} (x{speed['ratio_low']:.2f}..x{speed['ratio_high']:.2f})"
         t.add_row(name, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}", f"{base.size_kb / s.size_kb:.1f}x",
-                  eager, _ms(s.ort_ms, s.ort_iqr_ms), f"{base.ort_ms / s.ort_ms:.2f}x", verdict)
+                  eager, _ms(s.host_ms, s.host_iqr_ms), f"{base.host_ms / s.host_ms:.2f}x", verdict)
     return t
 
 

@@ -153,3 +153,18 @@ def test_cli_refuses_bad_options_with_one_line(tmp_path):
     r = run_cli("compress", "--model", "cnn", "--data", "digits", "--quantize", "int3", "--out", tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "int8 or mixed" in r.stderr
 
+
+
+def test_steps_are_measured_and_judged_on_the_runtime_asked_for(trained_resnet8, digits, tmp_path):
+    pytest.importorskip("openvino")
+    cfg = CompressConfig(fuse=True, quantize="int8", max_accuracy_drop=1.0, measure=QUICK, runtime="openvino")
+    result = compress(trained_resnet8, digits, cfg, out=tmp_path, log=lambda s: None, progress=False)
+    assert result.final.runtime == "openvino" and result.final.artifact.suffix == ".xml"
+    assert result.steps[-1].latency["runtime"] == "openvino"
+    assert (tmp_path / "openvino" / result.final.artifact.name).is_file() and (tmp_path / "model.onnx").is_file()
+    assert "measured: openvino" in result.measurement and 0 < result.test_accuracy["final"] <= 1
+
+
+def test_an_unknown_runtime_is_one_line_before_any_work():
+    r = run_cli("compress", "--model", "cnn", "--data", "digits", "--runtime", "tvm")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown runtime 'tvm'" in r.stderr

@@ -24,13 +24,13 @@ from types import ModuleType
 from hwai.errors import UserError
 from hwai.runtimes import executorch, litert, onnxruntime, openvino, tensorrt, tflm
 from hwai.runtimes.deployment import (Choice, Deployment, accuracy, deploy, document, fastest, latency, measure_all,
-                                  parity, section)
+                                  parity, ready, section)
 
 RUNTIMES: dict[str, ModuleType] = {"onnxruntime": onnxruntime, "openvino": openvino, "executorch": executorch,
                                    "litert": litert, "tensorrt": tensorrt, "tflm": tflm}
 
 __all__ = ["RUNTIMES", "get", "available", "Deployment", "Choice", "deploy", "measure_all", "fastest", "latency",
-           "parity", "accuracy", "section", "document"]
+           "parity", "accuracy", "ready", "section", "document"]
 
 
 def get(name: str, installed: bool = True) -> ModuleType:

@@ -124,9 +124,9 @@ def size_kb(artifact: Path) -> float:
 
 
 def _prepare(name: str, model: nn.Module, data: DataBundle, out_dir: Path, int8: bool, threads: int,
-             parity_samples: int, strict: bool) -> tuple[Deployment, Callable | None]:
-    """Export, then (where the runtime runs here) load, check parity and measure accuracy; an artifact that
-    disagrees with PyTorch is refused (strict: UserError; else recorded, untimed, with the reason)."""
+             parity_samples: int, strict: bool, split: str = "test") -> tuple[Deployment, Callable | None]:
+    """Export, then (where the runtime runs here) load, check parity and measure accuracy on `split`; an artifact
+    that disagrees with PyTorch is refused (strict: UserError; else recorded, untimed, with the reason)."""
     from hwai.runtimes import get
 
     module = get(name, installed=False)
@@ -154,8 +154,22 @@ def _prepare(name: str, model: nn.Module, data: DataBundle, out_dir: Path, int8:
         if strict:
             raise UserError(deployment.note)
         return deployment, None
-    deployment.accuracy = _accuracy(run, data)
+    deployment.accuracy = _accuracy(run, data, split)
     return deployment, run if module.HOST else None
+
+
+def ready(name: str, model: nn.Module, data: DataBundle, out_dir: str | Path, int8: bool, threads: int | None = None,
+          parity_samples: int = 256) -> tuple[Deployment, Callable]:
+    """For a caller that measures and decides itself (hwai compress --runtime): the model exported to runtime
+    `name` under out_dir/<name>/, loaded, checked against PyTorch (UserError when it disagrees), its accuracy on the
+    validation split; returns the deployment and its runner (normalised inputs -> logits)."""
+    from hwai.measure import physical_cores
+
+    deployment, run = _prepare(name, model, data, Path(out_dir), int8, threads or physical_cores(), parity_samples,
+                               strict=True, split="val")
+    if run is None:
+        raise UserError(f"{name} does not run on this machine ({deployment.note}): measure with a host runtime")
+    return deployment, run
 
 
 def measure_all(model: nn.Module, data: DataBundle, out_dir: str | Path, int8: bool = False,
