@@ -98,7 +98,7 @@ class Step:
     reason: str  # why it was rolled back or forced ("" when within limits)
     before: Stage
     after: Stage
-    latency: dict | None = None  # hwai.verdict.Comparison of the ONNX Runtime latency, after vs before
+    latency: dict | None = None  # hwai.verdict.Comparison of the measuring runtime's latency, after vs before
     achieved: dict | None = None  # pruning: fractions of channels / params / MACs actually removed
 
 
@@ -111,7 +111,7 @@ class CompressResult:
     out: Path | None  # directory with model.onnx, model.pt, metrics.json
     metrics: dict  # what metrics.json holds
     measurement: str  # how latency was measured
-    test_accuracy: dict  # {"original": ..., "final": ...}: the test split, measured once at the end (ONNX Runtime)
+    test_accuracy: dict  # {"original": ..., "final": ...}: the test split, measured once at the end (the runtime)
 
 
 def _params(model: nn.Module) -> int:
@@ -154,7 +154,7 @@ def _verdict(after: Stage, baseline: Stage, speed: Comparison, cfg: CompressConf
         problems.append(f"validation accuracy {after.accuracy:.2%} is {drop * 100:.2f} points below the original "
                         f"{baseline.accuracy:.2%} (limit: at most {cfg.max_accuracy_drop * 100:.2f} points)")
     if speed.verdict == "slower":
-        problems.append(f"ONNX Runtime latency is measurably slower: {speed.describe()}")
+        problems.append(f"{speed.runtime} latency is measurably slower: {speed.describe()}")
     return "; ".join(problems)
 
 
@@ -183,7 +183,7 @@ def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressC
         work = Path(tmp)
         if cfg.runtime == "auto":
             cfg = _pick_runtime(original, data, cfg, work, log)
-        log("measuring the original model (FP32: PyTorch eager and ONNX Runtime; accuracy on the validation split)")
+        log(f"measuring the original model (FP32: PyTorch eager and {cfg.runtime}; accuracy on the validation split)")
         baseline, base_path = _stage("original", original, data, cfg, work)
         current, stage, path = original, baseline, base_path
 
