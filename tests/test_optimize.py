@@ -1,6 +1,7 @@
 """The loop end to end on tiny settings: results files, constraints, resume after kill -9, CLI errors."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,7 +136,98 @@ def test_kill_9_mid_trial_then_resume(tmp_path):
 
 
 def _hwai(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "hwai", *args], capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "COLUMNS": "1000"}  # rich wraps at 80 columns when piped; long lines stay whole here
+    return subprocess.run([sys.executable, "-m", "hwai", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes, in_channels, input_size, trains):
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels * input_size[0] * input_size[1], 24)
+        self.fc2 = nn.Linear(24, num_classes)
+        self.trains = trains
+
+    def forward(self, x):
+        if self.training and not self.trains:
+            raise RuntimeError("boom: this net cannot train")
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def build(num_classes=10, in_channels=1, input_size=(8, 8)):
+    return Net(num_classes, in_channels, input_size, trains=True)
+
+
+def broken(num_classes=10, in_channels=1, input_size=(8, 8)):
+    return Net(num_classes, in_channels, input_size, trains=False)
+"""
+
+
+@pytest.fixture
+def user_models(tmp_path):
+    """A user's model file in a folder whose name has brackets, spaces and non-ASCII letters."""
+    folder = tmp_path / "my models [v2] ü"
+    folder.mkdir()
+    (folder / "net.py").write_text(NET)
+    return folder
+
+
+def test_optimize_prints_user_paths_verbatim(user_models, tmp_path):
+    run = tmp_path / "run [1] ü"
+    proc = _hwai("optimize", "--model", f"{user_models}/net.py:build", "--data", "digits", "--input-size", "0",
+                 "--trials", "2", "--baseline-epochs", "1", "--max-accuracy-drop", "0.5", "--run", run, timeout=180)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.count(f"[{user_models}/net.py:build width") == 2  # both trial lines, brackets and all
+    assert f"base: {user_models}/net.py:build (the baseline)" in out
+    assert f"results: {run / 'results.json'}; report: {run / 'report.html'}" in out
+    assert json.loads((run / "results.json").read_text())["model"]["name"] == f"{user_models}/net.py:build"
+
+
+def test_worker_prints_user_text_verbatim(user_models, tmp_path):
+    url, name = f"sqlite:///{tmp_path / 'study [x] ü.db'}", "study [x] ü"
+    cfg = tiny(trials=2, model=f"{user_models}/net.py:build")
+    optimize(cfg, tmp_path / "main", storage=url, study_name=name, timeout_s=0, progress=False)  # creates it only
+    run = tmp_path / "worker [2] ü"
+    proc = _hwai("worker", "--storage", url, "--study", name, "--run", run, timeout=180)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stdout.count(f"[{user_models}/net.py:build width") == 2
+    assert f"worker finished 2 trial(s) of study {name}" in proc.stdout
+    assert (run / "baseline" / "model.pt").is_file()  # the worker's own baseline, in its own folder
+
+
+def test_a_run_whose_trials_all_failed_exits_non_zero_with_one_line(user_models, tmp_path):
+    run = tmp_path / "run"
+    proc = _hwai("optimize", "--model", f"{user_models}/net.py:broken", "--data", "digits", "--input-size", "0",
+                 "--trials", "2", "--baseline-epochs", "0", "--target", "none", "--run", run, timeout=180)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert re.match(r"hwai: error: all (\d+) trials failed; the first \(trial 0\): RuntimeError: boom", lines[0])
+    results = json.loads((run / "results.json").read_text())
+    counts = results["counts"]
+    failed = int(re.search(r"all (\d+) trials", lines[0]).group(1))
+    assert counts["failed"] == failed >= 2 and counts["infeasible"] == counts["feasible"] == 0
+    assert all(t["outcome"] == "failed" and t["feasible"] is None for t in results["trials"])
+    summary = _hwai("report", run, "--format", "md").stdout
+    assert f"0 feasible, 0 infeasible (built, break a limit), 0 screened out by the cost model, {failed} failed" in summary
+
+
+def test_non_finite_numbers_are_rejected_when_parsed(tmp_path):
+    proc = _hwai("optimize", "--max-latency-ms", "nan", "--run", tmp_path / "run")
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["hwai: error: --max-latency-ms must be a finite number, got nan"]
+    for bad in (dict(width=float("nan")), dict(measure_seconds=float("inf")), dict(threads=0)):
+        with pytest.raises(UserError, match="width|measure_seconds|threads"):
+            tiny(**bad)
+    with pytest.raises(UserError, match="--timeout-s must be a finite number"):
+        optimize(tiny(), tmp_path / "run", timeout_s=float("inf"), progress=False)
 
 
 @pytest.mark.parametrize("args", [["optimize", "--storage", "bogus://nowhere"],

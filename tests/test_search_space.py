@@ -1,4 +1,6 @@
 """The search space samples valid candidates; constraints and the Pareto/best logic are right."""
+import re
+
 import optuna
 import pytest
 import torch
@@ -126,3 +128,33 @@ def test_warm_start_is_int8_on_the_baseline_architecture_then_light_pruning():
     assert first["finetune_epochs"] == max(space.finetune_epochs)
     assert warm_start(SpaceConfig(bits=(32,), prune_ratios=(0.0,)), base) == []  # nothing textbook to try
     assert sample(optuna.trial.FixedTrial(first), space, base).quantized  # valid parameters of the space
+
+
+@pytest.mark.parametrize("bad", [dict(max_latency_ms=float("nan")), dict(max_size_kb=float("inf")),
+                                 dict(max_sram_kb=float("-inf")), dict(max_accuracy_drop=float("nan")),
+                                 dict(max_accuracy_drop=1.5)])
+def test_constraints_reject_non_finite_limits(bad):
+    with pytest.raises(UserError, match="finite|fraction"):
+        Constraints(**bad)
+
+
+def test_a_limit_met_exactly_is_met_and_a_violation_shows_the_difference():
+    c = Constraints(max_latency_ms=10, max_accuracy_drop=0.02)
+    # 0.92 - 0.90 is 0.020000000000000018 in floats: equal to the limit, not above it
+    why, values = check(c, {"accuracy": 0.90, "target_latency_ms": 10.0}, 0.92, "target_latency_ms")
+    assert why == [] and values["accuracy_drop"] == 0 and values["latency"] == 0
+    why, _ = check(c, {"accuracy": 0.89996, "target_latency_ms": 10.00004}, 0.92, "target_latency_ms")
+    latency, drop = why
+    assert latency.startswith("latency (predicted target) 10.00004 ms > limit 10 ms")
+    assert drop.startswith("accuracy drop 2.004 pt > limit 2 pt") and "baseline 92%" in drop
+    for line in why:  # the two numbers printed always differ
+        value, bound = re.search(r"(\S+) (?:pt|ms) > limit (\S+)", line).groups()
+        assert float(value) > float(bound)
+
+
+def test_a_failed_export_check_says_which_check_failed():
+    c = Constraints(max_accuracy_drop=None)
+    metrics = {"parity_ok": False, "parity_top1_agreement": 1.0,
+               "parity_reason": "max |delta logit| 0.6 > 0.4"}
+    why, values = check(c, metrics, None, "host_latency_ms")
+    assert why == ["exported ONNX disagrees with PyTorch: max |delta logit| 0.6 > 0.4"] and values["export"] == 1.0
