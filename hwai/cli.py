@@ -290,15 +290,15 @@ def compress(
 
 @app.command()
 def optimize(
-    model: str = typer.Option("cnn", help=MODEL_HELP + ": the baseline, also the distillation teacher"),
+    model: str = typer.Option("resnet8", help=MODEL_HELP + ": the baseline, also the distillation teacher"),
     data: str = typer.Option("mnist", help=DATA_HELP),
     target: str = typer.Option("stm32h743", help="target of the predicted objectives (catalog name or YAML); "
                                "'none': host only"),
     host_target: str = typer.Option("host", help="target file predicting this machine, for measured-vs-predicted "
                                     "feedback; 'none': no host prediction"),
-    width: float = typer.Option(0.25, help="the baseline's width multiplier"),
-    input_size: Optional[int] = typer.Option(16, help="the baseline's input side (images); 0 keeps the data's"),
-    trials: int = typer.Option(16, min=1, help="finished trials (complete or screened out) to reach"),
+    width: float = typer.Option(0.5, help="the baseline's width multiplier"),
+    input_size: Optional[int] = typer.Option(32, help="the baseline's input side (images); 0 keeps the data's"),
+    trials: int = typer.Option(12, min=1, help="finished trials (complete or screened out) to reach"),
     baseline_epochs: int = typer.Option(8, min=0, help="epochs to train a zoo baseline"),
     max_latency_ms: Optional[float] = typer.Option(None, help="limit on the target's latency (predicted; measured for host)"),
     max_size_kb: Optional[float] = typer.Option(None, help="limit on the exported ONNX size (measured)"),

@@ -110,6 +110,22 @@ def test_int8_candidates_are_judged_by_the_artifact_and_feedback_is_checked(tmp_
     # one scorer per architecture (two widths; the baseline's is one of them) + one per-layer breakdown of the best
     assert len(scorers) <= 3 < len(results["trials"])
 
+def test_the_default_run_beats_its_baseline_on_the_target(tmp_path):
+    """`hwai optimize` with no arguments (make demo): resnet8 on MNIST at 32x32 for the STM32H743. Here the
+    same defaults on a reduced budget (digits at 16x16, 2 trials): the chosen model beats the baseline on
+    the target's predicted latency within the accuracy-drop limit."""
+    import dataclasses
+
+    default = OptimizeConfig()
+    assert (default.model, default.data, default.input_size, default.target) == ("resnet8", "mnist", 32, "stm32h743")
+    cfg = dataclasses.replace(default, data="digits", input_size=16, trials=2, baseline_epochs=3, measure_seconds=0.2)
+    results = optimize(cfg, tmp_path / "run", progress=False)
+    best, base = results["best"], results["baseline"]
+    assert best["trial"] is not None, best["reason"]
+    assert best["metrics"]["target_latency_ms"] < base["target_latency_ms"]
+    assert base["accuracy"] - best["metrics"]["accuracy"] <= default.constraints.max_accuracy_drop + 1e-9
+
+
 KILL_SCRIPT = """
 import os, signal, sys
 from pathlib import Path

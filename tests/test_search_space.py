@@ -39,9 +39,10 @@ def test_sampled_candidates_are_valid(name, digits):
         assert set(cand.bits) == set(layers) and set(cand.bits.values()) <= {32, 8, 4}
         assert set(cand.prune) <= set(layers[:-1]), "the classifier is never pruned"
         assert all(r in (0.25, 0.5) for r in cand.prune.values())
-        if cand.same_architecture:
+        if cand.same_architecture:  # starts from the baseline's weights: they must fit
             seen_same = True
-            assert cand.spec.width == base.width and cand.spec.input_size == base.input_size
+            shapes = {k: v.shape for k, v in build(base).state_dict().items()}
+            assert cand.spec.width == base.width and {k: v.shape for k, v in model.state_dict().items()} == shapes
             assert cand.epochs in SPACE.finetune_epochs
         else:
             seen_new = True
@@ -52,6 +53,18 @@ def test_sampled_candidates_are_valid(name, digits):
             assert "kernel_size" not in trial.params
         study.tell(trial, 0.0)
     assert seen_same and seen_new
+
+
+@pytest.mark.parametrize("name,reuses", [("resnet8", True), ("cnn", True), ("mlp", False)])
+def test_a_smaller_input_reuses_the_baseline_weights_where_they_fit(name, reuses):
+    """Global pooling makes a conv net's weights independent of the input side: fine-tune them at 12x12;
+    an MLP's first layer depends on it: train from scratch."""
+    base = ModelSpec(name, 10, 1, (16, 16), 0.5, {})
+    space = SpaceConfig(widths=(1.0,), depths=(1,), kernel_sizes=(3,), resolutions=(0.75,), prune_ratios=(0.0,),
+                        bits=(32,), fuse=(False,), finetune_epochs=(1,), train_epochs=(2,))
+    cand = sample(optuna.trial.FixedTrial({}), space, base)
+    assert cand.spec.input_size == (12, 12) and cand.same_architecture == reuses
+    assert cand.epochs == (1 if reuses else 2)
 
 
 def test_single_choice_knobs_are_fixed_not_suggested():

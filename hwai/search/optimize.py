@@ -37,14 +37,15 @@ HOST = "host"
 class OptimizeConfig:
     """What to search and how; stored in the study so that workers and resumed runs use the same."""
 
-    model: str = "cnn"  # zoo name, checkpoint .pt or file.py:factory: the baseline (and teacher)
+    # the default run (make demo): MLPerf Tiny's ResNet-8 (half width) on MNIST padded to 32x32, for a Cortex-M7
+    model: str = "resnet8"  # zoo name, checkpoint .pt or file.py:factory: the baseline (and teacher)
     data: str = "mnist"  # data spec (hwai.data.load)
-    width: float = 0.25  # the baseline's width multiplier (zoo models)
-    input_size: int | None = 16  # the baseline's input side (images); None keeps the data's
+    width: float = 0.5  # the baseline's width multiplier (zoo models)
+    input_size: int | None = 32  # the baseline's input side (images); None keeps the data's
     target: str | None = "stm32h743"  # target of the predicted objectives (catalog name or YAML); None: host only
     host_target: str | None = HOST  # target file predicting this machine: measured vs predicted feedback
     constraints: Constraints = field(default_factory=Constraints)
-    trials: int = 16  # finished trials (complete or screened out) the study should hold
+    trials: int = 12  # finished trials (complete or screened out) the study should hold
     baseline_epochs: int = 8  # epochs to train a zoo baseline (a checkpoint is used as is)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     sampler: str = "nsga2"  # "nsga2" or "tpe" (both multi-objective and constraint-aware)
@@ -287,7 +288,7 @@ def optimize(cfg: OptimizeConfig = OptimizeConfig(), run_dir: str | Path | None 
             study.set_user_attr("baseline", baseline_metrics(ctx))
         ctx.baseline = study.user_attrs["baseline"]
         if "warm_start" not in study.user_attrs and not study.trials:
-            policies = warm_start(cfg.space, ctx.base_spec)[:max(0, cfg.trials // 4)]
+            policies = warm_start(cfg.space, ctx.base_spec)[:max(1, cfg.trials // 4)]
             for params in policies:
                 study.enqueue_trial(params, user_attrs={"warm_start": True})
             study.set_user_attr("warm_start", len(policies))

@@ -30,11 +30,9 @@ class Score:
 
     latency_ms: float
     energy_mj: float
-    peak_activation_bytes: int
-    weight_bytes: int
-    sram_bytes_needed: int
+    sram_bytes_needed: int  # peak activations, plus weights where the target keeps them in SRAM
     fits: bool
-    fit_message: str
+    fit_message: str  # "fits (...)" or "does not fit by N KiB (...)"
 
 
 class Screen:
@@ -44,7 +42,13 @@ class Screen:
         self.targets, self.data = list(targets), data
         self._arch: dict[str, tuple] = {}  # spec key -> (graph, {target name: Scorer}, channel counts)
 
-    def _prepare(self, spec: ModelSpec) -> tuple:
+    @property
+    def architectures(self) -> int:
+        """Architectures prepared so far (each: one graph, one scorer per target)."""
+        return len(self._arch)
+
+    def prepare(self, spec: ModelSpec) -> tuple:
+        """(graph, {target name: Scorer}, output channels per layer) of the architecture `spec`, built once."""
         key = json.dumps(spec.to_dict(), sort_keys=True)
         if key not in self._arch:
             from hwai import cost
@@ -60,7 +64,7 @@ class Screen:
     def rows(self, cand: Candidate, kept: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(channel_scale, bits) rows of `cand` over its architecture's graph nodes. `kept`: the real output
         channels per pruned layer (after building); None: those its prune ratios ask for."""
-        graph, _, counts = self._prepare(cand.spec)
+        graph, _, counts = self.prepare(cand.spec)
         scale = np.ones(len(graph.nodes))
         bits = np.empty(len(graph.nodes))
         current = 32  # a node without weights runs in its producer's precision (activations stay quantized)
@@ -86,15 +90,14 @@ class Screen:
         for i, cand in enumerate(cands):
             groups.setdefault(json.dumps(cand.spec.to_dict(), sort_keys=True), []).append(i)
         for members in groups.values():
-            _, scorers, _ = self._prepare(cands[members[0]].spec)
+            _, scorers, _ = self.prepare(cands[members[0]].spec)
             rows = [self.rows(cands[i], kept[i]) for i in members]
             scale, bits = np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
             for target in self.targets:
                 s = scorers[target.name].score(channel_scale=scale, bits=bits)
                 for j, i in enumerate(members):
                     out[i][target.name] = Score(
-                        float(s.latency_ms[j]), float(s.energy_mj[j]), int(s.peak_activation_bytes[j]),
-                        int(s.weight_bytes[j]), int(s.sram_bytes_needed[j]), bool(s.fits[j]),
+                        float(s.latency_ms[j]), float(s.energy_mj[j]), int(s.sram_bytes_needed[j]), bool(s.fits[j]),
                         cost.fit_message(target, float(s.sram_bytes_needed[j]), float(s.weight_bytes[j]),
                                          float(s.peak_activation_bytes[j])))
         return out

@@ -7,8 +7,9 @@ A trial's parameters:
 - `prune.gK`: structured prune ratio of layer group K (prunable layers split into contiguous groups);
 - `bits.<layer>` (or one `bits` for all layers): 32 (float), 8 or 4;
 - `fuse`: fold Conv+BN(+ReLU) before export;
-- `finetune_epochs` (baseline architecture, starts from the baseline's weights) or `train_epochs`
-  (new architecture, trained from scratch), both with distillation from the baseline.
+- `finetune_epochs` (the baseline's architecture, also at another input size its weights fit: starts from
+  the baseline's weights) or `train_epochs` (new architecture, trained from scratch), both with
+  distillation from the baseline.
 A knob with a single allowed value is not suggested (it is fixed, and not recorded as a parameter).
 """
 from __future__ import annotations
@@ -165,10 +166,17 @@ def _factory_defaults(name: str) -> dict[str, Any]:
 
 
 def _same(spec: ModelSpec, base: ModelSpec) -> bool:
-    """Same architecture as the baseline (options compared with the factory's defaults filled in)."""
+    """The candidate starts from the baseline's weights: the same architecture (options compared with the
+    factory's defaults filled in, same width) at an input size its weights fit (any size for a fully
+    convolutional model, whose global pooling makes the parameters independent of the input's side)."""
     defaults = _factory_defaults(base.name)
-    return ({**defaults, **spec.options} == {**defaults, **base.options} and spec.width == base.width
-            and tuple(spec.input_size) == tuple(base.input_size))
+    if {**defaults, **spec.options} != {**defaults, **base.options} or spec.width != base.width:
+        return False
+    return tuple(spec.input_size) == tuple(base.input_size) or _shapes(spec) == _shapes(base)
+
+
+def _shapes(spec: ModelSpec) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
 
 
 def warm_start(space: SpaceConfig, base: ModelSpec) -> list[dict[str, Any]]:
