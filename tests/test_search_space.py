@@ -131,10 +131,12 @@ def test_a_trial_the_baseline_dominates_is_not_on_the_front_and_the_baseline_is_
     assert pareto(recs[:1], objectives, None) == [0]  # no reference (the baseline breaks a limit): trials only
 
 
-def test_warm_start_is_int8_on_the_baseline_architecture_then_light_pruning():
+def test_warm_start_is_int8_on_the_baseline_architecture_then_a_smaller_input_then_light_pruning():
     base = ModelSpec("cnn", 10, 1, (16, 16), 0.25)
     space = SpaceConfig(prune_ratios=(0.0, 0.25, 0.5))
-    first, second = warm_start(space, base)
+    first, smaller, second = warm_start(space, base)
+    assert smaller == {**first, "resolution": 0.75}  # the weights fit: global pooling
+    assert [p["resolution"] for p in warm_start(space, ModelSpec("mlp", 10, 1, (16, 16), 0.25))] == [1.0, 1.0]
     layers = weighted_layers(build(base))
     assert all(first[f"bits.{n}"] == 8 for n in layers) and first["fuse"] and first["width"] == 1.0
     assert [first[f"prune.g{g}"] for g in range(3)] == [0.0] * 3 and [second[f"prune.g{g}"] for g in range(3)] == [0.25] * 3

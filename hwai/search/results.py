@@ -100,9 +100,10 @@ def choose(recs: list[dict], front: list[int], latency_key: str, constraints: di
     if front:
         best = min((by_number[n] for n in front), key=fastest)
         kind = "predicted" if latency_key == "target_latency_ms" else "measured host"
+        among = (f"lowest {kind} latency among {len(front)} Pareto-optimal candidates that satisfy" if len(front) > 1
+                 else "the only Pareto-optimal candidate that satisfies")
         return {"trial": best["number"], "metrics": best["metrics"], "description": best["description"],
-                "reason": f"lowest {kind} latency among {len(front)} Pareto-optimal candidates that satisfy "
-                          f"every limit ({_limits(constraints)})"}
+                "reason": f"{among} every limit ({_limits(constraints)})"}
     feasible = _distinct_feasible(recs)
     if feasible:  # all dominated by the baseline: roll back to it
         closest = min(feasible, key=fastest)
