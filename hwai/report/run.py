@@ -27,6 +27,8 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "host_predicted_ms": ("host latency, corrected prediction", "ms", False),
     "host_predicted_raw_ms": ("host latency, roofline prediction", "ms", False),
     "parity_top1_agreement": ("ONNX top-1 agreement", "%", True),
+    "accuracy_fake_quant": ("accuracy, PyTorch fake-quant", "%", True),
+    "target_latency_raw_ms": ("target latency, uncorrected prediction", "ms", False),
 }
 
 
