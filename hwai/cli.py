@@ -321,7 +321,7 @@ def optimize(
     from rich.markup import escape
 
     from hwai.search import Constraints, OptimizeConfig, SearchStopped, optimize as run_optimize
-    from hwai.search.results import pareto_table
+    from hwai.search.display import pareto_table
 
     cfg = OptimizeConfig(model=model, data=data, width=width, input_size=input_size or None,
                          target=None if target.lower() == "none" else target,

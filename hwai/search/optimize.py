@@ -231,7 +231,7 @@ def _twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
 
 def _run_loop(ctx: Context, study: optuna.Study, wait: bool, timeout_s: float | None, progress: bool,
               retry_s: float) -> None:
-    from hwai.search.results import Progress
+    from hwai.search.display import Progress
 
     with Progress(ctx, study, enabled=progress) as bar:
         hstudy.run_trials(study, Objective(ctx), ctx.cfg.trials, wait=wait, timeout_s=timeout_s, on_trial=bar.update,
