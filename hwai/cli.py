@@ -306,20 +306,22 @@ def compress(
 
 @app.command()
 def optimize(
-    model: str = typer.Option("cnn", help=MODEL_HELP + ": the baseline, also the distillation teacher"),
+    model: str = typer.Option("resnet8", help=MODEL_HELP + ": the baseline, also the distillation teacher"),
     data: str = typer.Option("mnist", help=DATA_HELP),
     target: str = typer.Option("stm32h743", help="target of the predicted objectives (catalog name or YAML); "
                                "'none': host only"),
     host_target: str = typer.Option("host", help="target file predicting this machine, for measured-vs-predicted "
                                     "feedback; 'none': no host prediction"),
-    width: float = typer.Option(0.25, help="the baseline's width multiplier"),
-    input_size: Optional[int] = typer.Option(16, help="the baseline's input side (images); 0 keeps the data's"),
-    trials: int = typer.Option(16, min=1, help="finished trials (complete or screened out) to reach"),
+    width: float = typer.Option(0.5, help="the baseline's width multiplier"),
+    input_size: Optional[int] = typer.Option(32, help="the baseline's input side (images); 0 keeps the data's"),
+    trials: int = typer.Option(12, min=1, help="finished trials (complete or screened out) to reach"),
     baseline_epochs: int = typer.Option(8, min=0, help="epochs to train a zoo baseline"),
     max_latency_ms: Optional[float] = typer.Option(None, help="limit on the target's latency (predicted; measured for host)"),
     max_size_kb: Optional[float] = typer.Option(None, help="limit on the exported ONNX size (measured)"),
     max_sram_kb: Optional[float] = typer.Option(None, help="limit on peak SRAM on the target (predicted)"),
     max_accuracy_drop: float = typer.Option(0.02, help="limit on baseline minus candidate accuracy (0.02 = 2 points)"),
+    threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime threads for measured host latency "
+                                          "(default: physical cores, as calibrate and profile)"),
     sampler: str = typer.Option("nsga2", help="nsga2 or tpe"),
     seed: int = typer.Option(0),
     run: Optional[Path] = typer.Option(None, help="run directory (default runs/<timestamp>); the same one resumes"),
@@ -327,21 +329,26 @@ def optimize(
                                           "(default: sqlite in the run directory)"),
     study: Optional[str] = typer.Option(None, help="study name in --storage (default: the run directory's name)"),
     timeout_s: Optional[float] = typer.Option(None, help="stop starting new trials after this many seconds"),
+    storage_retry_s: float = typer.Option(60.0, help="how long to retry a lost storage connection before stopping"),
 ) -> None:
     """The co-design loop: constrained multi-objective search over architectures and compression policies."""
     import time
 
-    from hwai.search import Constraints, OptimizeConfig, optimize as run_optimize
-    from hwai.search.results import pareto_table
+    from hwai.search import Constraints, OptimizeConfig, SearchStopped, optimize as run_optimize
+    from hwai.search.display import pareto_table
 
     cfg = OptimizeConfig(model=model, data=data, width=width, input_size=input_size or None,
                          target=None if target.lower() == "none" else target,
                          host_target=None if host_target.lower() == "none" else host_target,
                          constraints=Constraints(max_latency_ms, max_size_kb, max_sram_kb, max_accuracy_drop),
-                         trials=trials, baseline_epochs=baseline_epochs, sampler=sampler, seed=seed)
+                         trials=trials, baseline_epochs=baseline_epochs, sampler=sampler, seed=seed, threads=threads)
     run = run or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     start = time.perf_counter()
-    results = run_optimize(cfg, run, storage=storage, study_name=study, timeout_s=timeout_s)
+    try:
+        results = run_optimize(cfg, run, storage=storage, study_name=study, timeout_s=timeout_s,
+                               storage_retry_s=storage_retry_s)
+    except SearchStopped as exc:
+        _stopped(exc)
     for line in pareto_table(results):
         console.print(line)
     best = results["best"]
@@ -350,9 +357,12 @@ def optimize(
     if best.get("parity"):
         p = best["parity"]
         console.print(f"exported {run / best['onnx']}: parity {'ok' if p['ok'] else 'FAILED'} (ONNX Runtime vs PyTorch: "
-                      f"max |diff| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.2%})")
-    console.print(f"{results['measurement']}\npredicted: {results['prediction']}")
-    console.print(f"results: {run / 'results.json'}; report: {run / 'report.html'}; wall time {time.perf_counter() - start:.0f} s (measured)")
+                      f"max |delta logit| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.2%}); "
+                      f"validation accuracy of this file {best['onnx_val_accuracy']:.2%}, test accuracy "
+                      f"{best['test_accuracy']:.2%} (measured once, after the choice)", markup=False)
+    console.print(f"{results['measurement']}\npredicted: {results['prediction']}", markup=False)
+    console.print(f"results: {run / 'results.json'}; report: {run / 'report.html'}; wall time "
+                  f"{time.perf_counter() - start:.0f} s (measured)", markup=False)
 
 
 @app.command()
@@ -361,12 +371,22 @@ def worker(
     study: str = typer.Option(..., help="study name"),
     run: Optional[Path] = typer.Option(None, help="where this worker keeps its baseline and trial files "
                                        "(default runs/<study>)"),
+    storage_retry_s: float = typer.Option(60.0, help="how long to retry a lost storage connection before stopping"),
 ) -> None:
     """One more process of a distributed search: runs trials of an existing study until it is full."""
-    from hwai.search import worker as run_worker
+    from hwai.search import SearchStopped, worker as run_worker
 
-    done = run_worker(storage, study, run)
-    console.print(f"worker finished {done} trial(s) of study {study}")
+    try:
+        done = run_worker(storage, study, run, storage_retry_s=storage_retry_s)
+    except SearchStopped as exc:
+        _stopped(exc)
+    console.print(f"worker finished {done} trial(s) of study {study}", markup=False)
+
+
+def _stopped(exc: Exception) -> None:
+    """A search that could not go on (every trial failed, storage lost): one line on stderr, exit 1."""
+    print(f"hwai: error: {exc}", file=sys.stderr)
+    sys.exit(1)  # not typer.Exit: main() runs the app with standalone_mode=False, where click returns its code
 
 
 from hwai.runtimes.cli import export as _export  # noqa: E402 - registered here, defined with the runtimes
@@ -377,7 +397,9 @@ app.command(name="export")(_export)
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code here instead of exiting
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as exc:
         _fail(str(exc))
     except (KeyboardInterrupt, typer.Abort):

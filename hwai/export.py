@@ -149,16 +149,23 @@ def parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor, int8: 
     session = ort_session(Path(onnx_path))
     got = np.concatenate([session.run(None, {session.get_inputs()[0].name: chunk.numpy()})[0]
                           for chunk in inputs.split(256)])
-    ref = model.eval()(inputs).numpy()
+    return agreement(got, model.eval()(inputs).numpy(), int8)
+
+
+def agreement(got: np.ndarray, ref: np.ndarray, int8: bool) -> Parity:
+    """The parity verdict for logits from any runtime against PyTorch's: FP32 within FP32_TOL x max(1, max
+    |logit|) and the same argmax everywhere; INT8 within INT8_TOL x the logit range and MIN_AGREEMENT top-1
+    agreement. A failed check is named with enough digits that it never reads as equal to its bound."""
     if got.shape != ref.shape:
         return Parity(float("inf"), 0.0, False, len(ref), f"output shape {got.shape} != PyTorch {ref.shape}")
     diff = float(np.abs(got - ref).max())
     agree = float((got.argmax(1) == ref.argmax(1)).mean())
-    scale = max(1.0, float(np.abs(ref).max())) if not int8 else max(1e-6, float(ref.max() - ref.min()))
+    scale = max(1e-6, float(ref.max() - ref.min())) if int8 else max(1.0, float(np.abs(ref).max()))
     tol = (INT8_TOL if int8 else FP32_TOL) * scale
     need = MIN_AGREEMENT if int8 else 1.0
-    reasons = ([f"max |delta logit| {diff:.3g} > {tol:.3g}"] if diff > tol else []) + \
-              ([f"top-1 agreement {agree:.1%} < {need:.0%}"] if agree < need else [])
+    reasons = ([f"max |delta logit| {diff:.6g} > tolerance {tol:.6g}"] if diff > tol else []) + \
+              ([f"top-1 agreement {agree:.2%} ({round(agree * len(ref))} of {len(ref)}) < required {need:.2%}"]
+               if agree < need else [])
     return Parity(diff, agree, not reasons, len(ref), "; ".join(reasons))
 
 

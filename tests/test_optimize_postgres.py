@@ -1,7 +1,9 @@
 """Distributed search: `hwai optimize` and one `hwai worker` share a study in a real PostgreSQL server
-(CI starts one, see .ci/run, and sets HWAI_TEST_POSTGRES_URL). No trial lost, none duplicated."""
+(CI starts one, see .ci/run, and sets HWAI_TEST_POSTGRES_URL); the server stopped mid-trial. No trial
+lost, none duplicated."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +13,14 @@ import optuna
 import pytest
 
 URL = os.environ.get("HWAI_TEST_POSTGRES_URL")
+CTL = os.environ.get("HWAI_TEST_POSTGRES_CTL")  # e.g. "pg_ctlcluster 15 main": + stop / start (.ci/run sets it)
 pytestmark = pytest.mark.skipif(not URL, reason="HWAI_TEST_POSTGRES_URL not set (CI sets it; see .ci/run)")
+
+
+def _storage():
+    return optuna.storages.RDBStorage(URL.replace("postgresql://", "postgresql+psycopg://", 1)
+                                      if URL.startswith("postgresql://") else URL,
+                                      engine_kwargs={"pool_pre_ping": True})  # outlives a server restart
 
 TRIALS = 8
 MAIN = """
@@ -40,8 +49,7 @@ optimize(cfg, sys.argv[1], storage=sys.argv[2], study_name=sys.argv[3], progress
 
 def test_two_workers_share_one_postgres_study(tmp_path):
     run, name = tmp_path / "run", f"hwai-test-{uuid.uuid4().hex[:8]}"
-    storage = optuna.storages.RDBStorage(URL.replace("postgresql://", "postgresql+psycopg://", 1)
-                                         if URL.startswith("postgresql://") else URL)
+    storage = _storage()
     main = subprocess.Popen([sys.executable, "-c", MAIN, str(run), URL, name], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     worker = None
@@ -50,8 +58,9 @@ def test_two_workers_share_one_postgres_study(tmp_path):
         while name not in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
             assert time.monotonic() < deadline and main.poll() is None, "the study was not created"
             time.sleep(0.2)
+        worker_run = tmp_path / "worker"  # its own folder: the worker loads the data and trains its own baseline
         worker = subprocess.run([sys.executable, "-m", "hwai", "worker", "--storage", URL, "--study", name,
-                                 "--run", str(run)], capture_output=True, text=True, timeout=150)
+                                 "--run", str(worker_run)], capture_output=True, text=True, timeout=150)
         assert worker.returncode == 0, worker.stderr[-2000:]
         assert main.wait(timeout=150) == 0, main.stderr.read()[-2000:]
         results = json.loads((run / "results.json").read_text())
@@ -65,9 +74,11 @@ def test_two_workers_share_one_postgres_study(tmp_path):
         timeline = [(t.number, t.user_attrs["worker"], str(t.datetime_start.time()), str(t.datetime_complete.time()))
                     for t in done]
         assert len(workers) == 2, f"both processes should have run trials, got {timeline}; worker: {worker.stdout}"
-        assert "finished" in worker.stdout
-        for t in done:  # every finished trial has its files, written by whichever process ran it
-            saved = json.loads((run / "trials" / str(t.number) / "metrics.json").read_text())
+        assert "finished" in worker.stdout and (worker_run / "baseline" / "model.pt").is_file()
+        for t in done:  # every finished trial has its files, written by whichever process ran it, in its folder
+            folders = [d for d in (run, worker_run) if (d / "trials" / str(t.number) / "metrics.json").is_file()]
+            assert len(folders) == 1
+            saved = json.loads((folders[0] / "trials" / str(t.number) / "metrics.json").read_text())
             assert saved["metrics"]["accuracy"] == t.user_attrs["metrics"]["accuracy"]
     finally:
         for proc in (main,):
@@ -77,3 +88,85 @@ def test_two_workers_share_one_postgres_study(tmp_path):
             optuna.delete_study(study_name=name, storage=storage)
         except KeyError:
             pass
+
+
+def _server(action: str, check: bool = True) -> None:
+    subprocess.run([*CTL.split(), action, *(["-m", "fast"] if action == "stop" else [])], check=check,
+                   capture_output=True, timeout=60)
+
+
+def _trials(storage, name) -> list:
+    try:
+        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=True)
+    except KeyError:
+        return []
+
+
+def _wait_mid_trial(storage, name, proc, complete: int, timeout: float = 120) -> list:
+    """Wait until `complete` trials are complete and one is running; the trials then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        trials = _trials(storage, name)
+        states = [t.state for t in trials]
+        if states.count(optuna.trial.TrialState.COMPLETE) >= complete and optuna.trial.TrialState.RUNNING in states:
+            return trials
+        time.sleep(0.1)
+    raise AssertionError(f"no trial running after {complete} complete: {proc.poll()}, {proc.stderr.read()[-2000:]}")
+
+
+LOSS_TRIALS = 8
+
+
+@pytest.mark.skipif(not CTL, reason="HWAI_TEST_POSTGRES_CTL not set: cannot stop and start the server")
+def test_server_stopped_mid_trial_then_resumed(tmp_path):
+    """A short outage is waited out; a long one stops the run with one line and exit 1; the same command then
+    resumes: completed trials unchanged, none duplicated, the trial in flight retried once."""
+    run, name = tmp_path / "run", f"hwai-loss-{uuid.uuid4().hex[:8]}"
+    cmd = [sys.executable, "-m", "hwai", "optimize", "--model", "mlp", "--data", "digits", "--width", "0.25",
+           "--input-size", "0", "--target", "none", "--host-target", "none", "--trials", str(LOSS_TRIALS),
+           "--baseline-epochs", "2", "--max-accuracy-drop", "0.5", "--storage", URL, "--study", name,
+           "--run", str(run), "--storage-retry-s", "8"]
+    storage = _storage()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        before = _wait_mid_trial(storage, name, proc, complete=2)
+        _server("stop")  # 1. a short outage, mid-trial: waited out
+        time.sleep(3)
+        _server("start")
+        before = {t.number: t.user_attrs["metrics"] for t in before if t.state.name == "COMPLETE"}
+        during = _wait_mid_trial(storage, name, proc, complete=len(before) + 1)
+        _server("stop")  # 2. longer than --storage-retry-s: the run stops, with one line
+        assert proc.wait(timeout=90) == 1
+        lines = proc.stderr.read().strip().splitlines()
+    finally:
+        _server("start", check=False)  # (already running when the test failed before its stop)
+        if proc.poll() is None:
+            proc.kill()
+    assert len(lines) == 1, lines
+    match = re.fullmatch(r"hwai: error: lost the study storage (\S+) \(.*; retried for 8 s\); (\d+) completed trials "
+                         r"are safe in it; run the same command to resume", lines[0])
+    assert match and ":***@" in match.group(1), lines[0]
+    stored = {t.number: t for t in _trials(_storage(), name)}
+    complete = {n for n, t in stored.items() if t.state.name == "COMPLETE"}
+    assert len(before) < len(complete) and int(match.group(2)) == len(complete)
+    mid = {t.number: t.user_attrs["metrics"] for t in during if t.state.name == "COMPLETE"}
+    # 3. the same command resumes
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-2000:]
+    try:
+        trials = optuna.load_study(study_name=name, storage=_storage()).get_trials()
+        by_number = {t.number: t for t in trials}
+        for n, metrics in {**before, **mid}.items():  # finished before either outage: unchanged
+            assert by_number[n].state.name == "COMPLETE" and by_number[n].user_attrs["metrics"] == metrics
+        done = [t for t in trials if t.state.name == "COMPLETE"]
+        assert len(done) == LOSS_TRIALS and not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+        failed = [t for t in trials if t.state.name == "FAIL"]
+        for f in failed:  # a trial lost in flight: failed, its candidate (as far as it was sampled) retried once
+            retries = [t for t in trials if t.system_attrs.get("failed_trial") == f.number]
+            assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+            assert all(retries[0].params[k] == v for k, v in f.params.items())
+        results = json.loads((run / "results.json").read_text())
+        assert sorted(t["number"] for t in results["trials"]) == sorted(by_number)
+        assert results["counts"]["complete"] == LOSS_TRIALS and results["counts"]["failed"] == len(failed)
+    finally:
+        optuna.delete_study(study_name=name, storage=_storage())

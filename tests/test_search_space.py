@@ -1,4 +1,6 @@
 """The search space samples valid candidates; constraints and the Pareto/best logic are right."""
+import re
+
 import optuna
 import pytest
 import torch
@@ -37,9 +39,10 @@ def test_sampled_candidates_are_valid(name, digits):
         assert set(cand.bits) == set(layers) and set(cand.bits.values()) <= {32, 8, 4}
         assert set(cand.prune) <= set(layers[:-1]), "the classifier is never pruned"
         assert all(r in (0.25, 0.5) for r in cand.prune.values())
-        if cand.same_architecture:
+        if cand.same_architecture:  # starts from the baseline's weights: they must fit
             seen_same = True
-            assert cand.spec.width == base.width and cand.spec.input_size == base.input_size
+            shapes = {k: v.shape for k, v in build(base).state_dict().items()}
+            assert cand.spec.width == base.width and {k: v.shape for k, v in model.state_dict().items()} == shapes
             assert cand.epochs in SPACE.finetune_epochs
         else:
             seen_new = True
@@ -50,6 +53,18 @@ def test_sampled_candidates_are_valid(name, digits):
             assert "kernel_size" not in trial.params
         study.tell(trial, 0.0)
     assert seen_same and seen_new
+
+
+@pytest.mark.parametrize("name,reuses", [("resnet8", True), ("cnn", True), ("mlp", False)])
+def test_a_smaller_input_reuses_the_baseline_weights_where_they_fit(name, reuses):
+    """Global pooling makes a conv net's weights independent of the input side: fine-tune them at 12x12;
+    an MLP's first layer depends on it: train from scratch."""
+    base = ModelSpec(name, 10, 1, (16, 16), 0.5, {})
+    space = SpaceConfig(widths=(1.0,), depths=(1,), kernel_sizes=(3,), resolutions=(0.75,), prune_ratios=(0.0,),
+                        bits=(32,), fuse=(False,), finetune_epochs=(1,), train_epochs=(2,))
+    cand = sample(optuna.trial.FixedTrial({}), space, base)
+    assert cand.spec.input_size == (12, 12) and cand.same_architecture == reuses
+    assert cand.epochs == (1 if reuses else 2)
 
 
 def test_single_choice_knobs_are_fixed_not_suggested():
@@ -116,13 +131,45 @@ def test_a_trial_the_baseline_dominates_is_not_on_the_front_and_the_baseline_is_
     assert pareto(recs[:1], objectives, None) == [0]  # no reference (the baseline breaks a limit): trials only
 
 
-def test_warm_start_is_int8_on_the_baseline_architecture_then_light_pruning():
+def test_warm_start_is_int8_on_the_baseline_architecture_then_a_smaller_input_then_light_pruning():
     base = ModelSpec("cnn", 10, 1, (16, 16), 0.25)
     space = SpaceConfig(prune_ratios=(0.0, 0.25, 0.5))
-    first, second = warm_start(space, base)
+    first, smaller, second = warm_start(space, base)
+    assert smaller == {**first, "resolution": 0.75}  # the weights fit: global pooling
+    assert [p["resolution"] for p in warm_start(space, ModelSpec("mlp", 10, 1, (16, 16), 0.25))] == [1.0, 1.0]
     layers = weighted_layers(build(base))
     assert all(first[f"bits.{n}"] == 8 for n in layers) and first["fuse"] and first["width"] == 1.0
     assert [first[f"prune.g{g}"] for g in range(3)] == [0.0] * 3 and [second[f"prune.g{g}"] for g in range(3)] == [0.25] * 3
     assert first["finetune_epochs"] == max(space.finetune_epochs)
     assert warm_start(SpaceConfig(bits=(32,), prune_ratios=(0.0,)), base) == []  # nothing textbook to try
     assert sample(optuna.trial.FixedTrial(first), space, base).quantized  # valid parameters of the space
+
+
+@pytest.mark.parametrize("bad", [dict(max_latency_ms=float("nan")), dict(max_size_kb=float("inf")),
+                                 dict(max_sram_kb=float("-inf")), dict(max_accuracy_drop=float("nan")),
+                                 dict(max_accuracy_drop=1.5)])
+def test_constraints_reject_non_finite_limits(bad):
+    with pytest.raises(UserError, match="finite|fraction"):
+        Constraints(**bad)
+
+
+def test_a_limit_met_exactly_is_met_and_a_violation_shows_the_difference():
+    c = Constraints(max_latency_ms=10, max_accuracy_drop=0.02)
+    # 0.92 - 0.90 is 0.020000000000000018 in floats: equal to the limit, not above it
+    why, values = check(c, {"accuracy": 0.90, "target_latency_ms": 10.0}, 0.92, "target_latency_ms")
+    assert why == [] and values["accuracy_drop"] == 0 and values["latency"] == 0
+    why, _ = check(c, {"accuracy": 0.89996, "target_latency_ms": 10.00004}, 0.92, "target_latency_ms")
+    latency, drop = why
+    assert latency.startswith("latency (predicted target) 10.00004 ms > limit 10 ms")
+    assert drop.startswith("accuracy drop 2.004 pt > limit 2 pt") and "baseline 92%" in drop
+    for line in why:  # the two numbers printed always differ
+        value, bound = re.search(r"(\S+) (?:pt|ms) > limit (\S+)", line).groups()
+        assert float(value) > float(bound)
+
+
+def test_a_failed_export_check_says_which_check_failed():
+    c = Constraints(max_accuracy_drop=None)
+    metrics = {"parity_ok": False, "parity_top1_agreement": 1.0,
+               "parity_reason": "max |delta logit| 0.6 > 0.4"}
+    why, values = check(c, metrics, None, "host_latency_ms")
+    assert why == ["exported ONNX disagrees with PyTorch: max |delta logit| 0.6 > 0.4"] and values["export"] == 1.0

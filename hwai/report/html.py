@@ -118,7 +118,8 @@ def _pareto(run: Run, plotted: bool) -> str:
     elif best.get("reason"):  # nothing met the limits, or nothing beat the baseline: say so, with the closest
         reason = f'<p><b>No model chosen</b> — {escape(str(best["reason"]))}</p>'
     n = len(run.trials)
-    lead = (f"{n} trials; {len(run.pareto)} on the Pareto front (dark), infeasible ones grey, the chosen model a star, "
+    lead = (f"{n} trials ({escape(run.outcomes())}); {len(run.pareto)} on the Pareto front (dark), infeasible ones grey, "
+            "the chosen model a star, "
             "the baseline an open diamond. Marker area grows with model size; dashed red lines are constraints.")
     if not plotted:
         return _section("pareto", "Trade-off: accuracy vs latency", "", _na("no trials with accuracy and latency"))

@@ -27,6 +27,8 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "host_predicted_ms": ("host latency, corrected prediction", "ms", False),
     "host_predicted_raw_ms": ("host latency, roofline prediction", "ms", False),
     "parity_top1_agreement": ("ONNX top-1 agreement", "%", True),
+    "accuracy_fake_quant": ("accuracy, PyTorch fake-quant", "%", True),
+    "target_latency_raw_ms": ("target latency, uncorrected prediction", "ms", False),
 }
 
 
@@ -74,6 +76,16 @@ class Run:
 
     def trial(self, number: Any) -> dict[str, Any] | None:
         return next((t for t in self.trials if t.get("number") == number), None)
+
+    def outcomes(self) -> str:
+        """'3 feasible, 1 infeasible, 2 screened out, 1 failed': each outcome counted apart (results.json
+        `counts`; for runs written before it, the infeasible ones)."""
+        counts = self.section("counts")
+        if not counts:
+            return f"{sum(1 for t in self.trials if t.get('feasible') is False)} infeasible"
+        names = {"feasible": "feasible", "infeasible": "infeasible (built, break a limit)",
+                 "screened_out": "screened out by the cost model", "failed": "failed", "running": "running"}
+        return ", ".join(f"{counts.get(k, 0)} {label}" for k, label in names.items() if counts.get(k) or k != "running")
 
     @property
     def pareto(self) -> list[int]:

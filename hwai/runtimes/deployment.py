@@ -48,24 +48,6 @@ class Deployment:
                 "pass_medians_ms": self.pass_medians_ms, "note": self.note, "kind": "measured"}
 
 
-def compare(got: np.ndarray, ref: np.ndarray, int8: bool) -> Parity:
-    """hwai.export.parity's verdict for logits from any runtime: FP32 within FP32_TOL x max(1, max |logit|) and
-    the same argmax everywhere; INT8 within INT8_TOL x logit range and MIN_AGREEMENT top-1 agreement."""
-    import numpy as np
-
-    from hwai.export import FP32_TOL, INT8_TOL, MIN_AGREEMENT, Parity
-
-    if got.shape != ref.shape:
-        return Parity(float("inf"), 0.0, False, len(ref), f"output shape {got.shape} != PyTorch {ref.shape}")
-    diff = float(np.abs(got - ref).max())
-    agree = float((got.argmax(1) == ref.argmax(1)).mean())
-    scale = max(1e-6, float(ref.max() - ref.min())) if int8 else max(1.0, float(np.abs(ref).max()))
-    tol, need = (INT8_TOL, MIN_AGREEMENT) if int8 else (FP32_TOL, 1.0)
-    reasons = ([f"max |delta logit| {diff:.3g} > {tol * scale:.3g}"] if diff > tol * scale else []) + \
-              ([f"top-1 agreement {agree:.1%} < {need:.0%}"] if agree < need else [])
-    return Parity(diff, agree, not reasons, len(ref), "; ".join(reasons))
-
-
 def parity(name: str, model: nn.Module, artifact: str | Path, inputs: torch.Tensor, int8: bool,
            threads: int | None = None) -> Parity:
     """Logits of `artifact` run by runtime `name` against `model`'s (the fake-quant model for hwai-quantized
@@ -78,11 +60,12 @@ def parity(name: str, model: nn.Module, artifact: str | Path, inputs: torch.Tens
 def _parity(run: Callable, model: nn.Module, inputs: torch.Tensor, int8: bool) -> Parity:
     import torch
 
+    from hwai.export import agreement
     from hwai.runtimes.common import float_model
 
     with torch.no_grad():
         ref = (model.eval() if int8 else float_model(model))(inputs).numpy()
-    return compare(run(inputs.numpy()), ref, int8)
+    return agreement(run(inputs.numpy()), ref, int8)
 
 
 def latency(name: str, artifact: str | Path, example: torch.Tensor, cfg: MeasureConfig | None = None) -> LatencyStats:

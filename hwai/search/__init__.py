@@ -3,5 +3,6 @@ searches it under a target's constraints (hwai optimize / hwai worker)."""
 from hwai.search.constraints import Constraints
 from hwai.search.optimize import OptimizeConfig, optimize, worker
 from hwai.search.space import Candidate, SpaceConfig
+from hwai.search.study import SearchStopped
 
-__all__ = ["Candidate", "Constraints", "OptimizeConfig", "SpaceConfig", "optimize", "worker"]
+__all__ = ["Candidate", "Constraints", "OptimizeConfig", "SearchStopped", "SpaceConfig", "optimize", "worker"]

@@ -1,11 +1,10 @@
-"""The stages one candidate goes through, cheapest first:
+"""The stages one candidate goes through after cost-model screening (hwai.search.screen):
 
-1. `structure`: build the architecture and apply the structural passes (prune, fuse) to untrained
-   weights: enough for the cost model, since shapes do not depend on the weights' values;
-2. `predict`: cost-model screening on each target (predicted latency, energy, peak SRAM, fit);
-3. `realize`: the real candidate: baseline weights (or a fresh init for a new architecture), prune,
+1. `realize`: the real candidate: baseline weights (or a fresh init for a new architecture), prune,
    fine-tune / train with distillation from the baseline, fuse, quantize;
-4. `measure_host`: export to ONNX and time it with ONNX Runtime on this machine (measured).
+2. `measure_host`: export to ONNX and time it with ONNX Runtime on this machine (measured);
+3. `val_accuracy`: accuracy on the validation split of what ships: the exported INT8 ONNX model on
+   ONNX Runtime for a quantized candidate, the PyTorch model for a float one.
 """
 from __future__ import annotations
 
@@ -73,17 +72,6 @@ def _quantize(model: nn.Module, cand: Candidate, calib: DataBundle, example: tor
     return hwai.quantize(model, cfg, calib=calib, example=example, progress=False)
 
 
-def structure(cand: Candidate, example: torch.Tensor) -> nn.Module:
-    """The candidate's shapes on untrained weights: pruning and fusion decide shapes, not the values."""
-    return structure_of(_prune(build(cand.spec).eval(), cand, example), cand, example)
-
-
-def structure_of(pruned: nn.Module, cand: Candidate, example: torch.Tensor) -> nn.Module:
-    """A pruned float model as the target runs it: fused when the candidate says so (quantization
-    changes dtypes, which the cost model takes as `precision`, not shapes)."""
-    return _fuse(copy.deepcopy(pruned).eval(), cand, example).eval()
-
-
 def node_precision(graph: hgraph.Graph, bits: dict[str, int]) -> dict[str, str]:
     """Every node's dtype: a weighted layer's own bits; other nodes inherit the last weighted layer's
     (in a quantized deployment the activations between quantized layers stay quantized)."""
@@ -96,7 +84,8 @@ def node_precision(graph: hgraph.Graph, bits: dict[str, int]) -> dict[str, str]:
 
 
 def predict(graph: hgraph.Graph, targets: list, cand: Candidate) -> dict:
-    """Cost-model predictions of the candidate on each target: {target name: Prediction}."""
+    """Cost-model predictions with a per-layer breakdown of a built candidate (`graph`: its pruned float
+    model, unfused: the cost model fuses Conv+BN+ReLU as the target's runtime does) on each target."""
     from hwai import cost
 
     precision = node_precision(graph, cand.bits)
@@ -142,9 +131,22 @@ def measure_host(model: nn.Module, bundle: DataBundle, path: Path, cfg: measure.
     export_onnx(model, example, path, bundle, int8=int8)
     stats = measure.latency(path, example, cfg, runtime="onnxruntime")
     check = parity(model, path, bundle.example(PARITY_SAMPLES, split="val"))
-    return {"host_latency_ms": stats.median_ms, "host_latency_iqr_ms": stats.iqr_ms,
-            "size_kb": path.stat().st_size / 1024, "parity_ok": check["ok"],
+    return {"host_latency_ms": stats.median_ms, "host_latency_iqr_ms": stats.iqr_ms, "host_threads": stats.threads,
+            "size_kb": path.stat().st_size / 1024, "parity_ok": check["ok"], "parity_reason": check["reason"],
             "parity_top1_agreement": check["top1_agreement"]}, stats
+
+
+def val_accuracy(model: nn.Module, onnx_path: Path, bundle: DataBundle, quantized: bool, threads: int) -> dict:
+    """Validation accuracy of what ships: a quantized candidate's exported INT8 ONNX model on ONNX Runtime
+    (its PyTorch fake-quant accuracy kept beside it), a float candidate's PyTorch model."""
+    from hwai.export import ort_accuracy
+    from hwai.train import evaluate
+
+    simulated = evaluate(model, bundle, "val")
+    if not quantized:
+        return {"accuracy": simulated, "accuracy_source": "pytorch"}
+    return {"accuracy": ort_accuracy(onnx_path, bundle, threads, split="val"), "accuracy_fake_quant": simulated,
+            "accuracy_source": "onnxruntime (exported INT8 model)"}
 
 
 def parity(model: nn.Module, onnx_path: Path, inputs: torch.Tensor) -> dict:

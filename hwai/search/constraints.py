@@ -1,15 +1,18 @@
 """User limits and how a candidate's metrics are checked against them.
 
 Each limit becomes one named Optuna constraint value (`trial.set_constraint`), (metric - limit) / limit:
-<= 0 is feasible, and a positive value says how far off a candidate is.
+<= 0 is feasible, and a positive value says how far off a candidate is. A metric equal to its limit
+(up to float rounding) meets it; a violation is always printed with enough digits to show the difference.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from hwai.errors import UserError
 
 SCREEN_MARGIN = 0.25  # a corrected host prediction must exceed the limit by this fraction to screen a candidate out
+EQUAL = 1e-9  # relative: metric and limit this close are equal (accuracies are k/n, so drops carry rounding)
 
 
 @dataclass(frozen=True)
@@ -23,16 +26,40 @@ class Constraints:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value is not None and value < 0 or (value == 0 and name != "max_accuracy_drop"):
-                raise UserError(f"{name.replace('_', '-')} must be positive, got {value}")
+            option = name.replace("_", "-")
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"--{option} must be a finite number, got {value}")
+            if value < 0 or (value == 0 and name != "max_accuracy_drop"):
+                raise UserError(f"--{option} must be positive, got {value:g}")
+            if name == "max_accuracy_drop" and value >= 1:
+                raise UserError(f"--{option} is a fraction of the accuracy (0.02 = 2 points), got {value:g}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def shown(value: float, bound: float) -> tuple[str, str]:
+    """`value` and `bound` with the fewest significant digits (at least 3) that tell them apart."""
+    for digits in range(3, 18):
+        a, b = f"{value:.{digits}g}", f"{bound:.{digits}g}"
+        if a != b:
+            return a, b
+    return a, b
+
+
+def excess(value: float, bound: float, floor: float = 1e-9) -> float:
+    """(value - bound) / max(bound, floor), 0 when the two are equal up to float rounding."""
+    if abs(value - bound) <= EQUAL * max(abs(bound), 1e-3):
+        return 0.0
+    return (value - bound) / max(bound, floor)
+
+
 def check(c: Constraints, metrics: dict, baseline_accuracy: float | None, latency_key: str,
           screening: bool = False) -> tuple[list[str], dict[str, float]]:
-    """Violations (one readable line each) and the named constraint values (always the same names).
+    """Violations (one readable line each, naming the metric and its limit) and the named constraint
+    values (always the same names).
 
     While `screening`, only predicted metrics are known; measured ones are skipped, and the corrected
     host prediction must exceed the limit by SCREEN_MARGIN (it is only an estimate of a measurement).
@@ -44,32 +71,39 @@ def check(c: Constraints, metrics: dict, baseline_accuracy: float | None, latenc
         if bound is None or value is None:
             values[key] = 0.0
             return
-        excess = (value - bound) / max(bound, 1e-9)
-        values[key] = excess
-        if excess > margin:
-            why.append(f"{label} {value:.4g}{unit} > limit {bound:g}{unit}")
+        values[key] = excess(value, bound)
+        if values[key] > margin:
+            if margin:
+                v, b = shown(value, bound * (1 + margin))
+                why.append(f"{label} {v}{unit} > {b}{unit} (limit {bound:g}{unit} + {margin:.0%} screening margin)")
+            else:
+                v, b = shown(value, bound)
+                why.append(f"{label} {v}{unit} > limit {b}{unit}")
 
     latency = metrics.get(latency_key)
     margin = 0.0
     if screening and latency_key == "host_latency_ms":  # not measured yet: the feedback-corrected prediction
         latency, margin = metrics.get("host_predicted_ms"), SCREEN_MARGIN
-    kind = "measured host" if latency_key == "host_latency_ms" and not screening else "predicted"
+    kind = ("measured host" if not screening else "predicted host") if latency_key == "host_latency_ms" \
+        else "predicted target"
     limit("latency", latency, c.max_latency_ms, f"latency ({kind})", " ms", margin)
     limit("size", None if screening else metrics.get("size_kb"), c.max_size_kb, "size (measured ONNX)", " KB")
     limit("sram", metrics.get("peak_sram_kb"), c.max_sram_kb, "peak SRAM (predicted)", " KB")
     accuracy = None if screening else metrics.get("accuracy")
     drop = None if accuracy is None or baseline_accuracy is None else baseline_accuracy - accuracy
     if c.max_accuracy_drop is not None and drop is not None:
-        excess = (drop - c.max_accuracy_drop) / max(c.max_accuracy_drop, 0.01)
-        values["accuracy_drop"] = excess
-        if excess > 0:
-            why.append(f"accuracy drop {drop:.2%} > limit {c.max_accuracy_drop:.2%}")
+        values["accuracy_drop"] = excess(drop, c.max_accuracy_drop, floor=0.01)
+        if values["accuracy_drop"] > 0:
+            d, b = shown(100 * drop, 100 * c.max_accuracy_drop)
+            why.append(f"accuracy drop {d} pt > limit {b} pt (validation accuracy {100 * accuracy:.4g}%, "
+                       f"baseline {100 * baseline_accuracy:.4g}%)")
     else:
         values["accuracy_drop"] = 0.0
     parity = metrics.get("parity_ok")
     values["export"] = 0.0 if parity is None or parity else 1.0
     if parity is False:
-        why.append(f"exported ONNX disagrees with PyTorch (top-1 agreement {metrics['parity_top1_agreement']:.1%})")
+        reason = metrics.get("parity_reason") or f"top-1 agreement {metrics['parity_top1_agreement']:.2%}"
+        why.append(f"exported ONNX disagrees with PyTorch: {reason}")
     fits = metrics.get("fits")
     values["fits"] = 0.0 if fits is None or fits else 1.0
     if fits is False:

@@ -2,7 +2,6 @@
 and how latency is measured. Each process (optimizer or worker) prepares its own from the config."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,14 @@ from torch import nn
 from hwai import measure
 from hwai.data import DataBundle
 from hwai.models import ModelSpec
+from hwai.search.feedback import Correction
+from hwai.search.screen import Screen
 
-KINDS = {"accuracy": "measured", "test_accuracy": "measured", "host_latency_ms": "measured",
-         "host_latency_iqr_ms": "measured", "size_kb": "measured", "target_latency_ms": "predicted",
-         "energy_mj": "predicted", "peak_sram_kb": "predicted", "fits": "predicted",
-         "host_predicted_ms": "predicted", "host_predicted_raw_ms": "predicted",
-         "parity_top1_agreement": "measured"}
+KINDS = {"accuracy": "measured", "accuracy_fake_quant": "measured", "test_accuracy": "measured",
+         "host_latency_ms": "measured", "host_latency_iqr_ms": "measured", "size_kb": "measured",
+         "target_latency_ms": "predicted", "target_latency_raw_ms": "predicted", "energy_mj": "predicted",
+         "peak_sram_kb": "predicted", "fits": "predicted", "host_predicted_ms": "predicted",
+         "host_predicted_raw_ms": "predicted", "parity_top1_agreement": "measured"}
 
 
 @dataclass
@@ -31,22 +32,32 @@ class Context:
     host: Any = None  # hwai.targets.Target predicting this machine, or None
     mcfg: measure.MeasureConfig = field(default_factory=measure.MeasureConfig)
     baseline: dict = field(default_factory=dict)  # baseline metrics, as stored in the study
+    screen: Any = None  # hwai.search.screen.Screen over `targets`
 
     @property
     def targets(self) -> list:
         return list({t.name: t for t in (self.target, self.host) if t is not None}.values())
 
-    def predicted(self, predictions: dict, host_factor: float = 1.0, n: int = 0) -> dict:
-        """Metrics from cost-model predictions; the host one also corrected by the measured/predicted factor."""
-        out: dict = {}
+    @property
+    def target_is_host(self) -> bool:
+        """The target's predictions come from the host target file: measured feedback is valid for them."""
+        return self.target is not None and self.host is not None and str(self.target.path) == str(self.host.path)
+
+    def predicted(self, scores: dict, group: str, correction: Correction = Correction()) -> dict:
+        """Metrics from cost-model scores ({target name: Score}); predictions from the host target file are
+        also corrected by the measured-vs-predicted feedback (hwai.search.feedback)."""
+        out: dict = {"host_group": group}
         if self.target is not None:
-            p = predictions[self.target.name]
-            out.update(target_latency_ms=float(p.latency_ms), energy_mj=float(p.energy_mj),
-                       peak_sram_kb=p.sram_bytes_needed / 1024, fits=bool(p.fits), fit_message=str(p.fit_message))
+            p = scores[self.target.name]
+            out.update(target_latency_ms=p.latency_ms, energy_mj=p.energy_mj, peak_sram_kb=p.sram_bytes_needed / 1024,
+                       fits=p.fits, fit_message=p.fit_message)
+            if self.target_is_host:
+                out.update(target_latency_raw_ms=p.latency_ms, target_latency_ms=correction.apply(p.latency_ms, group))
         if self.host is not None:
-            raw = float(predictions[self.host.name].latency_ms)
-            out.update(host_predicted_raw_ms=raw, host_correction=host_factor, host_correction_n=n,
-                       host_predicted_ms=raw * host_factor)
+            raw = scores[self.host.name].latency_ms
+            out.update(host_predicted_raw_ms=raw, host_predicted_ms=correction.apply(raw, group),
+                       host_correction=correction.factor(group), host_correction_form=correction.form,
+                       host_correction_pairs=correction.pairs)
         return out
 
     def kinds(self) -> dict[str, str]:
@@ -56,27 +67,20 @@ class Context:
         c = self.mcfg
         return (f"host latency measured with ONNX Runtime (CPU), batch 1, {c.threads} thread(s), {c.warmup} warm-up runs, "
                 f"{c.min_repeats}..{c.max_repeats} repeats until the median is stable within {c.rel_tol:.0%} or "
-                f"{c.max_seconds:g} s; median and IQR reported. Accuracy measured on the validation split "
-                f"(test split as test_accuracy); size = bytes of the exported ONNX file; per-layer times of the baseline "
-                "and the chosen model: ONNX Runtime's profiler (hwai.profile), mean of typical profiled runs")
+                f"{c.max_seconds:g} s; median and IQR reported. Accuracy measured on the validation split: a quantized "
+                "candidate's is its exported INT8 ONNX model run by ONNX Runtime (the PyTorch fake-quant figure is kept "
+                "as accuracy_fake_quant), a float candidate's its PyTorch model (the same as its exported ONNX within "
+                "the parity check); the test split is measured once, for the baseline and the chosen model, after the "
+                "choice. Size = bytes of the exported ONNX file; per-layer times of the baseline and the chosen model: "
+                "ONNX Runtime's profiler (hwai.profile), mean of typical profiled runs")
 
     def prediction(self) -> str:
         if not self.targets:
             return "no cost-model predictions (no target given)"
         files = ", ".join(f"{t.name} ({t.path})" for t in self.targets)
-        return f"hwai.cost roofline model with target files {files}; host predictions corrected by measured/predicted"
-
-
-def correction(metrics: list[dict], group: str = "fp32") -> tuple[float, int]:
-    """Multiplicative correction of host predictions: the geometric mean of measured / predicted host
-    latency over the given metrics (the baseline and completed trials) of the same `group` ("fp32" or
-    "int": integer and float kernels are off by different factors); all groups while this one has none.
-    Returns (factor, pairs used)."""
-    pairs = [m for m in metrics if m.get("host_predicted_raw_ms") and m.get("host_latency_ms")]
-    same = [m for m in pairs if m.get("host_group", "fp32") == group] or pairs
-    if not same:
-        return 1.0, 0
-    return math.exp(sum(math.log(m["host_latency_ms"] / m["host_predicted_raw_ms"]) for m in same) / len(same)), len(same)
+        corrected = "host" + (" and target" if self.target_is_host else "")
+        return (f"hwai.cost model with target files {files}, scored with its batch scorer; {corrected} predictions "
+                "corrected by measured-vs-predicted feedback where it lowers the held-out error (see calibration)")
 
 
 def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[nn.Module, ModelSpec]:
@@ -109,25 +113,25 @@ def prepare(cfg, run_dir: Path, progress: bool = True) -> Context:
         target = targets.load(cfg.target) if cfg.target else None
         host = targets.load(cfg.host_target) if cfg.host_target else None
     model, spec = _train_baseline(cfg, bundle, run_dir / "baseline" / "model.pt", progress)
-    mcfg = measure.MeasureConfig(threads=cfg.measure_threads, max_seconds=cfg.measure_seconds)
-    return Context(cfg, run_dir, bundle, spec, model, target, host, mcfg)
+    mcfg = measure.MeasureConfig(threads=cfg.threads or measure.physical_cores(), max_seconds=cfg.measure_seconds)
+    ctx = Context(cfg, run_dir, bundle, spec, model, target, host, mcfg)
+    ctx.screen = Screen(ctx.targets, bundle)
+    return ctx
 
 
 def baseline_metrics(ctx: Context) -> dict:
-    """The baseline measured (accuracy, host latency, size) and predicted (target, host) like a trial."""
-    from hwai import graph as hgraph
-    from hwai.search.candidate import measure_host, node_precision
+    """The baseline measured (validation accuracy, host latency, size) and predicted (target, host) like a
+    trial (its test accuracy is measured at the end, with the chosen model's)."""
+    from hwai.search.candidate import measure_host
+    from hwai.search.screen import kept_channels
+    from hwai.search.space import Candidate, weighted_layers
     from hwai.train import evaluate
 
-    example = ctx.data.example(1)
-    metrics = {"accuracy": evaluate(ctx.baseline_model, ctx.data, "val"),
-               "test_accuracy": evaluate(ctx.baseline_model, ctx.data, "test")}
+    metrics = {"accuracy": evaluate(ctx.baseline_model, ctx.data, "val"), "accuracy_source": "pytorch"}
     host, _ = measure_host(ctx.baseline_model, ctx.data, ctx.run_dir / "baseline" / "model.onnx", ctx.mcfg)
     metrics.update(host)
     if ctx.targets:
-        from hwai import cost
-
-        graph = hgraph.capture(ctx.baseline_model, example)
-        precision = node_precision(graph, {})
-        metrics.update(ctx.predicted({t.name: cost.predict(graph, t, precision=precision) for t in ctx.targets}))
+        base = Candidate(ctx.base_spec, True, {}, {n: 32 for n in weighted_layers(ctx.baseline_model)}, False, 0)
+        scores = ctx.screen.score([base], [kept_channels(ctx.baseline_model)])[0]
+        metrics.update(ctx.predicted(scores, "fp32"))
     return metrics

@@ -1,18 +1,21 @@
 """The co-design loop: a multi-objective Optuna study over architectures and compression policies.
 
-A trial: sample a candidate (hwai.search.space) -> screen it with the cost model (predicted target
-latency, energy, SRAM; a candidate that clearly breaks a limit is pruned, with the reason) -> build it,
-fine-tune with distillation from the baseline, evaluate (measured accuracy), export and time it on this
-machine (measured) -> compare measured and predicted host latency, whose running ratio corrects later
-host predictions (the feedback edge). Objectives: accuracy (max), host latency, target latency, size,
-energy (min). The study lives in the run directory (SQLite) or a shared RDB URL: runs resume and scale out.
+A trial: sample a candidate (hwai.search.space) -> screen it with the cost model's batch scorer
+(hwai.search.screen: predicted target latency, energy, SRAM; a candidate that clearly breaks a limit is
+pruned, with the reason) -> build it, fine-tune with distillation from the baseline, export and time it on
+this machine (measured), evaluate what ships on the validation split (measured; INT8 candidates on ONNX
+Runtime) -> predict the built model exactly and pair the host prediction with the measurement: the
+feedback layer (hwai.search.feedback) corrects later host predictions when that lowers the held-out
+error. Objectives: accuracy (max), host latency, target latency, size, energy (min). The study lives in
+the run directory (SQLite) or a shared RDB URL: runs resume and scale out.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import optuna
@@ -21,8 +24,10 @@ from hwai import io
 from hwai.errors import UserError
 from hwai.search import study as hstudy
 from hwai.search.constraints import Constraints, check
-from hwai.search.context import Context, baseline_metrics, correction, prepare
+from hwai.search.context import Context, baseline_metrics, prepare
+from hwai.search.feedback import Correction, fit, pairs
 from hwai.search.space import SpaceConfig, sample, warm_start
+from hwai.search.study import RETRY_S, SearchStopped
 
 STUDY_NAME = "hwai-optimize"
 HOST = "host"
@@ -32,20 +37,21 @@ HOST = "host"
 class OptimizeConfig:
     """What to search and how; stored in the study so that workers and resumed runs use the same."""
 
-    model: str = "cnn"  # zoo name, checkpoint .pt or file.py:factory: the baseline (and teacher)
+    # the default run (make demo): MLPerf Tiny's ResNet-8 (half width) on MNIST padded to 32x32, for a Cortex-M7
+    model: str = "resnet8"  # zoo name, checkpoint .pt or file.py:factory: the baseline (and teacher)
     data: str = "mnist"  # data spec (hwai.data.load)
-    width: float = 0.25  # the baseline's width multiplier (zoo models)
-    input_size: int | None = 16  # the baseline's input side (images); None keeps the data's
+    width: float = 0.5  # the baseline's width multiplier (zoo models)
+    input_size: int | None = 32  # the baseline's input side (images); None keeps the data's
     target: str | None = "stm32h743"  # target of the predicted objectives (catalog name or YAML); None: host only
     host_target: str | None = HOST  # target file predicting this machine: measured vs predicted feedback
     constraints: Constraints = field(default_factory=Constraints)
-    trials: int = 16  # finished trials (complete or screened out) the study should hold
+    trials: int = 12  # finished trials (complete or screened out) the study should hold
     baseline_epochs: int = 8  # epochs to train a zoo baseline (a checkpoint is used as is)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     sampler: str = "nsga2"  # "nsga2" or "tpe" (both multi-objective and constraint-aware)
     seed: int = 0  # sampler and training seed
     train_threads: int = 1  # torch threads while training candidates (small models: 1 avoids contention)
-    measure_threads: int = 1  # ONNX Runtime threads for host latency (1: least disturbed by other load)
+    threads: int | None = None  # ONNX Runtime threads for host latency; None: physical cores (as calibrate, profile)
     measure_seconds: float = 1.0  # time cap per latency measurement
 
     def __post_init__(self) -> None:
@@ -53,13 +59,25 @@ class OptimizeConfig:
             raise UserError(f"trials must be >= 1 and baseline epochs >= 0, got {self.trials}, {self.baseline_epochs}")
         if self.sampler not in ("nsga2", "tpe"):
             raise UserError(f"unknown sampler {self.sampler!r}: use nsga2 or tpe")
+        if not (math.isfinite(self.width) and self.width > 0):
+            raise UserError(f"--width must be a positive finite number, got {self.width}")
+        if self.input_size is not None and self.input_size < 1:
+            raise UserError(f"--input-size must be positive, got {self.input_size}")
+        if self.threads is not None and self.threads < 1 or self.train_threads < 1:
+            raise UserError(f"--threads must be >= 1, got {self.threads}")
+        if not (math.isfinite(self.measure_seconds) and self.measure_seconds > 0):
+            raise UserError(f"measure_seconds must be a positive finite number, got {self.measure_seconds}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "OptimizeConfig":
-        return cls(**{**d, "constraints": Constraints(**d["constraints"]), "space": SpaceConfig.from_dict(d["space"])})
+        """The config a study stored (keys this version does not know are left out: resuming then reports
+        the settings that differ)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in d.items() if k in known}, "constraints": Constraints(**d["constraints"]),
+                      "space": SpaceConfig.from_dict(d["space"])})
 
     @property
     def objectives(self) -> list[str]:
@@ -109,10 +127,10 @@ def study_config(storage_url: str, study_name: str) -> tuple[optuna.Study, Optim
     return study, cfg
 
 
-def host_correction(study: optuna.Study, baseline: dict, group: str) -> tuple[float, int]:
-    """The feedback edge: correction of host predictions from every measurement in the study so far."""
+def current_correction(study: optuna.Study, baseline: dict) -> Correction:
+    """The feedback edge: the correction chosen on every measured-and-predicted pair in the study so far."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return correction([baseline] + [t.user_attrs.get("metrics", {}) for t in done], group)
+    return fit(pairs([baseline] + [t.user_attrs.get("metrics", {}) for t in done]))
 
 
 class Objective:
@@ -131,20 +149,20 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+            if not hstudy.transient(exc):  # a lost storage cannot take the note: the runner re-enqueues the trial
+                trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).strip()[:300]}")
             raise
 
     def _run(self, trial: optuna.Trial) -> list[float]:
-        from hwai import graph as hgraph
         from hwai.search import candidate as hc
-        from hwai.train import evaluate, save_checkpoint
+        from hwai.search.screen import kept_channels
+        from hwai.train import save_checkpoint
 
         ctx, cfg = self.ctx, self.ctx.cfg
         cand = sample(trial, cfg.space, ctx.base_spec)
         trial.set_user_attr("description", cand.describe())
         trial.set_user_attr("candidate", cand.to_dict())
         bundle = hc.data_at(ctx.data, cand.spec)
-        example = bundle.example(1)
         folder = ctx.run_dir / "trials" / str(trial.number)
         metrics: dict = {}
         started = time.perf_counter()
@@ -154,20 +172,21 @@ class Objective:
             why, values = check(cfg.constraints, metrics, ctx.baseline.get("accuracy"), cfg.latency_key)
             self._record(trial, folder, metrics, why, values, started)
             return [metrics[o] for o in cfg.objectives]
-        if ctx.targets:  # 1. cheap screening: the cost model on the candidate's shapes
-            graph = hgraph.capture(hc.structure(cand, example), example)
-            group = "int" if cand.quantized else "fp32"
-            factor, n = host_correction(trial.study, ctx.baseline, group)
-            metrics.update(ctx.predicted(hc.predict(graph, ctx.targets, cand), factor, n), host_group=group)
+        group = "int" if cand.quantized else "fp32"
+        correction = current_correction(trial.study, ctx.baseline) if ctx.host is not None else Correction()
+        if ctx.targets:  # 1. cheap screening: the batch scorer on the candidate's architecture
+            metrics.update(ctx.predicted(ctx.screen.score([cand])[0], group, correction))
             why, values = check(cfg.constraints, metrics, None, cfg.latency_key, screening=True)
             if why:
                 self._record(trial, folder, metrics, why, values, started, screened=True)
                 raise optuna.TrialPruned("screened out by the cost model: " + "; ".join(why))
         model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=cfg.seed)
-        metrics["accuracy"] = evaluate(model, bundle, "val")  # 2. measured accuracy
-        metrics["test_accuracy"] = evaluate(model, bundle, "test")
-        host, _ = hc.measure_host(model, bundle, folder / "model.onnx", ctx.mcfg, int8=cand.quantized)
-        metrics.update(host)  # 3. measured on this machine
+        onnx_path = folder / "model.onnx"
+        host, _ = hc.measure_host(model, bundle, onnx_path, ctx.mcfg, int8=cand.quantized)
+        metrics.update(host)  # 2. measured on this machine
+        metrics.update(hc.val_accuracy(model, onnx_path, bundle, cand.quantized, ctx.mcfg.threads))  # 3. what ships
+        if ctx.targets:  # 4. the prediction of the model as built (its real channel counts)
+            metrics.update(ctx.predicted(ctx.screen.score([cand], [kept_channels(model_float)])[0], group, correction))
         if metrics.get("host_predicted_ms"):
             measured, predicted = metrics["host_latency_ms"], metrics["host_predicted_ms"]
             metrics["host_error_pct"] = 100 * (predicted - measured) / measured
@@ -210,50 +229,91 @@ def _twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
     return None
 
 
-def _run_loop(ctx: Context, study: optuna.Study, wait: bool, timeout_s: float | None, progress: bool) -> None:
-    from hwai.search.results import Progress
+def _run_loop(ctx: Context, study: optuna.Study, wait: bool, timeout_s: float | None, progress: bool,
+              retry_s: float) -> None:
+    from hwai.search.display import Progress
 
     with Progress(ctx, study, enabled=progress) as bar:
-        hstudy.run_trials(study, Objective(ctx), ctx.cfg.trials, wait=wait, timeout_s=timeout_s, on_trial=bar.update)
+        hstudy.run_trials(study, Objective(ctx), ctx.cfg.trials, wait=wait, timeout_s=timeout_s, on_trial=bar.update,
+                          retry_s=retry_s)
+
+
+@contextmanager
+def _storage_guard(url: str, retry_s: float):
+    """A storage lost for longer than `retry_s` (here or in Optuna) becomes one SearchStopped line."""
+    try:
+        yield
+    except hstudy.StorageLost as exc:
+        raise SearchStopped(exc.message(url, retry_s)) from None
+    except Exception as exc:
+        if not hstudy.transient(exc):
+            raise
+        raise SearchStopped(hstudy.StorageLost(hstudy.reason(exc)).message(url, retry_s)) from None
+
+
+def _check_failures(recs: list[dict], where: str) -> None:
+    """A search in which every trial failed did not run: say how many, and the first error."""
+    from hwai.search.results import tally
+
+    counts = tally(recs)
+    if counts["failed"] and not counts["complete"] + counts["screened_out"]:
+        first = min((r for r in recs if r["outcome"] == "failed"), key=lambda r: r["number"])
+        raise SearchStopped(f"all {counts['failed']} trials failed; the first (trial {first['number']}): "
+                            f"{first['reason']}; details in {where}")
 
 
 def optimize(cfg: OptimizeConfig = OptimizeConfig(), run_dir: str | Path | None = None, storage: str | None = None,
-             study_name: str | None = None, timeout_s: float | None = None, progress: bool = True):
-    """Run (or resume) the search, then write pareto.json, best/ and results.json. Returns the results dict."""
+             study_name: str | None = None, timeout_s: float | None = None, progress: bool = True,
+             storage_retry_s: float = RETRY_S):
+    """Run (or resume) the search, then write pareto.json, best/ and results.json. Returns the results dict.
+    Raises SearchStopped (after writing what it can) when every trial failed or the storage was lost."""
     from hwai.search.results import finalize
 
+    for name, value in (("timeout_s", timeout_s), ("storage_retry_s", storage_retry_s)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     run_dir = Path(run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     if storage is None:
         run_dir.mkdir(parents=True, exist_ok=True)
+    url = storage or hstudy.sqlite_url(run_dir)
     name = study_name or (STUDY_NAME if storage is None else run_dir.name)
-    study = create_or_load(cfg, storage or hstudy.sqlite_url(run_dir), name)
+    study = create_or_load(cfg, url, name)
     run_dir.mkdir(parents=True, exist_ok=True)
     if progress:
         print(f"run directory: {run_dir}, study {name!r} ({len(study.trials)} trials so far); "
               f"the same --run resumes")
-    with _threads(cfg.train_threads):
+    with _threads(cfg.train_threads), _storage_guard(url, storage_retry_s):
         ctx = prepare(cfg, run_dir, progress=progress)
         if "baseline" not in study.user_attrs:
             study.set_user_attr("baseline", baseline_metrics(ctx))
         ctx.baseline = study.user_attrs["baseline"]
         if "warm_start" not in study.user_attrs and not study.trials:
-            policies = warm_start(cfg.space, ctx.base_spec)[:max(0, cfg.trials // 4)]
+            policies = warm_start(cfg.space, ctx.base_spec)[:max(1, cfg.trials // 4)]
             for params in policies:
                 study.enqueue_trial(params, user_attrs={"warm_start": True})
             study.set_user_attr("warm_start", len(policies))
-        _run_loop(ctx, study, wait=True, timeout_s=timeout_s, progress=progress)
-        return finalize(ctx, study)
+        _run_loop(ctx, study, wait=True, timeout_s=timeout_s, progress=progress, retry_s=storage_retry_s)
+        results = finalize(ctx, study)
+    _check_failures(results["trials"], str(run_dir / "results.json"))
+    return results
 
 
-def worker(storage: str, study_name: str, run_dir: str | Path | None = None, progress: bool = True) -> int:
+def worker(storage: str, study_name: str, run_dir: str | Path | None = None, progress: bool = True,
+           storage_retry_s: float = RETRY_S) -> int:
     """One more process of a distributed search: runs trials of an existing study until it is full.
     Returns the number of trials this process finished."""
+    from hwai.search.results import records
+
     study, cfg = study_config(storage, study_name)
-    while "baseline" not in study.user_attrs:  # the creating process trains and measures the baseline first
-        time.sleep(1.0)
-    with _threads(cfg.train_threads):
+    with _threads(cfg.train_threads), _storage_guard(storage, storage_retry_s):
+        while "baseline" not in hstudy.patiently(lambda: study.user_attrs, storage_retry_s):
+            time.sleep(1.0)  # the creating process trains and measures the baseline first
         ctx = prepare(cfg, Path(run_dir or Path("runs") / study_name), progress=progress)
         ctx.baseline = study.user_attrs["baseline"]
-        _run_loop(ctx, study, wait=False, timeout_s=None, progress=progress)
-    mine = hstudy.worker_id()
-    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == mine and t.state in hstudy.DONE)
+        _run_loop(ctx, study, wait=False, timeout_s=None, progress=progress, retry_s=storage_retry_s)
+        recs = records(study)
+        mine = hstudy.worker_id()
+        done = sum(1 for t in study.get_trials(deepcopy=False)
+                   if t.user_attrs.get("worker") == mine and t.state in hstudy.DONE)
+    _check_failures(recs, f"study {study_name!r}")
+    return done

@@ -1,6 +1,10 @@
 """From a study to answers: trial records, the Pareto front (feasible candidates only), the best
 candidate under the user's limits (or the closest one, said plainly), its export with a parity check,
-pareto.json and results.json (schema hwai.results/1), and the live progress display."""
+pareto.json and results.json (schema hwai.results/1); hwai.search.display shows them.
+
+Every trial has one outcome, counted apart everywhere: feasible, infeasible (built and measured, breaks a
+limit), screened out (the cost model predicted it breaks a limit: never built), failed (an error, or the
+process died), running / waiting."""
 from __future__ import annotations
 
 import platform
@@ -12,10 +16,18 @@ from optuna.trial import TrialState
 
 from hwai import io
 from hwai.search.constraints import check
-from hwai.search.context import correction
+from hwai.search.feedback import fit, pairs
 
 STATES = {TrialState.COMPLETE: "COMPLETE", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "FAIL",
           TrialState.RUNNING: "RUNNING", TrialState.WAITING: "WAITING"}
+OUTCOMES = ("feasible", "infeasible", "screened_out", "failed", "running", "waiting")
+
+
+def _outcome(state: TrialState, violations: list[str]) -> str:
+    if state == TrialState.COMPLETE:
+        return "infeasible" if violations else "feasible"
+    return {TrialState.PRUNED: "screened_out", TrialState.FAIL: "failed", TrialState.RUNNING: "running"}.get(
+        state, "waiting")
 
 
 def records(study: optuna.Study) -> list[dict]:
@@ -23,9 +35,11 @@ def records(study: optuna.Study) -> list[dict]:
     out = []
     for t in study.get_trials(deepcopy=False):
         why = list(t.user_attrs.get("violations", []))
-        rec = {"number": t.number, "state": STATES[t.state], "params": dict(t.params),
+        outcome = _outcome(t.state, why)
+        rec = {"number": t.number, "state": STATES[t.state], "outcome": outcome, "params": dict(t.params),
                "description": t.user_attrs.get("description"), "metrics": dict(t.user_attrs.get("metrics", {})),
-               "feasible": t.state == TrialState.COMPLETE and not why, "violations": why}
+               "feasible": outcome == "feasible" if outcome in ("feasible", "infeasible", "screened_out") else None,
+               "violations": why}
         if t.state == TrialState.PRUNED:
             rec["reason"] = "screened out by the cost model: " + "; ".join(why)
         if t.state == TrialState.FAIL:
@@ -35,6 +49,19 @@ def records(study: optuna.Study) -> list[dict]:
             rec["retry_of"] = t.system_attrs["failed_trial"]
         out.append(rec)
     return out
+
+
+def tally(recs: list[dict]) -> dict[str, int]:
+    """Trials per outcome, plus `complete` (feasible + infeasible) and `total`."""
+    counts = {o: sum(r["outcome"] == o for r in recs) for o in OUTCOMES}
+    return {**counts, "complete": counts["feasible"] + counts["infeasible"], "total": len(recs)}
+
+
+def summary(counts: dict[str, int]) -> str:
+    """'5 finished (3 feasible, 1 infeasible, 1 screened out), 2 failed' (zero counts left out)."""
+    parts = [f"{counts[o]} {o.replace('_', ' ')}" for o in ("feasible", "infeasible", "screened_out") if counts[o]]
+    text = f"{counts['complete'] + counts['screened_out']} finished" + (f" ({', '.join(parts)})" if parts else "")
+    return text + "".join(f", {counts[o]} {o}" for o in ("failed", "running") if counts[o])
 
 
 def dominates(a: list[float], b: list[float]) -> bool:
@@ -72,9 +99,10 @@ def choose(recs: list[dict], front: list[int], latency_key: str, constraints: di
     if front:
         best = min((by_number[n] for n in front), key=fastest)
         kind = "predicted" if latency_key == "target_latency_ms" else "measured host"
+        among = (f"lowest {kind} latency among {len(front)} Pareto-optimal candidates that satisfy" if len(front) > 1
+                 else "the only Pareto-optimal candidate that satisfies")
         return {"trial": best["number"], "metrics": best["metrics"], "description": best["description"],
-                "reason": f"lowest {kind} latency among {len(front)} Pareto-optimal candidates that satisfy "
-                          f"every limit ({_limits(constraints)})"}
+                "reason": f"{among} every limit ({_limits(constraints)})"}
     feasible = _distinct_feasible(recs)
     if feasible:  # all dominated by the baseline: roll back to it
         closest = min(feasible, key=fastest)
@@ -127,30 +155,42 @@ def environment(threads: int) -> dict:
     return {"cpu": cpu, "threads": threads, "python": platform.python_version(), **versions}
 
 
-def export_best(ctx, best: dict) -> dict:
-    """Rebuild the best candidate (its trained float weights when this process has them), export
-    best/model.onnx and best/model.pt, and check ONNX Runtime against PyTorch."""
+def export_best(ctx, best: dict) -> tuple[dict, dict]:
+    """best/model.onnx (the trial's own artifact, byte for byte, when this process built it; else the
+    candidate rebuilt with the same seed and exported again) and best/model.pt, checked against PyTorch;
+    its validation accuracy measured again on that file, and its test accuracy measured (once, here)."""
+    import shutil
+
+    from hwai.export import ort_accuracy
+    from hwai.models import ModelSpec
     from hwai.search import candidate as hc
     from hwai.search.space import Candidate
-    from hwai.models import ModelSpec
     from hwai.train import load_checkpoint, save_checkpoint
 
     rec = best["candidate"]
     cand = Candidate(ModelSpec.from_dict(rec["spec"]), rec["same_architecture"], rec["prune"],
                      {k: int(v) for k, v in rec["bits"].items()}, rec["fuse"], rec["epochs"])
     bundle = hc.data_at(ctx.data, cand.spec)
-    stored = ctx.run_dir / "trials" / str(best["trial"]) / "model.pt"
-    if stored.is_file():
-        model_float = load_checkpoint(stored)[0]
+    trial_dir = ctx.run_dir / "trials" / str(best["trial"])
+    folder = ctx.run_dir / "best"
+    onnx_path = folder / "model.onnx"
+    if (trial_dir / "model.pt").is_file() and (trial_dir / "model.onnx").is_file():
+        model_float = load_checkpoint(trial_dir / "model.pt")[0]
         model = hc.finish(model_float, cand, bundle)
+        io.atomic_write(onnx_path, lambda tmp: shutil.copyfile(trial_dir / "model.onnx", tmp))
+        source = f"trials/{best['trial']}/model.onnx"
     else:  # trained by a worker on another machine: train it again (same seed)
         model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=ctx.cfg.seed)
-    folder = ctx.run_dir / "best"
+        hc.export_onnx(model, bundle.example(1), onnx_path, bundle, int8=cand.quantized)
+        source = "rebuilt by this process (the trial ran elsewhere)"
     save_checkpoint(folder / "model.pt", model_float, cand.spec, bundle.describe(),
                     {"candidate": rec, "trial": best["trial"], **best["metrics"]})
-    onnx_path = hc.export_onnx(model, bundle.example(1), folder / "model.onnx", bundle, int8=cand.quantized)
-    out = {"onnx": "best/model.onnx", "model": "best/model.pt",
-           "parity": hc.parity(model, onnx_path, bundle.example(256))}
+    threads = ctx.mcfg.threads
+    out = {"onnx": "best/model.onnx", "onnx_source": source, "model": "best/model.pt",
+           "parity": hc.parity(model, onnx_path, bundle.example(hc.PARITY_SAMPLES, split="val")),
+           "onnx_val_accuracy": ort_accuracy(onnx_path, bundle, threads, split="val"),
+           "test_accuracy": ort_accuracy(onnx_path, bundle, threads, split="test"),
+           "test_accuracy_source": "onnxruntime (best/model.onnx)"}
     detail = _target_detail(ctx, cand, model_float, bundle)
     detail["layers"] = _measured_layers(ctx, detail.get("layers", []), onnx_path, bundle, cand.quantized)
     return out, detail
@@ -179,7 +219,7 @@ def _target_detail(ctx, cand, model_float, bundle) -> dict:
     from hwai.search import candidate as hc
 
     example = bundle.example(1)
-    graph = hgraph.capture(hc.structure_of(model_float, cand, example), example)
+    graph = hgraph.capture(model_float.eval(), example)  # pruned, unfused: the cost model fuses as the runtime does
     pred = hc.predict(graph, [ctx.target], cand)[ctx.target.name]
     layers = [{"name": l.name, "op": l.op, "dtype": l.dtype, "predicted_ms": l.latency_ms,
                "predicted_energy_uj": l.energy_uj, "bound": l.bound} for l in pred.layers]
@@ -205,7 +245,8 @@ def finalize(ctx, study: optuna.Study) -> dict:
     if best["trial"] is not None:
         trial = study.get_trials(deepcopy=False)[best["trial"]]
         exported, detail = export_best(ctx, {**best, "candidate": trial.user_attrs["candidate"]})
-        best.update(exported)
+        best.update(exported, metrics={**best["metrics"], "test_accuracy": exported["test_accuracy"]})
+    baseline = {**ctx.baseline, "test_accuracy": _baseline_test_accuracy(ctx)}  # measured once, after the choice
     io.write_json(ctx.run_dir / "pareto.json", {"objectives": objectives, "kinds": ctx.kinds(),
                                                 "trials": [r for r in recs if r["number"] in front]})
     target = ctx.target
@@ -215,9 +256,9 @@ def finalize(ctx, study: optuna.Study) -> dict:
         "model": {"name": ctx.base_spec.name, "data": cfg.data, "spec": ctx.base_spec.to_dict()},
         "target": {"name": target.name, "file": str(target.path), "sram_bytes": _sram(target)} if target
         else {"name": "host", "file": None, "sram_bytes": None},
-        "constraints": cfg.constraints.to_dict(), "objectives": objectives, "baseline": ctx.baseline,
-        "kinds": ctx.kinds(), "trials": recs, "pareto": front, "best": best,
-        "techniques": _techniques(ctx.baseline, best), "layers": detail.get("layers", []),
+        "constraints": cfg.constraints.to_dict(), "objectives": objectives, "baseline": baseline,
+        "kinds": ctx.kinds(), "counts": tally(recs), "trials": recs, "pareto": front, "best": best,
+        "techniques": _techniques(baseline, best), "layers": detail.get("layers", []),
         "memory": detail.get("memory", {"timeline": [], "sram_bytes": _sram(target)}),
         "calibration": _calibration(recs, ctx), "measurement": ctx.measurement(), "prediction": ctx.prediction(),
         "study": {"name": study.study_name, "sampler": cfg.sampler, "trials_requested": cfg.trials,
@@ -236,108 +277,35 @@ def _techniques(baseline: dict, best: dict) -> list[dict]:
     return [{"name": best["description"], "metric_before": baseline, "metric_after": best["metrics"]}]
 
 
+def _baseline_test_accuracy(ctx) -> float:
+    """The baseline's exported ONNX model on the test split (ONNX Runtime, as the chosen model's)."""
+    from hwai.export import ort_accuracy
+
+    return ort_accuracy(ctx.run_dir / "baseline" / "model.onnx", ctx.data, ctx.mcfg.threads, split="test")
+
+
 def _calibration(recs: list[dict], ctx) -> dict:
-    """How well the host predictions matched measurements, before and after the feedback correction."""
-    done = [r["metrics"] for r in recs if r["state"] == "COMPLETE" and "host_error_pct" in r["metrics"]]
+    """The measured-vs-predicted feedback at the end of the run: the chosen correction and its held-out
+    (leave-one-out) error against the raw cost model's, and the errors the trials saw as the run went."""
     if ctx.host is None:
         return {"target": None, "note": "no host target: no measured-vs-predicted feedback"}
+    correction = fit(pairs([ctx.baseline] + [r["metrics"] for r in recs if r["state"] == "COMPLETE"]))
+    done = [r["metrics"] for r in recs if r["state"] == "COMPLETE" and "host_error_pct" in r["metrics"]
+            and "duplicate_of" not in r["metrics"]]
 
     def median_abs(key: str) -> float | None:
         vals = sorted(abs(m[key]) for m in done)
         return vals[len(vals) // 2] if vals else None
 
-    measured = [ctx.baseline] + [r["metrics"] for r in recs if r["state"] == "COMPLETE"]
-    factors = {group: dict(zip(("factor", "pairs"), correction(measured, group))) for group in ("fp32", "int")}
-    return {"target": ctx.host.name, "file": str(ctx.host.path), "method": "multiplicative: geometric mean of measured/"
-            "predicted host latency over the baseline and completed trials, per group (fp32 / int kernels), "
-            "applied to later predictions",
-            "trials": len(done), "median_abs_error_pct_raw": median_abs("host_error_raw_pct"),
-            "median_abs_error_pct_corrected": median_abs("host_error_pct"),
-            "final_factors": factors}
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def pareto_table(results: dict) -> list:
-    """The Pareto front as a rich table (every column labelled measured or predicted) plus one line per
-    row naming its candidate; the best is starred."""
-    from rich.table import Table
-
-    from rich import box
-
-    target = results["target"]["name"]
-    table = Table(title=f"Pareto front: {len(results['pareto'])} of {len(results['trials'])} trials (feasible, "
-                        f"non-dominated); target = {target}", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for col in ("trial", "accuracy\n(m)", "host ms\n(m)", "IQR ms\n(m)", "target ms\n(p)", "size KB\n(m)",
-                "energy mJ\n(p)", "SRAM KB\n(p)"):
-        table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.splitlines())))
-    best = results["best"].get("trial")
-    rows = [{**results["baseline"], "_name": "base", "_desc": f"{results['model']['name']} (the baseline)"}]
-    rows += [{**r["metrics"], "_name": f"{r['number']}{'*' if r['number'] == best else ''}", "_desc": r["description"]}
-             for r in results["trials"] if r["number"] in results["pareto"]]
-    for m in rows:
-        table.add_row(m["_name"], _fmt(m.get("accuracy"), ".2%"), _fmt(m.get("host_latency_ms"), ".3f"),
-                      _fmt(m.get("host_latency_iqr_ms"), ".3f"), _fmt(m.get("target_latency_ms"), ".3f"),
-                      _fmt(m.get("size_kb"), ".1f"), _fmt(m.get("energy_mj"), ".4f"), _fmt(m.get("peak_sram_kb"), ".1f"))
-    legend = (f"(m) measured on this machine; (p) predicted by the cost model for {target}; "
-              "accuracy on the validation split; * the best")
-    return [table, legend] + [f"  {m['_name']}: {m['_desc']}" for m in rows]
-
-
-class Progress:
-    """Live display: trial n/N, best so far, Pareto size; one line per finished trial."""
-
-    def __init__(self, ctx, study: optuna.Study, enabled: bool = True) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
-
-        self.ctx, self.study, self.enabled = ctx, study, enabled
-        self.bar = Bar(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                       TimeElapsedColumn(), disable=not enabled, transient=False)
-        self.task = self.bar.add_task("trials", total=ctx.cfg.trials, status="")
-
-    def __enter__(self) -> "Progress":
-        self.bar.__enter__()
-        self.update(self.study, None)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def update(self, study: optuna.Study, trial) -> None:
-        cfg = self.ctx.cfg
-        recs = records(study)
-        front = pareto(recs, study.user_attrs.get("objectives", cfg.objectives), reference(self.ctx))
-        best = choose(recs, front, cfg.latency_key, cfg.constraints.to_dict())
-        done = sum(r["state"] in ("COMPLETE", "PRUNED") for r in recs)
-        status = f"Pareto {len(front)}"
-        if best["trial"] is not None:
-            m = best["metrics"]
-            status += f" | best #{best['trial']}: acc {m['accuracy']:.2%}, {_latency(m, cfg.latency_key)}"
-        self.bar.update(self.task, completed=min(done, cfg.trials), status=status)
-        if trial is not None and self.enabled:
-            rec = next(r for r in recs if r["number"] == trial.number)
-            self.bar.console.print(_line(rec, cfg.latency_key))
-
-
-def _latency(m: dict, key: str) -> str:
-    kind = "predicted" if key == "target_latency_ms" else "measured"
-    return f"{m.get(key, float('nan')):.3f} ms ({kind})"
-
-
-def _line(rec: dict, latency_key: str) -> str:
-    m = rec["metrics"]
-    head = f"trial {rec['number']} {rec['state'].lower()}"
-    if rec["state"] == "FAIL":
-        return f"{head}: {rec.get('reason')}"
-    if rec["state"] == "PRUNED":
-        return f"{head}: {rec['reason']} [{rec['description']}]"
-    parts = [f"acc {m['accuracy']:.2%} (measured)", f"host {m['host_latency_ms']:.3f} ms (measured)"]
-    if "target_latency_ms" in m:
-        parts.append(f"target {m['target_latency_ms']:.3f} ms (predicted)")
-    parts.append(f"{m['size_kb']:.1f} KB")
-    verdict = "feasible" if rec["feasible"] else "violates: " + "; ".join(rec["violations"])
-    if "duplicate_of" in m:
-        verdict += f" (same candidate as trial {m['duplicate_of']}: its measurements reused)"
-    return f"{head}: {', '.join(parts)}; {verdict} [{rec['description']}]"
+    applies = ["host_predicted_ms (screening when the latency limit is on the host)"]
+    if ctx.target_is_host:
+        applies.append("target_latency_ms (the target is the host)")
+    not_applied = None if ctx.target is None or ctx.target_is_host else (
+        f"{ctx.target.name} predictions: that target cannot be measured on this machine")
+    return {"target": ctx.host.name, "file": str(ctx.host.path), "threads": ctx.mcfg.threads,
+            "method": "multiplicative factor(s) measured/predicted (geometric mean), one for all or one per kernel "
+                      "group (fp32 / int), or none: whichever has the lowest leave-one-out median |error| over the "
+                      "baseline and completed trials; applied to later predictions",
+            **correction.to_dict(), "applies_to": applies, "not_applied_to": not_applied,
+            "trials": len(done), "in_run_median_abs_error_pct_raw": median_abs("host_error_raw_pct"),
+            "in_run_median_abs_error_pct_corrected": median_abs("host_error_pct")}

@@ -7,8 +7,9 @@ A trial's parameters:
 - `prune.gK`: structured prune ratio of layer group K (prunable layers split into contiguous groups);
 - `bits.<layer>` (or one `bits` for all layers): 32 (float), 8 or 4;
 - `fuse`: fold Conv+BN(+ReLU) before export;
-- `finetune_epochs` (baseline architecture, starts from the baseline's weights) or `train_epochs`
-  (new architecture, trained from scratch), both with distillation from the baseline.
+- `finetune_epochs` (the baseline's architecture, also at another input size its weights fit: starts from
+  the baseline's weights) or `train_epochs` (new architecture, trained from scratch), both with
+  distillation from the baseline.
 A knob with a single allowed value is not suggested (it is fixed, and not recorded as a parameter).
 """
 from __future__ import annotations
@@ -165,17 +166,24 @@ def _factory_defaults(name: str) -> dict[str, Any]:
 
 
 def _same(spec: ModelSpec, base: ModelSpec) -> bool:
-    """Same architecture as the baseline (options compared with the factory's defaults filled in)."""
+    """The candidate starts from the baseline's weights: the same architecture (options compared with the
+    factory's defaults filled in, same width) at an input size its weights fit (any size for a fully
+    convolutional model, whose global pooling makes the parameters independent of the input's side)."""
     defaults = _factory_defaults(base.name)
-    return ({**defaults, **spec.options} == {**defaults, **base.options} and spec.width == base.width
-            and tuple(spec.input_size) == tuple(base.input_size))
+    if {**defaults, **spec.options} != {**defaults, **base.options} or spec.width != base.width:
+        return False
+    return tuple(spec.input_size) == tuple(base.input_size) or _shapes(spec) == _shapes(base)
+
+
+def _shapes(spec: ModelSpec) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in build(spec).state_dict().items()}
 
 
 def warm_start(space: SpaceConfig, base: ModelSpec) -> list[dict[str, Any]]:
     """Parameters of the first trials: the textbook policies on the baseline architecture (INT8 with
-    fusion and fine-tuning; then also the lightest structured pruning), so the search starts from
-    candidates that usually pay off before it explores. Only knobs the space has; none when the space
-    allows neither quantization nor pruning."""
+    fusion and fine-tuning; then the same at a smaller input where the weights fit; then also the
+    lightest structured pruning), so the search starts from candidates that usually pay off before it
+    explores. Only knobs the space has; none when the space allows neither quantization nor pruning."""
     def knob(name: str, choices: tuple, value) -> dict:
         return {name: value} if len(choices) > 1 and value in choices else {}
 
@@ -197,5 +205,18 @@ def warm_start(space: SpaceConfig, base: ModelSpec) -> list[dict[str, Any]]:
                                                                           ratio).items()}}
 
     lightest = min((r for r in space.prune_ratios if r > 0), default=None)
-    out = ([pruned(0.0)] if 8 in space.bits else []) + ([pruned(lightest)] if lightest is not None and groups else [])
+    int8 = [pruned(0.0)] if 8 in space.bits else []
+    out = int8 + [p for policy in int8 for p in _smaller_input(space, base, policy)] + \
+        ([pruned(lightest)] if lightest is not None and groups else [])
     return [p for p in out if p]
+
+
+def _smaller_input(space: SpaceConfig, base: ModelSpec, policy: dict[str, Any]) -> list[dict[str, Any]]:
+    """`policy` at the mildest smaller input the space allows, when the baseline's weights fit it (they are
+    fine-tuned, not trained anew): fewer pixels, the MCU's cheapest saving."""
+    scale = max((r for r in space.resolutions if r < 1), default=None)
+    if scale is None or not policy or "resolution" not in policy or base.input_size == (1, 1):
+        return []
+    size = tuple(max(4, int(round(s * scale))) for s in base.input_size)
+    fits = _same(ModelSpec(base.name, base.num_classes, base.in_channels, size, base.width, base.options), base)
+    return [{**policy, "resolution": scale}] if fits else []

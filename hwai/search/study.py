@@ -1,16 +1,24 @@
 """The study is the state: Optuna RDB storage (SQLite in the run directory, or a PostgreSQL URL
 shared by many workers). This module opens it, recovers trials a dead process left RUNNING, and runs
-trials until the study holds the requested number of finished ones.
+trials (ask, objective, tell) until the study holds the requested number of finished ones.
 
 Recovery: every trial records its worker (`host:pid`). A RUNNING trial whose worker is on this host
 and no longer alive (kill -9), or one that was interrupted (Ctrl-C), is marked FAIL and its parameters
 re-enqueued once; workers elsewhere are covered by Optuna's heartbeat (stale after the grace period).
 A FAIL trial is never counted, its retry is counted once.
+
+Storage loss: a storage call that fails on a lost connection (the server restarting, a network blip) is
+retried for `retry_s` seconds (SQLAlchemy's pool_pre_ping drops dead pooled connections); heartbeats
+that fail meanwhile are skipped. A trial whose result could not be stored is failed and re-enqueued once
+when the storage is back. After `retry_s` without the storage, StorageLost: nothing finished is lost
+(it is in the storage), and the same command resumes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +32,65 @@ from hwai.errors import UserError
 
 HEARTBEAT_S = 5  # a running trial writes a heartbeat this often
 GRACE_S = 30  # ... and is declared dead (FAIL, then retried) after this long without one
+RETRY_S = 60.0  # how long a lost storage connection is retried before the run stops
+CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer: give up one connection attempt after this
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SearchStopped(Exception):
+    """The search could not go on (every trial failed, or the storage was lost); the message is one line
+    for the user, and whatever finished is kept."""
+
+
+class StorageLost(Exception):
+    """The study storage stayed unreachable for longer than the retry window."""
+
+    def __init__(self, reason: str, complete: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.complete = reason, complete
+
+    def message(self, url: str, retry_s: float) -> str:
+        safe = f"{self.complete} completed trials are safe" if self.complete is not None else \
+            "completed trials are safe"
+        return (f"lost the study storage {_safe(url)} ({self.reason}; retried for {retry_s:g} s); {safe} in it; "
+                "run the same command to resume")
+
+
+def transient(exc: BaseException) -> bool:
+    """A storage error that a reconnect may cure (connection refused or dropped, database locked)."""
+    from sqlalchemy import exc as sa
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (optuna.exceptions.StorageInternalError, sa.OperationalError, sa.InterfaceError,
+                             sa.DisconnectionError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def reason(exc: BaseException) -> str:
+    """The innermost cause's first line (the driver's own words, e.g. 'connection refused')."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:160]
+
+
+def patiently(call: Callable, retry_s: float = RETRY_S):
+    """`call()`, retried with backoff while it fails on a lost storage connection, for up to `retry_s`."""
+    deadline, delay = time.monotonic() + retry_s, 0.5
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StorageLost(reason(exc)) from None
+            time.sleep(min(delay, left))
+            delay = min(2 * delay, 5.0)
 
 
 def worker_id() -> str:
@@ -38,10 +104,12 @@ def open_storage(url: str) -> RDBStorage:
     scheme, sep, rest = url.partition("://")
     if scheme in ("postgresql", "postgres") and sep:
         url = f"postgresql+psycopg://{rest}"  # SQLAlchemy's default driver is psycopg2; we ship psycopg 3
+    engine = {"pool_pre_ping": True}  # a pooled connection the server dropped is replaced, not used
+    if url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     try:
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                          engine_kwargs={"pool_pre_ping": True})
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1), engine_kwargs=engine)
     except ModuleNotFoundError as exc:
         raise UserError(f"storage {_safe(url)} needs the {exc.name} driver: pip install 'hwai[postgres]'") from None
     except Exception as exc:
@@ -112,23 +180,104 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return out
 
 
-def run_trials(study: optuna.Study, objective: Callable, n_trials: int, wait: bool, timeout_s: float | None = None,
-               on_trial: Callable | None = None) -> None:
-    """Run trials until `n_trials` are finished (COMPLETE or PRUNED); with `wait`, also wait for
-    trials other workers are running (and take over theirs if they die)."""
-    start = time.monotonic()
-    while True:
-        recover(study)
-        c = counts(study)
-        done, running, waiting = c["COMPLETE"] + c["PRUNED"], c["RUNNING"], c["WAITING"]
-        if done >= n_trials or c["FAIL"] >= max(n_trials, 3) + done:
-            return
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            return
-        if done + running >= n_trials and not waiting:
-            if not wait:
+class Heartbeat:
+    """Writes a running trial's heartbeat every HEARTBEAT_S (Optuna's own thread dies on the first failed
+    write, with a traceback); a write that fails while the storage is away is skipped."""
+
+    def __init__(self, storage, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:
+                pass  # storage away: the next beat tries again; GRACE_S covers the gap
+            if self.stop.wait(HEARTBEAT_S):
                 return
-            time.sleep(1.0)  # others finish the last trials; recover() takes over if they die
-            continue
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[on_trial] if on_trial else None,
-                       gc_after_trial=False, show_progress_bar=False)
+
+    def __enter__(self) -> "Heartbeat":
+        if self.storage.get_heartbeat_interval():
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def _requeue(study: optuna.Study, trial_id: int, reason: str) -> None:
+    """Fail a trial whose result was lost with the storage, and enqueue its parameters again (once)."""
+    storage = study._storage
+    storage.set_trial_user_attr(trial_id, "error", reason)
+    try:
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # its heartbeat went stale meanwhile and another process failed and re-enqueued it
+    storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for Study.optimize: this is its loop
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        return study.ask()
+
+
+def run_one(study: optuna.Study, objective: Callable, retry_s: float = RETRY_S) -> optuna.trial.FrozenTrial | None:
+    """Ask for a trial, run `objective` on it with heartbeats, tell the storage how it ended. Returns the
+    finished trial, or None when its result was lost with the storage (it is then failed and re-enqueued)."""
+    trial = patiently(lambda: _ask(study), retry_s)
+    values, state, lost = None, TrialState.FAIL, None
+    try:
+        with Heartbeat(study._storage, trial._trial_id):
+            values, state = objective(trial), TrialState.COMPLETE
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+    except Exception as exc:
+        if transient(exc):
+            lost = f"the study storage was lost during the trial ({reason(exc)})"
+    if lost is not None:
+        patiently(lambda: _requeue(study, trial._trial_id, lost), retry_s)
+        return None
+    patiently(lambda: study.tell(trial, values if state == TrialState.COMPLETE else None, state=state,
+                                 skip_if_finished=True), retry_s)
+    return patiently(lambda: study._storage.get_trial(trial._trial_id), retry_s)
+
+
+def run_trials(study: optuna.Study, objective: Callable, n_trials: int, wait: bool, timeout_s: float | None = None,
+               on_trial: Callable | None = None, retry_s: float = RETRY_S) -> None:
+    """Run trials until `n_trials` are finished (COMPLETE or PRUNED); with `wait`, also wait for
+    trials other workers are running (and take over theirs if they die). Storage calls are retried for
+    `retry_s` (see the module docstring); StorageLost after that, with the completed trials counted."""
+    start, complete = time.monotonic(), None
+    try:
+        while True:
+            patiently(lambda: recover(study), retry_s)
+            c = patiently(lambda: counts(study), retry_s)
+            complete = c["COMPLETE"]
+            done, running, waiting = c["COMPLETE"] + c["PRUNED"], c["RUNNING"], c["WAITING"]
+            if done >= n_trials or c["FAIL"] >= max(n_trials, 3) + done:
+                return
+            if timeout_s is not None and time.monotonic() - start > timeout_s:
+                return
+            if done + running >= n_trials and not waiting:
+                if not wait:
+                    return
+                time.sleep(1.0)  # others finish the last trials; recover() takes over if they die
+                continue
+            finished = run_one(study, objective, retry_s)
+            if finished is not None and finished.state == TrialState.COMPLETE:
+                complete += 1
+            if finished is not None and on_trial is not None:
+                patiently(lambda: on_trial(study, finished), retry_s)
+    except StorageLost as exc:
+        exc.complete = complete
+        raise
