@@ -290,7 +290,8 @@ def test_a_run_whose_trials_all_failed_exits_non_zero_with_one_line(user_models,
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
-    assert re.match(r"hwai: error: all (\d+) trials failed; the first \(trial 0\): RuntimeError: boom", lines[0])
+    assert re.match(r"hwai: error: all (\d+) trials failed; the first \(trial 0\): train: the model's first "
+                    r"training step failed on a batch of shape \(\d+, 1, 8, 8\): RuntimeError: boom", lines[0])
     results = json.loads((run / "results.json").read_text())
     counts = results["counts"]
     failed = int(re.search(r"all (\d+) trials", lines[0]).group(1))

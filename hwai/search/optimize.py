@@ -150,7 +150,8 @@ class Objective:
             raise
         except Exception as exc:
             if not hstudy.transient(exc):  # a lost storage cannot take the note: the runner re-enqueues the trial
-                trial.set_user_attr("error", f"{type(exc).__name__}: {str(exc).strip()[:300]}")
+                text = str(exc).strip()[:300]  # a UserError's message already says what failed
+                trial.set_user_attr("error", text if isinstance(exc, UserError) else f"{type(exc).__name__}: {text}")
             raise
 
     def _run(self, trial: optuna.Trial) -> list[float]:
