@@ -2,7 +2,7 @@
 
 P4 (MCU inference, predicted by hwai.memory's planner, checked by running the plan): mobilenetv2 w0.35 at 144x144,
    int8, the input buffer counted. Layer-by-layer = one layer after another, no in-place, no patches (what
-   hwai.memory.lifetimes gives; an independent count gives ~300 KiB, ANCHORS.md) vs the best patch plan's arena.
+   hwai.memory.liveness gives; an independent count gives ~300 KiB, ANCHORS.md) vs the best patch plan's arena.
    The PyTorch executor runs that plan: its outputs are compared with the model's and the bytes it holds at
    every step with the plan's.
 P5 (training, measured): resnet18 (CIFAR stem), batch 64, 32x32: activation checkpoints placed by

@@ -47,6 +47,8 @@ def train(
     input_size: Optional[int] = typer.Option(None, help="resize images to this size (28 -> 32 pads)"),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="checkpoint path (default: checkpoints/MODEL-DATA.pt)"),
+    memory_budget_mb: Optional[float] = typer.Option(None, help="activation-memory budget in MiB: activation "
+                                                     "checkpoints until the predicted peak fits (measured after)"),
 ) -> None:
     """Train a model with a progress bar; saves a checkpoint after every epoch and prints measured test accuracy."""
     from hwai import data as hdata
@@ -59,7 +61,7 @@ def train(
     if augment is not None:
         aug["augment"] = augment
     cfg = htrain.TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                             label_smoothing=label_smoothing, seed=seed, **aug)
+                             label_smoothing=label_smoothing, seed=seed, memory_budget_mb=memory_budget_mb, **aug)
     out = out or _default_checkpoint(model, data)
     params = sum(p.numel() for p in net.parameters())
     console.print(f"[bold]{spec.name}[/] on {data}: {params:,} parameters, {len(bundle.train[1])} train / "
@@ -79,6 +81,10 @@ def train(
     save(epochs - 1, net, metrics)
     console.print(f"test accuracy [bold]{result.test_accuracy:.2%}[/] (measured on {len(bundle.test[1])} test samples), "
                   f"val {result.val_accuracy:.2%}; training took {result.wall_s:.1f} s (measured wall time)")
+    if result.checkpoint is not None:
+        from hwai.memory.cli import print_checkpoints
+
+        print_checkpoints(console, net, bundle, cfg, result.checkpoint)
     console.print(f"checkpoint: {out}")
 
 
@@ -351,6 +357,11 @@ def worker(
 
     done = run_worker(storage, study, run)
     console.print(f"worker finished {done} trial(s) of study {study}")
+
+
+from hwai.memory.cli import app as _memory_app  # noqa: E402
+
+app.add_typer(_memory_app, name="memory")
 
 
 def main() -> None:

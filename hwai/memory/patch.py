@@ -24,7 +24,7 @@ from torch import nn
 
 from hwai.errors import UserError
 from hwai.graph import Graph, Node, capture as capture_graph, fx_labels
-from hwai.memory.lifetimes import _aliases, best_order
+from hwai.memory.liveness import _aliases, best_order
 from hwai.memory.planner import (BITS, INPUT, Plan, Step, allocate, graph_outputs, inplace_candidates, input_dtype,
                                  nbytes, node_steps, plan, reads_input, resolve_precision)
 
@@ -292,7 +292,8 @@ def best_plan(graph: Graph, precision: str | dict[str, str] | None = None, sram_
         (peak, extra, split, grid) for split in split_points(graph, order, fused)
         for peak, extra, grid in _screen(graph, prec, order, split, grids, fused, inplace)]
     if sram_bytes is not None:
-        for _, _, split, grid in sorted((extra, peak, s, n) for peak, extra, s, n in scored if peak <= sram_bytes)[:5]:
+        fitting = sorted((x for x in scored if x[0] <= sram_bytes), key=lambda x: (x[1], x[0]))
+        for _, _, split, grid in fitting[:5]:
             chosen = plan(graph, prec, inplace, split, grid, order, fused) if split else base
             if chosen.arena_bytes <= sram_bytes:
                 return chosen
@@ -330,3 +331,15 @@ def predict_latency(graph: Graph, patch_plan: Plan, target) -> tuple[float, floa
     patched = patched_graph(graph, patch_plan)
     per = {n.name: patch_plan.precision[s.node] for n, s in zip(patched.nodes, patch_plan.steps)}
     return base.latency_ms, cost.predict(patched, target, per).latency_ms
+
+
+def report(graph: Graph, precision: str | dict[str, str] | None = None, sram_bytes: int | None = None) -> dict:
+    """The `memory` section of a results.json (the report's memory chart): the layer-by-layer timeline, the in-place
+    plan's, and the peaks of layer by layer, planned arena and best patch plan (fitting `sram_bytes` if given)."""
+    plain, inplace = plan(graph, precision, inplace=False), plan(graph, precision)
+    patched = best_plan(graph, precision, sram_bytes)
+    rows = lambda p: [{"node": label, "live_bytes": live} for label, live in p.timeline()]  # noqa: E731
+    return {"timeline": rows(plain), "planned_timeline": rows(inplace), "sram_bytes": sram_bytes,
+            "peaks": {"kind": "predicted", "input_counted": True, "layer_by_layer_bytes": plain.peak_bytes,
+                      "planned_bytes": inplace.arena_bytes, "patch_bytes": patched.arena_bytes if patched.split else None,
+                      "split": patched.split, "grid": patched.grid, "extra_macs": patched.extra_macs}}

@@ -9,7 +9,7 @@ An op runs in place over an input whose buffer dies at that step (no later reade
 graph output) and is at least as large as its output: depthwise convolutions (one output channel at a time
 through a one-channel scratch buffer, TinyEngine's scheme), elementwise add/mul, activations, batch norm.
 Views (reshape, identity) and the members of a Conv+BN(+ReLU) group share their input's buffer, as in
-`hwai.memory.lifetimes`; with `inplace=False` and no patches a plan's peak is that function's (the
+`hwai.memory.liveness`; with `inplace=False` and no patches a plan's peak is that function's (the
 layer-by-layer runtime every plan reports as `layer_by_layer_bytes`).
 
 A plan lists the steps it runs (`hwai.memory.executor` runs them in PyTorch) and its buffers with offsets.
@@ -24,7 +24,7 @@ import numpy as np
 
 from hwai.errors import UserError
 from hwai.graph import Graph, Node
-from hwai.memory.lifetimes import _aliases, best_order
+from hwai.memory.liveness import _aliases, best_order
 
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 _CAPTURED = {"float32": "fp32", "float16": "fp16", "bfloat16": "fp16", "int8": "int8", "uint8": "int8",
