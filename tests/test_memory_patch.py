@@ -47,11 +47,12 @@ class UserNet(nn.Module):
 
 
 class OddNet(nn.Module):
-    """Geometry corner cases: 'same' padding with an even kernel, dilation, stride 3, ceil-mode max pool, padded
-    average pool, a channel concat."""
+    """Corner cases: a residual on the model input, 'same' padding with an even kernel, dilation, stride 3,
+    ceil-mode max pool, padded average pool, a channel concat."""
 
     def __init__(self):
         super().__init__()
+        self.pre = nn.Conv2d(2, 2, 3, padding=1)
         self.a = nn.Conv2d(2, 6, 4, padding="same")
         self.b = nn.Conv2d(6, 6, 3, padding=2, dilation=2)
         self.c = nn.Conv2d(6, 8, 5, stride=3, padding=1)
@@ -60,6 +61,7 @@ class OddNet(nn.Module):
         self.fc = nn.Linear(16 * 4 * 4, 3)
 
     def forward(self, x):
+        x = x + self.pre(x)  # a residual on the model input
         x = torch.sigmoid(self.b(F.relu6(self.a(x))))
         y = self.c(x)
         y = torch.cat([self.pool(y), self.pool(-y)], dim=1)
@@ -244,3 +246,29 @@ def test_cli_memory_plan(tmp_path):
     assert plans["patch"]["arena_bytes"] < plans["layer_by_layer"]["peak_bytes"] and plans["kind"] == "predicted"
     bad = run_cli("memory", "plan", "--model", "resnet8", "--shape", "3x32x32", "--split", "fc")
     assert bad.returncode == 2 and "not a split point" in bad.stderr and "Traceback" not in bad.stderr
+
+
+class TwoOutputs(nn.Module):
+    """Returns an intermediate that a later layer also reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.c(x))
+        return y, self.d(y)
+
+
+def test_returned_intermediates_stay_whole():
+    model, x = TwoOutputs().eval(), torch.randn(1, 3, 12, 12)
+    g = memory.capture(model, x)
+    assert memory.split_points(g) == ["relu"]  # no patch stage may run past a value the model returns
+    ref = model(x)
+    for split, grid in ((None, 1), ("relu", 3)):
+        plan = memory.plan(g, split=split, grid=grid)
+        run = executor.run(model, x, plan)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(run.output, ref))
+        assert run.live_bytes == list(plan.live_bytes)
+    with pytest.raises(UserError, match="plan is for inputs of shape"):
+        executor.run(model, torch.randn(2, 3, 12, 12), memory.plan(g))

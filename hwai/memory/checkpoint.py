@@ -32,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 from hwai.errors import UserError
+from hwai.graph import _tensors
 from hwai.memory.rss import peak_rss
 
 
@@ -113,16 +114,6 @@ class _Held:
 
 def _state_storages(model: nn.Module) -> set[int]:
     return {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-
-
-def _tensors(value) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
 
 
 @contextlib.contextmanager
@@ -258,12 +249,15 @@ def applied(model: nn.Module, modules: tuple[str, ...] | list[str]):
     try:
         for name in modules:
             module = model.get_submodule(name)
+            wrapped.append((module, module.__dict__.get("forward")))  # a forward of the instance's own, if any
             module.forward = _checkpointed(module, module.forward)  # shadows the class's forward
-            wrapped.append(module)
         yield model
     finally:
-        for module in wrapped:
-            del module.forward
+        for module, own in reversed(wrapped):
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
 
 
 _METER: list[_Saved] = []  # the saved-tensor meter of a measured step, if one is running

@@ -63,7 +63,11 @@ def _out_box(win: dict, h: int, w: int) -> tuple[int, int, int, int]:
 
 class _Runner:
     def __init__(self, model: nn.Module, example: torch.Tensor, plan: Plan):
-        self.gm = torch.fx.symbolic_trace(model)
+        try:
+            self.gm = torch.fx.symbolic_trace(model)
+        except Exception as exc:
+            raise UserError(f"the executor runs torch.fx-traceable models; {type(model).__name__} is not "
+                            f"({type(exc).__name__})") from None
         labels = fx_labels(self.gm)
         self.fx = {labels[n.name]: n for n in self.gm.graph.nodes if n.name in labels}
         self.label = labels
@@ -118,7 +122,6 @@ class _Runner:
         win = window(module) if module is not None else None
         if win is not None and (step.patch is not None or step.inplace_into):
             (src, box), = [self.value(a, step) for a in fxn.all_input_nodes]
-            box = box or _full_box(src)
             out_box = step.box if step.patch is not None else _out_box(win, src.shape[-2], src.shape[-1])
             want = need(_Window(win), out_box)
             if step.inplace_into:
@@ -126,7 +129,7 @@ class _Runner:
             return _windowed(module, win, _window_input(src, box, want, win["fill"])), 0
 
         def arg(a):
-            tensor, box = self.value(a, step)
+            tensor, box = self.value(a, step)  # box None: not an activation (a parameter, a size)
             if step.patch is None or box is None or box == step.box:
                 return tensor
             y0, x0 = step.box[0] - box[0], step.box[2] - box[2]
@@ -233,6 +236,8 @@ def _inplace(fxn, module, args: list, position: int, kwargs: dict) -> torch.Tens
 def run(model: nn.Module, example: torch.Tensor, plan: Plan) -> Execution:
     """Run `plan` (made from this model's graph at this input shape) on `example`; returns the output and the
     measured live bytes at each step (compare with `plan.live_bytes`). Runs on one thread."""
+    if tuple(example.shape) != tuple(plan.input_shape):
+        raise UserError(f"the plan is for inputs of shape {tuple(plan.input_shape)}, got {tuple(example.shape)}")
     was_training, threads = model.training, torch.get_num_threads()
     model.eval()
     torch.set_num_threads(1)  # thousands of one-channel convolutions: thread start-up would dominate
@@ -251,20 +256,22 @@ def _execute(runner: _Runner, plan: Plan, example: torch.Tensor) -> Execution:
         for k in s.reads + ((s.fills,) if s.fills else ()):
             last[k] = i
     env, live = runner.env, []
+    output_node = next(n for n in runner.gm.graph.nodes if n.op == "output")
+    returned = {runner.key(a, _PLAIN) for a in output_node.all_input_nodes}  # held to the end
     for i, step in enumerate(plan.steps):
         for key, _ in step.creates:
-            env[key] = (example, None) if key == INPUT else (torch.empty(plan.split_shape, dtype=example.dtype), None)
+            value = example if key == INPUT else torch.empty(plan.split_shape, dtype=example.dtype)
+            env[key] = (value, _full_box(value))
         out, scratch = runner.compute(step)
-        env[step.value] = (out, step.box)
+        env[step.value] = (out, step.box or (_full_box(out) if out.dim() >= 2 else None))
         if step.fills:
             y0, y1, x0, x1 = step.box
             env[step.fills][0][..., y0:y1, x0:x1].copy_(out)
         live.append(_held(env, runner.elem) + math.ceil(scratch * runner.elem[step.value]))
         for key in set(step.reads) | {step.value}:
-            if last.get(key, -1) <= i and (step.patch is not None or key in last):
+            if last.get(key, -1) <= i and key not in returned and (step.patch is not None or key in last):
                 env.pop(key, None)
-    output = map_arg(next(n for n in runner.gm.graph.nodes if n.op == "output").args[0],
-                     lambda a: runner.value(a, _PLAIN)[0])
+    output = map_arg(output_node.args[0], lambda a: runner.value(a, _PLAIN)[0])
     return Execution(output, live)
 
 

@@ -77,7 +77,8 @@ def _pointwise(fxn, module: nn.Module | None) -> bool:
 
 def annotate(graph: Graph, model: nn.Module) -> Graph:
     """Record on `graph`'s nodes (attrs) what patch planning needs: `local` ("window" or "pointwise") for spatially
-    local ops, `window` for convs and pools, `reads_input` where a node reads the model input besides other nodes.
+    local ops, `window` for convs and pools, `reads_input` where a node reads the model input besides other nodes,
+    `output` on nodes the model returns.
     A graph captured with hooks (not torch.fx) gets no `local` marks: it has no split points."""
     if graph.method != "fx":
         return graph
@@ -85,6 +86,10 @@ def annotate(graph: Graph, model: nn.Module) -> Graph:
     labels = fx_labels(gm)
     nodes = {n.name: n for n in graph.nodes}
     modules = dict(gm.named_modules())
+    returned = next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes
+    for fxn in returned:
+        if labels.get(fxn.name) in nodes:
+            nodes[labels[fxn.name]].attrs["output"] = True
     for fxn in gm.graph.nodes:
         node = nodes.get(labels.get(fxn.name, ""))
         if node is None:
@@ -157,7 +162,8 @@ def split_points(graph: Graph, order: list[str] | None = None, fused: bool = Tru
         after = readers.get(name, [])
         if crossing <= i and windowed and not any(nodes[r].fused_into for r in after):
             points.append(name)
-        crossing = max(crossing, max((pos[r] for r in after), default=len(order)))
+        returned = node.attrs.get("output") or not after  # needed whole at the end: no patch stage past it
+        crossing = max(crossing, len(order) if returned else max(pos[r] for r in after))
     return points
 
 

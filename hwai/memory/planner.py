@@ -80,6 +80,7 @@ class Plan:
     sum_bytes: int  # every buffer on its own, no reuse
     layer_by_layer_bytes: int  # peak of the same graph and precision, one layer after another, no in-place
     input_bytes: int  # the model input's buffer (counted in every figure above)
+    input_shape: tuple[int, ...]  # the example the graph was captured with
     precision: dict  # node name -> fp32 / fp16 / int8 / int4
     macs: int  # multiply-accumulates of the schedule (patches recompute their halo)
     split: str | None = None  # last node of the patch stage
@@ -235,8 +236,9 @@ def arena(buffers: list[Buffer]) -> tuple[list[Buffer], int]:
 
 
 def graph_outputs(graph: Graph) -> set[str]:
+    """Nodes whose values the model returns: those nothing reads, and those `capture` saw returned."""
     read = {p for n in graph.nodes for p in n.inputs}
-    return {n.name for n in graph.nodes if n.name not in read}
+    return {n.name for n in graph.nodes if n.name not in read or n.attrs.get("output")}
 
 
 def layer_by_layer_bytes(graph: Graph, prec: dict[str, str], order: list[str], fused: bool = True) -> int:
@@ -274,5 +276,5 @@ def plan(graph: Graph, precision: str | dict[str, str] | None = None, inplace: b
     placed, size = arena(buffers)
     return Plan(tuple(steps), tuple(placed), tuple(int(b) for b in live), size, int(live.max(initial=0)),
                 sum(b.nbytes for b in buffers), layer_by_layer_bytes(graph, prec, order, fused),
-                next(b.nbytes for b in buffers if INPUT in b.values), prec, int(macs), split,
+                next(b.nbytes for b in buffers if INPUT in b.values), tuple(graph.input_shape), prec, int(macs), split,
                 graph[split].output_shape if split else None, grid if split else 1, int(macs - graph.macs))

@@ -137,11 +137,11 @@ def memory(run: Run):
     peak = max(range(len(kib)), key=kib.__getitem__)
     fig.add_annotation(x=peak, y=at(kib[peak]), text=f"peak {kib[peak]:,.1f} KiB at {nodes[peak]}", showarrow=True,
                        arrowhead=2, ay=-36, bgcolor="white")
-    for (label, value, color), dash in zip(peaks, ("dot", "dashdot", "longdash")):
+    for (name, value, color), dash in zip(peaks, ("dot", "dashdot", "longdash")):
         fig.add_shape(type="line", xref="paper", x0=0, x1=1, y0=value / 1024, y1=value / 1024,
                       line=dict(color=color, dash=dash, width=1.5))
         fig.add_annotation(xref="paper", x=1, y=at(value / 1024), yanchor="bottom", xanchor="right", showarrow=False,
-                           text=f"{label}: {value / 1024:,.1f} KiB", font=dict(color=color))
+                           text=f"{name}: {value / 1024:,.1f} KiB", font=dict(color=color))
     if sram is not None:
         fig.add_shape(type="line", xref="paper", x0=0, x1=1, y0=sram / 1024, y1=sram / 1024,
                       line=dict(color=RED, dash="dash", width=2))
@@ -169,7 +169,7 @@ def _peaks(section: dict) -> list[tuple[str, float, str]]:
     found = [(f"layer by layer ({kind})", number(peaks.get("layer_by_layer_bytes")), GREY),
              (f"planned arena, in place ({kind})", number(peaks.get("planned_bytes")), ORANGE),
              (f"{patch} ({kind})", number(peaks.get("patch_bytes")), GREEN)]
-    return [(label, value, color) for label, value, color in found if value is not None and value > 0]
+    return [(name, value, color) for name, value, color in found if value is not None and value > 0]
 
 
 def _metrics(trial: dict[str, Any]) -> dict[str, Any]:
