@@ -75,6 +75,10 @@ def mcu(name: str, width: float, size: int, channels: int, target, verify: bool)
     _table(["schedule", "peak KiB", "arena KiB", "sum of buffers KiB", "vs layer-by-layer", "MMACs", "extra MACs",
             "latency ms"], rows)
     print(f"best patch plan searched in {search_s:.1f} s")
+    free = memory.best_plan(graph, "int8", count_input=False)
+    print(f"input left out (MCUNetV2's convention): layer by layer {free.layer_by_layer_bytes / KIB:.1f} KiB -> "
+          f"{free.arena_bytes / KIB:.1f} KiB patch-based ({free.split}, {free.grid}x{free.grid}; "
+          f"{free.layer_by_layer_bytes / free.arena_bytes:.2f}x, {100 * free.extra_macs / graph.macs:+.1f}% MACs)")
     if verify:
         ref = model(x)
         run = executor.run(model, x, patched)

@@ -272,3 +272,14 @@ def test_returned_intermediates_stay_whole():
         assert run.live_bytes == list(plan.live_bytes)
     with pytest.raises(UserError, match="plan is for inputs of shape"):
         executor.run(model, torch.randn(2, 3, 12, 12), memory.plan(g))
+
+
+def test_input_buffer_is_counted_unless_left_out(mbv2):
+    model, x, g = mbv2
+    counted, free = memory.plan(g, "int8"), memory.plan(g, "int8", count_input=False)
+    assert counted.input_counted and counted.input_bytes == x.numel()
+    assert not free.input_counted and free.input_bytes == 0
+    assert free.layer_by_layer_bytes < counted.layer_by_layer_bytes
+    best = memory.best_plan(g, "int8", count_input=False)
+    assert best.split and not best.input_counted
+    assert executor.run(model, x, best).live_bytes == list(best.live_bytes)

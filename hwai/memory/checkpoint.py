@@ -8,7 +8,10 @@ Checkpointing a submodule drops the tensors saved only inside it and keeps its i
 recomputes everything it saves (its output too, as a new tensor), while the tensors saved before it are still
 held. So the predicted peak of a set C is
     max(kept, max over m in C of (kept before m starts + m's inputs + what m saves))
-and the planner adds, greedily, the submodule that lowers that peak most per second of recomputed forward.
+For a budget B the planner adds, greedily, the submodule that drops the most kept bytes per second of recomputed
+forward among those whose recomputation fits B (it may replace checkpointed parts of itself), until the kept bytes
+fit B; without a budget it bisects for the lowest B it meets. The profile's bytes are exact: measured and
+predicted peaks agree (tests/test_memory_checkpoint.py).
 
 Measured (`measure`): the peak of saved-tensor bytes over forward and backward (hooks count what forward saves
 and backward frees; during each recomputation the storages it makes and checkpoint keeps are added), peak resident

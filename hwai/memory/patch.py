@@ -25,7 +25,7 @@ from torch import nn
 from hwai.errors import UserError
 from hwai.graph import Graph, Node, capture as capture_graph, fx_labels
 from hwai.memory.liveness import _aliases, best_order
-from hwai.memory.planner import (BITS, INPUT, Plan, Step, allocate, graph_outputs, inplace_candidates, input_dtype,
+from hwai.memory.planner import (BITS, INPUT, Plan, Step, allocate, graph_outputs, inplace_candidates, input_size,
                                  nbytes, node_steps, plan, reads_input, resolve_precision)
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open) of a (N, C, H, W) tensor
@@ -43,7 +43,8 @@ def _pair(v) -> tuple[int, int]:
 
 
 def window(module: nn.Module) -> dict | None:
-    """Kernel, stride, top/left padding, dilation and pad value of a spatially local windowed module, else None."""
+    """Kernel, stride, padding (top/left, and bottom/right), dilation and pad value of a spatially local windowed
+    module, else None."""
     if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
         k, d = module.kernel_size, module.dilation
         if isinstance(module.padding, str):  # 'valid' or 'same' (PyTorch pads the extra row/column at the end)
@@ -56,10 +57,11 @@ def window(module: nn.Module) -> dict | None:
                 "padding_end": tuple(t - p for t, p in zip(total, pad))}
     if isinstance(module, nn.MaxPool2d) and not module.return_indices:  # -inf padding also covers ceil_mode
         return {"kernel": _pair(module.kernel_size), "stride": _pair(module.stride or module.kernel_size),
-                "padding": _pair(module.padding), "dilation": _pair(module.dilation), "fill": -math.inf}
+                "padding": _pair(module.padding), "padding_end": _pair(module.padding), "dilation": _pair(module.dilation),
+                "fill": -math.inf}
     if isinstance(module, nn.AvgPool2d) and not module.ceil_mode and (module.count_include_pad or module.padding == 0):
         return {"kernel": _pair(module.kernel_size), "stride": _pair(module.stride or module.kernel_size),
-                "padding": _pair(module.padding), "dilation": (1, 1), "fill": 0.0}
+                "padding": _pair(module.padding), "padding_end": _pair(module.padding), "dilation": (1, 1), "fill": 0.0}
     return None
 
 
@@ -225,31 +227,32 @@ class _Stage:
         return protos
 
 
-def _fixed(graph: Graph, prec: dict[str, str], order: list[str], split: str) -> tuple[tuple[str, int], ...]:
+def _fixed(graph: Graph, prec: dict[str, str], order: list[str], split: str,
+           count_input: bool) -> tuple[tuple[str, int], ...]:
     """The buffers held through the whole patch stage: the model input and the split's accumulator."""
-    return ((INPUT, nbytes(math.prod(graph.input_shape), input_dtype(graph, prec, order))),
+    return ((INPUT, input_size(graph, prec, order, count_input)),
             (split, nbytes(math.prod(graph[split].output_shape), prec[split])))
 
 
 def steps(graph: Graph, order: list[str], prec: dict[str, str], split: str, grid: int, fused: bool = True,
-          inplace: bool = True) -> tuple[list[tuple[Step, tuple[str, ...]]], int]:
+          inplace: bool = True, count_input: bool = True) -> tuple[list[tuple[Step, tuple[str, ...]]], int]:
     """The steps of a patch schedule (patch stage up to `split` in grid x grid patches, then the rest), and its MACs."""
     stage = _Stage(graph, order, split, fused)
     rows, cols = stage.spans(grid)
     protos = [p for r in range(grid) for c in range(grid) for p in stage.tile(graph, prec, r, c, rows, cols, fused, inplace)]
-    protos[0] = (replace(protos[0][0], creates=_fixed(graph, prec, order, split)), protos[0][1])
+    protos[0] = (replace(protos[0][0], creates=_fixed(graph, prec, order, split, count_input)), protos[0][1])
     rest = order[len(stage.names):]
-    return (protos + node_steps(graph, rest, prec, fused, inplace, False),
+    return (protos + node_steps(graph, rest, prec, fused, inplace, None),
             stage.macs(rows, cols) + sum(stage.nodes[v].macs for v in rest))
 
 
 def _screen(graph: Graph, prec: dict[str, str], order: list[str], split: str, grids: tuple[int, ...], fused: bool,
-            inplace: bool) -> list[tuple[int, int, int]]:
+            inplace: bool, count_input: bool) -> list[tuple[int, int, int]]:
     """(peak, extra MACs, grid) of each grid for one split, without building every patch: the patches share one
     buffer structure (that of patch (0, 0)) and differ only in their boxes' sizes."""
     stage = _Stage(graph, order, split, fused)
-    fixed = _fixed(graph, prec, order, split)
-    rest = node_steps(graph, order[len(stage.names):], prec, fused, inplace, False)
+    fixed = _fixed(graph, prec, order, split, count_input)
+    rest = node_steps(graph, order[len(stage.names):], prec, fused, inplace, None)
     rest_peak = 0
     if rest:
         rest[0] = (replace(rest[0][0], creates=fixed[1:]), rest[0][1])
@@ -288,24 +291,24 @@ def _screen(graph: Graph, prec: dict[str, str], order: list[str], split: str, gr
 
 def best_plan(graph: Graph, precision: str | dict[str, str] | None = None, sram_bytes: int | None = None,
               grids: tuple[int, ...] = (2, 3, 4, 5, 6, 8), inplace: bool = True, fused: bool = True,
-              tolerance: float = 0.02) -> Plan:
+              tolerance: float = 0.02, count_input: bool = True) -> Plan:
     """The patch schedule (or none) for `graph`: with `sram_bytes`, the fewest extra MACs among plans whose arena
     fits; otherwise (or when none fits) the lowest peak, preferring fewer extra MACs within `tolerance` of it."""
     prec = resolve_precision(graph, precision)
     order = best_order(graph, fused)
-    base = plan(graph, prec, inplace, order=order, fused=fused)
+    base = plan(graph, prec, inplace, order=order, fused=fused, count_input=count_input)
     scored = [(base.peak_bytes, 0, None, 1)] + [
         (peak, extra, split, grid) for split in split_points(graph, order, fused)
-        for peak, extra, grid in _screen(graph, prec, order, split, grids, fused, inplace)]
+        for peak, extra, grid in _screen(graph, prec, order, split, grids, fused, inplace, count_input)]
     if sram_bytes is not None:
         fitting = sorted((x for x in scored if x[0] <= sram_bytes), key=lambda x: (x[1], x[0]))
         for _, _, split, grid in fitting[:5]:
-            chosen = plan(graph, prec, inplace, split, grid, order, fused) if split else base
+            chosen = plan(graph, prec, inplace, split, grid, order, fused, count_input) if split else base
             if chosen.arena_bytes <= sram_bytes:
                 return chosen
     low = min(peak for peak, *_ in scored)
     _, _, split, grid = min((x for x in scored if x[0] <= low * (1 + tolerance)), key=lambda x: (x[1], x[0]))
-    return plan(graph, prec, inplace, split, grid, order, fused) if split else base
+    return plan(graph, prec, inplace, split, grid, order, fused, count_input) if split else base
 
 
 def patched_graph(graph: Graph, patch_plan: Plan) -> Graph:

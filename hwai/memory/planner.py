@@ -87,7 +87,7 @@ class Plan:
     split_shape: tuple[int, ...] | None = None  # its output, held in full while the patches fill it
     grid: int = 1  # n x n patches
     extra_macs: int = 0  # halo recomputation: macs - the graph's macs
-    input_counted: bool = True
+    input_counted: bool = True  # False: the input buffer was given no memory (plan(count_input=False))
     kind: str = "predicted"
 
     def timeline(self) -> list[tuple[str, int]]:
@@ -138,10 +138,12 @@ def reads_input(node: Node) -> bool:
     return not node.inputs or bool(node.attrs.get("reads_input"))
 
 
-def input_dtype(graph: Graph, prec: dict[str, str], order: list[str]) -> str:
-    """The input buffer's dtype: that of the first node reading it (an int8 runtime quantizes the input)."""
+def input_size(graph: Graph, prec: dict[str, str], order: list[str], counted: bool = True) -> int:
+    """Bytes of the input buffer, in the dtype of the first node reading it (an int8 runtime quantizes the input);
+    0 when not counted (an input decoded piece by piece, as MCUNetV2 assumes)."""
     nodes = {n.name: n for n in graph.nodes}
-    return next((prec[name] for name in order if reads_input(nodes[name])), "fp32")
+    dtype = next((prec[name] for name in order if reads_input(nodes[name])), "fp32")
+    return nbytes(math.prod(graph.input_shape), dtype) if counted else 0
 
 
 def inplace_candidates(node: Node, reads: tuple[str, ...], count: int, count_of) -> tuple[str, ...]:
@@ -154,8 +156,9 @@ def inplace_candidates(node: Node, reads: tuple[str, ...], count: int, count_of)
 
 
 def node_steps(graph: Graph, names: list[str], prec: dict[str, str], fused: bool, inplace: bool,
-               first: bool) -> list[tuple[Step, tuple[str, ...]]]:
-    """One step per node (with the inputs it may overwrite); `first`: these steps start the schedule."""
+               input_bytes: int | None) -> list[tuple[Step, tuple[str, ...]]]:
+    """One step per node (with the inputs it may overwrite); `input_bytes`: these steps start the schedule and
+    the first makes the input buffer."""
     nodes = {n.name: n for n in graph.nodes}
     protos = []
     for name in names:
@@ -167,9 +170,8 @@ def node_steps(graph: Graph, names: list[str], prec: dict[str, str], fused: bool
         step = Step(name, name, name, reads, nbytes(count, dtype), BITS[dtype] / 8, alias=_aliases(node, fused),
                     scratch_bytes=scratch)
         protos.append((step, candidates))
-    if first and protos:
-        size = nbytes(math.prod(graph.input_shape), input_dtype(graph, prec, names))
-        protos[0] = (replace(protos[0][0], creates=((INPUT, size),)), protos[0][1])
+    if input_bytes is not None and protos:
+        protos[0] = (replace(protos[0][0], creates=((INPUT, input_bytes),)), protos[0][1])
     return protos
 
 
@@ -241,40 +243,44 @@ def graph_outputs(graph: Graph) -> set[str]:
     return {n.name for n in graph.nodes if n.name not in read or n.attrs.get("output")}
 
 
-def layer_by_layer_bytes(graph: Graph, prec: dict[str, str], order: list[str], fused: bool = True) -> int:
+def layer_by_layer_bytes(graph: Graph, prec: dict[str, str], order: list[str], fused: bool = True,
+                         count_input: bool = True) -> int:
     """Peak live bytes running one layer after another with no in-place and no patches."""
-    _, _, live = allocate(node_steps(graph, order, prec, fused, False, True), graph_outputs(graph))
+    steps = node_steps(graph, order, prec, fused, False, input_size(graph, prec, order, count_input))
+    _, _, live = allocate(steps, graph_outputs(graph))
     return int(live.max(initial=0))
 
 
 def schedule(graph: Graph, prec: dict[str, str], order: list[str], inplace: bool = True, split: str | None = None,
-             grid: int = 1, fused: bool = True) -> tuple[list[Step], list[Buffer], np.ndarray, int]:
+             grid: int = 1, fused: bool = True, count_input: bool = True) -> tuple[list[Step], list[Buffer], np.ndarray, int]:
     """Steps, buffers (no offsets), live bytes per step and total MACs of one schedule."""
     if split is None:
-        protos = node_steps(graph, order, prec, fused, inplace, True)
+        protos = node_steps(graph, order, prec, fused, inplace, input_size(graph, prec, order, count_input))
         macs = graph.macs
     else:
         from hwai.memory import patch
 
-        protos, macs = patch.steps(graph, order, prec, split, grid, fused, inplace)
+        protos, macs = patch.steps(graph, order, prec, split, grid, fused, inplace, count_input)
     steps, buffers, live = allocate(protos, graph_outputs(graph))
     return steps, buffers, live, macs
 
 
 def plan(graph: Graph, precision: str | dict[str, str] | None = None, inplace: bool = True, split: str | None = None,
-         grid: int = 1, order: list[str] | None = None, fused: bool = True) -> Plan:
+         grid: int = 1, order: list[str] | None = None, fused: bool = True, count_input: bool = True) -> Plan:
     """Plan the activation memory of `graph` as an MCU runtime would (see the module docstring).
 
     precision: one of fp32/fp16/int8/int4 for every node, or {node_name: dtype} (others keep their captured
     dtype), as `hwai.cost.predict` takes it. split/grid: the first stage, up to node `split`, runs in grid x grid
     patches (`hwai.memory.patch.split_points` lists the legal splits; the graph needs `hwai.memory.capture`).
-    order: execution order (default `best_order`).
+    order: execution order (default `best_order`). count_input=False: the input buffer takes no memory (an input
+    decoded piece by piece, as MCUNetV2's figures assume); by default it is counted.
     """
     prec = resolve_precision(graph, precision)
     order = order or best_order(graph, fused)
-    steps, buffers, live, macs = schedule(graph, prec, order, inplace, split, grid, fused)
+    steps, buffers, live, macs = schedule(graph, prec, order, inplace, split, grid, fused, count_input)
     placed, size = arena(buffers)
     return Plan(tuple(steps), tuple(placed), tuple(int(b) for b in live), size, int(live.max(initial=0)),
-                sum(b.nbytes for b in buffers), layer_by_layer_bytes(graph, prec, order, fused),
+                sum(b.nbytes for b in buffers), layer_by_layer_bytes(graph, prec, order, fused, count_input),
                 next(b.nbytes for b in buffers if INPUT in b.values), tuple(graph.input_shape), prec, int(macs), split,
-                graph[split].output_shape if split else None, grid if split else 1, int(macs - graph.macs))
+                graph[split].output_shape if split else None, grid if split else 1, int(macs - graph.macs),
+                count_input)
