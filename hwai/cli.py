@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   rich_markup_mode=None, help="hwai: hardware-aware AI for PyTorch models.")
 console = _console()  # markup off: user paths and names print literally (hwai.text)
 
-MODEL_HELP = "zoo name (mlp, cnn, resnet8, resnet18, mobilenetv2, dscnn), checkpoint .pt, or file.py:factory"
+MODEL_HELP = "zoo name (mlp, cnn, resnet8, resnet18, mobilenetv2, dscnn, vit), checkpoint .pt, or file.py:factory"
 DATA_HELP = "digits, mnist, cifar10:PATH, folder:PATH or npz:PATH"
 
 
@@ -56,6 +56,8 @@ def train(
     input_size: Optional[int] = typer.Option(None, help="resize images to this size (28 -> 32 pads)"),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="checkpoint path (default: checkpoints/MODEL-DATA.pt)"),
+    memory_budget_mb: Optional[float] = typer.Option(None, help="activation-memory budget in MiB: activation "
+                                                     "checkpoints until the predicted peak fits (measured after)"),
 ) -> None:
     """Train a model with a progress bar; saves a checkpoint after every epoch and prints measured test accuracy."""
     from hwai import train as htrain
@@ -67,7 +69,7 @@ def train(
     if augment is not None:
         aug["augment"] = augment
     cfg = htrain.TrainConfig(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-                             label_smoothing=label_smoothing, seed=seed, **aug)
+                             label_smoothing=label_smoothing, seed=seed, memory_budget_mb=memory_budget_mb, **aug)
     out = out or _default_checkpoint(model, data)
     params = sum(p.numel() for p in net.parameters())
     console.print(styled((spec.name, "bold"), f" on {data}: {params:,} parameters, {len(bundle.train[1])} train / "
@@ -88,6 +90,10 @@ def train(
     console.print(styled("test accuracy ", (f"{result.test_accuracy:.2%}", "bold"),
                          f" (measured on {len(bundle.test[1])} test samples), val {result.val_accuracy:.2%}; "
                          f"training took {result.wall_s:.1f} s (measured wall time)"))
+    if result.checkpoint is not None:
+        from hwai.memory.cli import print_checkpoints
+
+        print_checkpoints(console, net, bundle, cfg, result.checkpoint)
     console.print(f"checkpoint: {out}")
 
 
@@ -392,6 +398,11 @@ def _stopped(exc: Exception) -> None:
 from hwai.runtimes.cli import export as _export  # noqa: E402 - registered here, defined with the runtimes
 
 app.command(name="export")(_export)
+
+
+from hwai.memory.cli import app as _memory_app  # noqa: E402
+
+app.add_typer(_memory_app, name="memory")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ state dict).
 """
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy and random; same seed, same result
     distill_alpha: float = 0.7  # with a teacher: weight of the distillation term
     distill_temperature: float = 4.0  # with a teacher: softmax temperature (Hinton et al., 2015)
+    memory_budget_mb: float | None = None  # activation-memory budget in MiB: checkpoint submodules until the predicted
+    # peak fits (hwai.memory.checkpoint); None: no checkpoints
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
@@ -51,6 +54,8 @@ class TrainConfig:
             raise UserError(f"max shift must be >= 0 pixels, got {self.max_shift}")
         if self.lr is not None and self.lr <= 0:
             raise UserError(f"learning rate must be positive, got {self.lr}")
+        if self.memory_budget_mb is not None and self.memory_budget_mb <= 0:
+            raise UserError(f"memory budget must be positive (MiB), got {self.memory_budget_mb}")
         if not 0 <= self.label_smoothing < 1 or not 0 <= self.distill_alpha <= 1:
             raise UserError("label smoothing must be in [0, 1) and distillation alpha in [0, 1]")
 
@@ -64,6 +69,7 @@ class TrainResult:
     train_loss: float
     epochs: int
     wall_s: float  # measured wall-clock time of the training loop
+    checkpoint: dict | None = None  # with a memory budget: hwai.memory.checkpoint's plan (predicted)
 
 
 def default_augmentation(model_name: str, data: DataBundle) -> dict:
@@ -120,6 +126,7 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), 
 
     `on_epoch(epoch, model)` runs after each epoch (used to checkpoint, so an interrupt loses one epoch).
     `measure_test=False`: leave the test split alone (a step of a larger job that measures it once at its end).
+    With `cfg.memory_budget_mb`, submodules run under activation checkpoints chosen by hwai.memory.checkpoint.
     """
     seed_everything(cfg.seed)
     batches = data.batches("train", cfg.batch_size, augment=cfg.augment, seed=cfg.seed, max_shift=cfg.max_shift)
@@ -128,8 +135,14 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), 
     sched = _schedule(opt, total, int(cfg.warmup_epochs * len(batches)))
     if teacher is not None:
         teacher.eval()
+    checkpoints, memory_plan = contextlib.ExitStack(), None
+    if cfg.memory_budget_mb is not None:
+        from hwai.memory import checkpoint
+
+        memory_plan = checkpoint.plan(model, data.example(cfg.batch_size, "train"), round(cfg.memory_budget_mb * 2**20))
+        checkpoints.enter_context(checkpoint.applied(model, memory_plan.modules))
     loss_avg, start = float("nan"), time.perf_counter()
-    with _progress(progress) as bar:
+    with checkpoints, _progress(progress) as bar:
         task = bar.add_task(description, total=total, loss=float("nan"), acc=float("nan"))
         for epoch in range(cfg.epochs):
             model.train()
@@ -156,7 +169,8 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), 
                 on_epoch(epoch, model)
     wall = time.perf_counter() - start
     test = evaluate(model, data, "test") if measure_test else None
-    return TrainResult(test, evaluate(model, data, "val"), loss_avg, cfg.epochs, wall)
+    return TrainResult(test, evaluate(model, data, "val"), loss_avg, cfg.epochs, wall,
+                       memory_plan.to_dict() if memory_plan else None)
 
 
 def _step_loss(model: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,

@@ -16,6 +16,7 @@ from hwai.models.dscnn import dscnn
 from hwai.models.mlp import mlp
 from hwai.models.mobilenetv2 import mobilenetv2
 from hwai.models.resnet import resnet8, resnet18
+from hwai.models.vit import vit
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
@@ -24,6 +25,7 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "mobilenetv2": mobilenetv2,
     "dscnn": dscnn,
+    "vit": vit,
 }
 
 

@@ -107,28 +107,41 @@ def layers(run: Run):
 
 
 def memory(run: Run):
-    """Live activation bytes over execution order, against the target's SRAM."""
-    timeline = [e for e in run.section("memory").get("timeline") or [] if isinstance(e, dict)
-                and number(e.get("live_bytes")) is not None]
+    """Live activation bytes over execution order against the target's SRAM; where the run has them, the in-place
+    plan's timeline and the layer-by-layer, planned and patch-based peaks (memory.peaks, hwai.memory.report)."""
+    section = run.section("memory")
+    timeline = _timeline(section.get("timeline"))
     if not timeline:
         return None
     import plotly.graph_objects as go
 
     nodes = [str(e.get("node", i)) for i, e in enumerate(timeline)]
     kib = [e["live_bytes"] / 1024 for e in timeline]
+    planned = _timeline(section.get("planned_timeline"))
+    peaks = _peaks(section)
     sram = run.sram_bytes
+    levels = kib + [e["live_bytes"] / 1024 for e in planned] + [v / 1024 for _, v, _ in peaks]
     # when the SRAM line dwarfs the activations, a log axis keeps the per-operator shape visible;
     # on a log axis plotly.js places annotations by log10 of the value (shapes take the value itself)
-    log = sram is not None and min(kib) > 0 and sram / 1024 > 10 * max(kib)
+    log = sram is not None and min(levels) > 0 and sram / 1024 > 10 * max(levels)
     at = math.log10 if log else float
     fig = go.Figure(go.Scatter(x=list(range(len(nodes))), y=kib, customdata=nodes, mode="lines+markers",
-                               name=f"live activations ({run.kind('peak_sram_kb')})",
+                               name=f"live activations, layer by layer ({run.kind('peak_sram_kb')})",
                                line=dict(color=DARK, shape="hv", width=2.5), fill="tozeroy",
                                fillcolor="rgba(29, 78, 216, 0.12)", marker=dict(size=6),
                                hovertemplate="%{customdata}<br>%{y:,.1f} KiB live<extra></extra>"))
+    if planned and len(planned) == len(timeline):
+        fig.add_scatter(x=list(range(len(nodes))), y=[e["live_bytes"] / 1024 for e in planned], customdata=nodes,
+                        mode="lines", name="planned, in place (predicted)", line=dict(color=ORANGE, shape="hv", width=2),
+                        hovertemplate="%{customdata}<br>%{y:,.1f} KiB live in place<extra></extra>")
     peak = max(range(len(kib)), key=kib.__getitem__)
     fig.add_annotation(x=peak, y=at(kib[peak]), text=f"peak {kib[peak]:,.1f} KiB at {nodes[peak]}", showarrow=True,
                        arrowhead=2, ay=-36, bgcolor="white")
+    for (name, value, color), dash in zip(peaks, ("dot", "dashdot", "longdash")):
+        fig.add_shape(type="line", xref="paper", x0=0, x1=1, y0=value / 1024, y1=value / 1024,
+                      line=dict(color=color, dash=dash, width=1.5))
+        fig.add_annotation(xref="paper", x=1, y=at(value / 1024), yanchor="bottom", xanchor="right", showarrow=False,
+                           text=f"{name}: {value / 1024:,.1f} KiB", font=dict(color=color))
     if sram is not None:
         fig.add_shape(type="line", xref="paper", x0=0, x1=1, y0=sram / 1024, y1=sram / 1024,
                       line=dict(color=RED, dash="dash", width=2))
@@ -139,8 +152,24 @@ def memory(run: Run):
                      ticktext=[nodes[i] for i in ticks], tickangle=-45, showgrid=False)
     fig.update_yaxes(title_text="live activation memory (KiB" + (", log scale)" if log else ")"),
                      type="log" if log else "linear", dtick=1 if log else None, rangemode="tozero")
-    _style(fig, height=400, showlegend=False)
+    _style(fig, height=400, showlegend=bool(planned or peaks), legend=dict(orientation="h", y=1.08, x=0))
     return fig
+
+
+def _timeline(value) -> list[dict]:
+    return [e for e in value or [] if isinstance(e, dict) and number(e.get("live_bytes")) is not None] \
+        if isinstance(value, list) else []
+
+
+def _peaks(section: dict) -> list[tuple[str, float, str]]:
+    """(label, bytes, colour) of the peaks memory.peaks carries: layer by layer, planned arena, patch-based arena."""
+    peaks = section.get("peaks") if isinstance(section.get("peaks"), dict) else {}
+    kind = peaks.get("kind", "predicted")
+    patch = f"patch-based, {peaks['split']} in {peaks['grid']}x{peaks['grid']}" if peaks.get("split") else "patch-based"
+    found = [(f"layer by layer ({kind})", number(peaks.get("layer_by_layer_bytes")), GREY),
+             (f"planned arena, in place ({kind})", number(peaks.get("planned_bytes")), ORANGE),
+             (f"{patch} ({kind})", number(peaks.get("patch_bytes")), GREEN)]
+    return [(name, value, color) for name, value, color in found if value is not None and value > 0]
 
 
 def _metrics(trial: dict[str, Any]) -> dict[str, Any]:

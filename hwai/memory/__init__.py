@@ -1,0 +1,32 @@
+"""Activation memory: tensor lifetimes and operator order (`lifetimes`), arena plans with in-place execution
+(`planner`), patch-based inference of the first stage (`patch`, run by `executor`), activation checkpointing
+under a training-memory budget (`checkpoint`).
+
+The cost model uses `lifetimes`, `best_order`, `timeline` and `Lifetimes`; `plan` and `best_plan` give the
+peak an MCU runtime plans for (see the README's memory section). Submodules load on first use, so the CLI
+can import `hwai.memory.cli` without torch.
+"""
+from importlib import import_module
+
+# public name -> (module, attribute)
+_LAZY = {
+    **{name: ("hwai.memory.liveness", name)
+       for name in ("ALIAS_OPS", "Lifetimes", "best_order", "lifetimes", "peak_bytes", "timeline")},
+    **{name: ("hwai.memory.planner", name) for name in ("Buffer", "Plan", "Step", "plan")},
+    **{name: ("hwai.memory.patch", name)
+       for name in ("best_plan", "capture", "patched_graph", "predict_latency", "report", "split_points")},
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hwai.memory' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = getattr(import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
