@@ -309,9 +309,10 @@ def _layer_detail(original: nn.Module, original_onnx: Path, compressed: nn.Modul
                   module_times(compressed_onnx, data, mcfg)}
     nodes = [{"name": n.name, "op": n.op} for n in graph.capture(original, example).nodes]
     rows = [r for r in merge_layers(nodes, series) if any(k in r for k in series)]
-    timeline = memory.timeline(graph.capture(compressed, example))
-    return {"layers": rows, "memory": {"timeline": [{"node": n, "live_bytes": int(b)} for n, b in timeline],
-                                       "sram_bytes": None}}
+    # live activations of the compressed model at its precision (int8 buffers when quantized): layer by layer, as an
+    # in-place arena plan, and the best patch plan's peak (hwai.memory; predicted, no target SRAM in compress)
+    return {"layers": rows, "memory": memory.report(memory.capture(compressed, example),
+                                                    "int8" if precision != "fp32" else "fp32")}
 
 
 def _save_model(path: Path, model: nn.Module, spec: ModelSpec | None, data: DataBundle, metrics: dict) -> None:

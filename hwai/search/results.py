@@ -223,9 +223,11 @@ def _target_detail(ctx, cand, model_float, bundle) -> dict:
     pred = hc.predict(graph, [ctx.target], cand)[ctx.target.name]
     layers = [{"name": l.name, "op": l.op, "dtype": l.dtype, "predicted_ms": l.latency_ms,
                "predicted_energy_uj": l.energy_uj, "bound": l.bound} for l in pred.layers]
-    timeline = [{"node": name, "live_bytes": int(live)} for name, live in memory.timeline(graph)]
-    return {"layers": layers, "memory": {"timeline": timeline, "sram_bytes": _sram(ctx.target),
-                                         "peak_activation_bytes": pred.peak_activation_bytes,
+    # the chart: live bytes at the precision the target runs (int8 buffers for int8 layers), layer by layer and
+    # as an in-place arena plan, with the best patch plan's peak
+    section = memory.report(memory.capture(model_float.eval(), example), hc.node_precision(graph, cand.bits),
+                            _sram(ctx.target))
+    return {"layers": layers, "memory": {**section, "peak_activation_bytes": pred.peak_activation_bytes,
                                          "fits": pred.fits, "fit_message": pred.fit_message}}
 
 
