@@ -1,0 +1,76 @@
+"""Predict latency, energy and peak memory of a captured graph on a hardware target.
+
+Two latency models, chosen per target automatically:
+- learned (hwai.cost.learned): when the target has stored kernel measurements (`<target>.measurements.csv`
+  next to its YAML file, written by `hwai calibrate` or imported with `hwai calibrate --from FILE`): the
+  kernels ONNX Runtime runs (hwai.cost.kernels) each predicted by a regressor fitted to measured kernels;
+- roofline (hwai.cost.roofline): from the target file's peaks, bandwidths and efficiencies, otherwise.
+Energy and memory always come from the roofline's terms. `Prediction.model` says which model predicted the
+latency and `Prediction.describe()` from what (file, kernels, machine, date).
+
+    p = cost.predict(graph, target, precision="int8")            # or {node: dtype}; per-layer breakdown
+    scorer = cost.prepare(graph, target)                         # batch API for search screening
+    s = scorer.score(channel_scale=C, bits=Q, sparsity=S)        # (B, N) arrays -> (B,) totals, >= 10,000/s
+See hwai.cost.roofline for the meaning of the candidate arrays.
+"""
+from __future__ import annotations
+
+from hwai.cost.roofline import (BITS, BatchScores, LayerPrediction, Prediction, Scorer, candidate_inputs,  # noqa: F401
+                                fit_message, notes, op_key, resolve_dtype)
+from hwai.errors import UserError
+from hwai.graph import Graph
+from hwai.targets import Target
+
+MODELS = ("auto", "learned", "roofline")
+
+
+def learned_model(target: Target, method: str = "gbt"):
+    """The fitted kernel model of `target` (hwai.cost.learned.KernelModel), or None without stored measurements."""
+    from hwai.cost import measurements
+
+    path = measurements.path_for(target.path)
+    if not path.is_file():
+        return None
+    from hwai.cost.learned import model_for
+
+    return model_for(measurements.load(path), method)
+
+
+def prepare(graph: Graph, target: Target, fuse: bool = True, model: str = "auto"):
+    """A batch scorer of `graph` on `target` (`.score(channel_scale=, bits=, sparsity=)`, `.node_names`):
+    the learned latency model where the target has measurements (model "auto" or "learned"), else the roofline."""
+    if model not in MODELS:
+        raise UserError(f"cost model must be one of {', '.join(MODELS)}, got {model!r}")
+    kernel_model = learned_model(target) if model != "roofline" else None
+    if model == "learned" and kernel_model is None:
+        raise UserError(f"{target.name} has no stored measurements ({target.path}): run `hwai calibrate` "
+                        "(this machine) or `hwai calibrate --from FILE --target NAME`")
+    if kernel_model is None:
+        return Scorer(graph, target, fuse)
+    from hwai.cost.learned import LearnedScorer
+
+    return LearnedScorer(graph, target, kernel_model, fuse)
+
+
+def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,
+            sparsity: dict[str, float] | None = None, fuse: bool = True, model: str = "auto") -> Prediction:
+    """Predicted per-layer and total latency, energy and peak memory of `graph` on `target`.
+
+    precision: one of fp32/fp16/int8/int4 for every node, or {node_name: dtype}; None: each node's own dtype.
+    sparsity: {node_name: fraction of zero weights}; it only helps where the target accelerates sparsity.
+    model: "auto" (learned where the target has measurements, else roofline), "learned" or "roofline".
+    """
+    scorer = prepare(graph, target, fuse, model)
+    roof = getattr(scorer, "roofline", scorer)
+    bits, sp = candidate_inputs(roof, precision, sparsity)
+    layers, t = scorer.breakdown(bits=bits, sparsity=sp)
+    peak_act, weights = float(t["peak_act"]), float(t["weights"])
+    sram, _, fits = roof._fit(peak_act, weights)
+    learned = scorer is not roof
+    return Prediction(target.name, target.path, layers,
+                      float(t["latency_ms"]) if learned else sum(l.latency_ms for l in layers),
+                      float(t["energy"].sum()) * 1e3, int(peak_act), int(weights), int(sram), bool(fits),
+                      fit_message(target, float(sram), weights, peak_act),
+                      notes(roof, bits, bool(sparsity)) + t.get("notes", []),
+                      model="learned" if learned else "roofline",
+                      model_source=scorer.model.describe() if learned else "")
