@@ -232,7 +232,13 @@ def calibrate(
     if sum(x is not None for x in (from_file, export_kit)) > 1:
         raise UserError("use one of --from and --export-kit")
     if export_kit is not None:
-        folder = hcal.export_kit(list(cfg.cases()), export_kit)
+        from rich.progress import Progress
+
+        cases = list(cfg.cases())
+        with Progress(transient=True) as bar:
+            task = bar.add_task("export", total=len(cases))
+            folder = hcal.export_kit(cases, export_kit, lambda label: bar.update(task, description=escape(label),
+                                                                                 advance=1))
         console.print(f"wrote {len(cfg.cases())} models, kit.json, measure_kernels.py and README.txt to "
                       f"{escape(str(folder))}; on the device: python3 measure_kernels.py . --out measurements.csv")
         return
@@ -256,7 +262,9 @@ def calibrate(
     console.print(f"{result.kernels:,} kernel measurements of {len(result.rows)} models "
                   f"({escape(result.measurements.name)} next to {escape(str(result.path))}, {result.seconds:.0f} s); "
                   f"cross-validated: {result.within():.0%} within +-10%, median |error| {result.median_error():.1%}. "
-                  f"--target {escape(result.target.name)} now predicts latency with the learned kernel model")
+                  + (f"Kernel detection: {result.detected[0]} of the {result.detected[1]} kernels ONNX Runtime ran for "
+                     "the models whose graphs were captured. " if result.detected[1] else "")
+                  + f"--target {escape(result.target.name)} now predicts latency with the learned kernel model")
 
 
 @app.command()

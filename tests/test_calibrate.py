@@ -39,6 +39,8 @@ def test_quick_calibration_writes_a_target_and_measurements_the_cost_model_learn
     assert result.kernels == len(meas.kernels["us"]) > 40 and meas.threads == 1
     assert {"QLinearConv", "QuantizeLinear"} <= set(meas.kernels["op"])
     assert all(np.isfinite(r["error"]) and r["measured_ms"] > 0 for r in result.rows)
+    matched, ran = result.detected
+    assert ran > 20 and matched == ran  # every kernel ONNX Runtime ran was detected from the captured graphs
     g = calibrate.build(Case("cnn", 16, 0.25))[2]
     p = cost.predict(g, t, precision="int8")
     assert p.model == "learned" and p.latency_ms > 0 and "host.measurements.csv" in p.describe()

@@ -44,17 +44,18 @@ def kernel_rows(case: Case):
     for i, s in enumerate(detect(lower(g), onnxruntime_cpu(16), channels, np.full(channels.shape, case.dtype == "int8"))):
         if not s.mask[0]:
             continue
-        at = lambda v: int(np.broadcast_to(v, (1,))[0])  # noqa: E731
-        attrs = {k: (tuple(at(d) for d in v) if k == "k" else at(v)) for k, v in s.attrs.items()}
-        raw = F.raw_from_shapes(s.op, tuple(at(d) for d in s.in_shape), tuple(at(d) for d in s.out_shape), attrs)
-        us = true_kernel_us(s.op, raw)
+        ins, outs = (tuple(int(np.ravel(d)[0]) for d in shape) for shape in (s.in_shape, s.out_shape))
+        res = bool(np.ravel(s.attrs.get("residual", False))[0])
+        groups = s.attrs.get("groups", "")
+        attrs = {"k": s.attrs.get("k"), "stride": s.attrs.get("stride", 0), "groups": groups or 0,
+                 "cin": groups if s.attrs.get("dw") else 0, "residual": res}
+        us = true_kernel_us(s.op, F.raw_from_shapes(s.op, ins, outs, attrs))
         total += us
         rows.append({"kind": "kernel", "case": case.label, "family": case.model, "dtype": case.dtype,
-                     "kernel": f"k{i}", "op": s.op, "in_shape": "x".join(str(at(d)) for d in s.in_shape),
-                     "out_shape": "x".join(str(at(d)) for d in s.out_shape),
-                     "k": "x".join(map(str, attrs["k"])) if "k" in attrs else "", "stride": attrs.get("stride", ""),
-                     "groups": attrs.get("groups", ""), "cin": attrs.get("cin", ""), "cout": attrs.get("cout", ""),
-                     "inputs": 3 if attrs.get("residual") else 1, "us": f"{us:.4f}", "spread_us": "0", "runs": 10})
+                     "kernel": f"k{i}", "op": s.op, "in_shape": "x".join(map(str, ins)),
+                     "out_shape": "x".join(map(str, outs)), "k": "x".join(map(str, attrs["k"])) if attrs["k"] else "",
+                     "stride": s.attrs.get("stride", ""), "groups": groups, "cin": attrs["cin"] or "", "cout": "",
+                     "inputs": 3 if res else 1, "us": f"{us:.4f}", "spread_us": "0", "runs": 10})
     whole = OVERHEAD_US + SCALE * total + PER_KERNEL_US * len(rows)
     rows.insert(0, {"kind": "model", "case": case.label, "family": case.model, "dtype": case.dtype,
                     "us": f"{whole:.4f}", "spread_us": "0", "runs": 20})
@@ -173,3 +174,22 @@ def test_a_corrupt_file_next_to_a_target_fails_predict_with_one_line(tmp_path):
     g = build(Case("cnn", 16, 0.5))[2]
     with pytest.raises(UserError, match="host.measurements.csv"):
         cost.predict(g, targets.load(tmp_path / "host.yaml"))
+
+
+def test_per_kernel_type_shares_and_corrections_for_a_search(measured_host):
+    g = build(Case("resnet8", 16, 0.5))[2]
+    scorer = cost.prepare(g, measured_host)
+    n = len(scorer.node_names)
+    bits = np.array([np.full(n, 32), np.full(n, 8)])
+    shares, overhead = scorer.type_ms(bits=bits)
+    total = scorer.score(bits=bits).latency_ms
+    assert sum(shares.values()) + overhead == pytest.approx(total, rel=1e-9)
+    assert shares["QLinearConv"][0] == 0 and shares["QLinearConv"][1] > 0
+    doubled = cost.prepare(g, measured_host, corrections={"QLinearConv": 2.0}).score(bits=bits).latency_ms
+    assert doubled[0] == pytest.approx(total[0], rel=1e-9)
+    assert doubled[1] > total[1] + 0.5 * shares["QLinearConv"][1]
+    roof = cost.prepare(g, targets.load("stm32h743"), corrections={"conv": 1.5})
+    plain = cost.prepare(g, targets.load("stm32h743"))
+    assert roof.score().latency_ms[0] > plain.score().latency_ms[0]
+    with pytest.raises(UserError, match="finite and positive"):
+        cost.prepare(g, measured_host, corrections={"QLinearConv": float("nan")})

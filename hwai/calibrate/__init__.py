@@ -21,11 +21,14 @@ import numpy as np
 
 from hwai import targets
 from hwai.calibrate import device
-from hwai.calibrate.cases import FAMILIES, Case, build, export_onnx, quantize_int8, random_zoo, sample  # noqa: F401
+from hwai.calibrate.cases import FAMILIES, Case, build, sample
 from hwai.calibrate.device import cpu_name as cpu_model
-from hwai.calibrate.kit import export_kit, import_measurements, write_kit  # noqa: F401
+from hwai.calibrate.kit import export_kit, import_measurements, write_kit
 from hwai.errors import UserError
 from hwai.measure import physical_cores
+
+__all__ = ["CalibrateConfig", "CalibrationResult", "Case", "build", "calibrate", "calibrate_from", "cpu_model",
+           "cross_validate", "export_kit", "import_measurements", "write_kit"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class CalibrateConfig:
     seed: int = 0
     threads: int | None = None  # ONNX Runtime intra-op threads; None: physical cores
     rounds: int = 3  # passes over all models, spread in time; per kernel the lowest round median counts
-    profiled_runs: int = 12  # profiled runs per model and round
+    profiled_runs: int = 20  # profiled runs per model and round
     min_runs: int = 20  # plain runs per model and round at least
     max_seconds: float = 0.25  # more plain runs until the median settles or this long
     gemm_size: int = 512  # square GEMM edge for the peak-throughput microbenchmarks
@@ -68,6 +71,7 @@ class CalibrationResult:
     rows: list[dict]  # per model: case, family, dtype, measured_ms, spread_ms, runs, predicted_ms, error
     kernels: int  # kernel measurements stored
     seconds: float  # wall time of the calibration
+    detected: tuple[int, int] = (0, 0)  # kernels hwai.cost.kernels detected that ONNX Runtime ran, of those it ran
 
     def within(self, tol: float = 0.10) -> float:
         """Share of models predicted within +-tol by the cross-validated learned model."""
@@ -92,6 +96,29 @@ def cross_validate(meas, folds: int, method: str = "gbt") -> dict[str, float]:
         if held:
             out.update(KernelModel(meas, method, exclude=held).case_us(meas, held))
     return out
+
+
+def detection_agreement(meas, graphs: dict[str, object]) -> tuple[int, int]:
+    """How many of the kernels ONNX Runtime ran for these measured models hwai.cost.kernels detects from their
+    graphs ({case label: graph}): (matched, ran), compared as (op, output shape) multisets per model."""
+    from collections import Counter
+
+    from hwai.cost.kernels import detect, listing
+    from hwai.cost.learned import KernelModel
+    from hwai.cost.lowering import lower
+
+    runtime = KernelModel(meas, "linear").runtime
+    k = meas.kernels
+    matched = ran = 0
+    for label, g in graphs.items():
+        channels = np.array([[n.output_shape[1] if len(n.output_shape) > 1 else 1 for n in g.nodes]])
+        int8 = np.full(channels.shape, label.endswith("int8"))
+        found = Counter((op, out) for op, _, out in listing(detect(lower(g), runtime, channels, int8)))
+        rows = Counter((str(op), tuple(int(d) for d in str(s).split("x") if d))
+                       for op, s, c in zip(k["op"], k["out_shape"], k["case"]) if c == label)
+        matched += sum((found & rows).values())
+        ran += sum(rows.values())
+    return matched, ran
 
 
 def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progress: bool = True) -> CalibrationResult:
@@ -152,8 +179,9 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
         stored = measurements.path_for(out)
         hio.write_text(stored, csv.read_text())
     meas = measurements.load(stored)
+    agreement = detection_agreement(meas, {c.label: g for c, g in zip(fit_on, graphs)})
     return CalibrationResult(out, stored, targets.load(out), micro, _rows(meas, cfg.folds), len(meas.kernels["us"]),
-                             time.perf_counter() - started)
+                             time.perf_counter() - started, agreement)
 
 
 def _rows(meas, folds: int) -> list[dict]:

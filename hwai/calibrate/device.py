@@ -11,10 +11,10 @@ then, back on the machine with hwai: `hwai calibrate --from measurements.csv --t
 
 How it measures: every model gets a plain and a profiling ONNX Runtime session (full graph optimization,
 sequential, N intra-op threads). A round is one pass over all models: per model, warm-up runs, then plain and
-profiled runs alternately (so both see the same load), then more plain runs until the median settles.
-Rounds are spread in time because noise on a shared machine comes in bursts; per kernel the lowest of the
-per-round interquartile means counts (the profiler reports whole microseconds: a mean averages that away),
-per model the lowest per-round median (other processes only ever slow a run down).
+profiled runs alternately (so both see the same load), then more plain runs until the estimate settles.
+Rounds are spread in time because noise on a shared machine comes in bursts. Per round, a model's latency and
+each kernel's time is the mean of its faster half of runs (`fast_half`); over rounds the lowest counts (other
+processes only ever slow a run down).
 The profiler's per-kernel times include its own bookkeeping (a few microseconds per kernel); hwai fits
 that away against the whole-model times.
 """
@@ -82,7 +82,7 @@ def _timed(run) -> float:
 
 
 def _round(plain, profiled, feed: dict, profiled_runs: int, min_runs: int, max_seconds: float) -> list[float]:
-    """One round of one model: warm-up, plain and profiled runs alternately, then plain runs until the median
+    """One round of one model: warm-up, plain and profiled runs alternately, then plain runs until the estimate
     settles (within 2% over the last half) or `max_seconds`; returns the plain latencies (us)."""
     for _ in range(3):
         plain.run(None, feed)
@@ -96,22 +96,23 @@ def _round(plain, profiled, feed: dict, profiled_runs: int, min_runs: int, max_s
     while True:
         n = len(whole)
         if n >= min_runs and n % 10 == 0:
-            median = np.median(whole)
-            if time.perf_counter() - start > max_seconds or abs(median - np.median(whole[: n // 2])) <= 0.02 * median:
+            now = fast_half(whole)
+            if time.perf_counter() - start > max_seconds or abs(now - fast_half(whole[: n // 2])) <= 0.02 * now:
                 return whole
         whole.append(_timed(lambda: plain.run(None, feed)))
 
 
-def _middle_mean(values: list[float]) -> float:
-    """Mean of the values between the quartiles: robust like a median, but it averages away the profiler's
-    whole-microsecond resolution."""
-    v = np.sort(values)
-    q1, q3 = np.percentile(v, [25, 75])
-    return float(v[(v >= q1) & (v <= q3)].mean())
+def fast_half(values) -> float:
+    """Mean of the faster half of the runs: on a machine other processes use, a run is either undisturbed or
+    preempted (slower, never faster), so the faster half estimates the undisturbed time far more stably than
+    a median; undisturbed, it is within a few percent of the median. (A mean also averages away the
+    profiler's whole-microsecond resolution.)"""
+    v = np.sort(np.asarray(values, dtype=float))
+    return float(v[: max(1, (len(v) + 1) // 2)].mean())
 
 
 def _kernel_rounds(trace: list, rounds: int, per_round: int) -> dict:
-    """kernel name -> (op, input shape, output shape, [per-round median us]) from one session's trace."""
+    """kernel name -> (op, input shape, output shape, inputs of >= 2 dims, [per-round us]) from one trace."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
     starts = [s for s, _ in runs]
     per_run: list[dict] = [{} for _ in runs]
@@ -133,13 +134,13 @@ def _kernel_rounds(trace: list, rounds: int, per_round: int) -> dict:
     warm = 3  # each round begins with 3 profiled warm-up runs
     result = {}
     for name, (op, ins, outs, n_act) in info.items():
-        medians = []
+        found = []
         for r in range(rounds):
             chunk = per_run[r * (warm + per_round) + warm:(r + 1) * (warm + per_round)]
             vals = [run[name] for run in chunk if name in run]
             if vals:
-                medians.append(_middle_mean(vals))
-        result[name] = (op, ins, outs, n_act, medians)
+                found.append(fast_half(vals))
+        result[name] = (op, ins, outs, n_act, found)
     return result
 
 
@@ -163,7 +164,7 @@ def machine() -> str:
     return f"{cpu_name()} ({platform.machine()}, {os.cpu_count()} logical cores)"
 
 
-def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: int = 12, min_runs: int = 20,
+def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: int = 20, min_runs: int = 20,
             max_seconds: float = 0.25, progress=None) -> int:
     """Measure every model of `kit`, write the CSV to `out`; returns the number of kernel rows written.
     `progress(done, total, label)` is called before each model of each round. With `profiled_runs` 0 only
@@ -191,7 +192,7 @@ def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: 
             if progress:
                 progress(done, total, f"round {r + 1}/{rounds}: {m['case']}")
             whole[i].append(_round(plain, profiled, feed, profiled_runs, min_runs, max_seconds))
-            per_round[i].append(float(np.median(whole[i][-1])))
+            per_round[i].append(fast_half(whole[i][-1]))
             done += 1
     rows = []
     for i, (m, (plain, profiled, feed)) in enumerate(zip(models, sessions)):
@@ -208,16 +209,16 @@ def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: 
         finally:
             trace_path.unlink(missing_ok=True)
         aliases, nodes = m.get("aliases", {}), m.get("nodes", {})
-        for name, (op, ins, outs, n_act, medians) in _kernel_rounds(trace, rounds, profiled_runs).items():
-            if not medians:
+        for name, (op, ins, outs, n_act, times) in _kernel_rounds(trace, rounds, profiled_runs).items():
+            if not times:
                 continue
             attrs = nodes.get(resolve(name, aliases) or "", {})
             k = attrs.get("k")
             rows.append({**base, "kind": "kernel", "kernel": name, "op": op, "in_shape": _shape(ins),
                          "out_shape": _shape(outs), "k": _shape(k) if k else "", "stride": attrs.get("stride", ""),
                          "groups": attrs.get("groups", ""), "cin": attrs.get("cin", ""), "cout": attrs.get("cout", ""),
-                         "inputs": n_act, "us": f"{min(medians):.3f}", "spread_us": f"{np.ptp(medians):.3f}",
-                         "runs": len(medians) * profiled_runs})
+                         "inputs": n_act, "us": f"{min(times):.3f}", "spread_us": f"{np.ptp(times):.3f}",
+                         "runs": len(times) * profiled_runs})
     meta = {"machine": machine(), "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
             "threads": threads, "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "kit": spec.get("created", ""), "rounds": rounds}

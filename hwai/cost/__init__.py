@@ -11,16 +11,20 @@ latency and `Prediction.describe()` from what (file, kernels, machine, date).
     p = cost.predict(graph, target, precision="int8")            # or {node: dtype}; per-layer breakdown
     scorer = cost.prepare(graph, target)                         # batch API for search screening
     s = scorer.score(channel_scale=C, bits=Q, sparsity=S)        # (B, N) arrays -> (B,) totals, >= 10,000/s
-See hwai.cost.roofline for the meaning of the candidate arrays.
+See hwai.cost.roofline for the meaning of the candidate arrays. Feedback from measurements: a learned scorer's
+`type_ms()` splits predicted latency by kernel type; `prepare(..., corrections={type: factor})` applies factors
+fitted to a search's own measurements (per op key for the roofline).
 """
 from __future__ import annotations
 
-from hwai.cost.roofline import (BITS, BatchScores, LayerPrediction, Prediction, Scorer, candidate_inputs,  # noqa: F401
+from hwai.cost.roofline import (BITS, BatchScores, LayerPrediction, Prediction, Scorer, candidate_inputs,
                                 fit_message, notes, op_key, resolve_dtype)
 from hwai.errors import UserError
 from hwai.graph import Graph
 from hwai.targets import Target
 
+__all__ = ["BITS", "BatchScores", "LayerPrediction", "MODELS", "Prediction", "Scorer", "learned_model", "op_key",
+           "predict", "prepare", "resolve_dtype"]
 MODELS = ("auto", "learned", "roofline")
 
 
@@ -36,9 +40,12 @@ def learned_model(target: Target, method: str = "gbt"):
     return model_for(measurements.load(path), method)
 
 
-def prepare(graph: Graph, target: Target, fuse: bool = True, model: str = "auto"):
+def prepare(graph: Graph, target: Target, fuse: bool = True, model: str = "auto",
+            corrections: dict[str, float] | None = None):
     """A batch scorer of `graph` on `target` (`.score(channel_scale=, bits=, sparsity=)`, `.node_names`):
-    the learned latency model where the target has measurements (model "auto" or "learned"), else the roofline."""
+    the learned latency model where the target has measurements (model "auto" or "learned"), else the roofline.
+    corrections: latency factors, per kernel type for the learned model (the keys of `scorer.type_ms()`), per
+    op key (conv, depthwise, linear, ...) for the roofline; unlisted ones stay 1."""
     if model not in MODELS:
         raise UserError(f"cost model must be one of {', '.join(MODELS)}, got {model!r}")
     kernel_model = learned_model(target) if model != "roofline" else None
@@ -46,21 +53,28 @@ def prepare(graph: Graph, target: Target, fuse: bool = True, model: str = "auto"
         raise UserError(f"{target.name} has no stored measurements ({target.path}): run `hwai calibrate` "
                         "(this machine) or `hwai calibrate --from FILE --target NAME`")
     if kernel_model is None:
-        return Scorer(graph, target, fuse)
+        scorer = Scorer(graph, target, fuse)
+        return scorer.corrected(corrections) if corrections else scorer
     from hwai.cost.learned import LearnedScorer
 
+    try:
+        kernel_model = kernel_model.corrected(corrections) if corrections else kernel_model
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     return LearnedScorer(graph, target, kernel_model, fuse)
 
 
 def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,
-            sparsity: dict[str, float] | None = None, fuse: bool = True, model: str = "auto") -> Prediction:
+            sparsity: dict[str, float] | None = None, fuse: bool = True, model: str = "auto",
+            corrections: dict[str, float] | None = None) -> Prediction:
     """Predicted per-layer and total latency, energy and peak memory of `graph` on `target`.
 
     precision: one of fp32/fp16/int8/int4 for every node, or {node_name: dtype}; None: each node's own dtype.
     sparsity: {node_name: fraction of zero weights}; it only helps where the target accelerates sparsity.
     model: "auto" (learned where the target has measurements, else roofline), "learned" or "roofline".
+    corrections: latency factors (see `prepare`).
     """
-    scorer = prepare(graph, target, fuse, model)
+    scorer = prepare(graph, target, fuse, model, corrections)
     roof = getattr(scorer, "roofline", scorer)
     bits, sp = candidate_inputs(roof, precision, sparsity)
     layers, t = scorer.breakdown(bits=bits, sparsity=sp)

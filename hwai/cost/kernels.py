@@ -64,7 +64,7 @@ class Slot:
     mask: np.ndarray  # (B,) bool
     in_shape: tuple  # first input as run (padded / channels-last), each dim an int or a (B,) array
     out_shape: tuple
-    attrs: dict = field(default_factory=dict)  # k (kh, kw), stride, groups, cin, cout (logical), residual
+    attrs: dict = field(default_factory=dict)  # k (kh, kw), stride, groups, dw (depthwise), residual (B,)
 
 
 def _pad(c, block: int):
@@ -218,8 +218,7 @@ class _Detector:
         f, q = ~self.int8[i], self.int8[i]
         cin, cout = self.c[self.t(src)], self.c[i]
         cpg = cin // max(op.groups, 1)
-        attrs = dict(k=op.k, stride=op.stride, groups=np.where(op.dw, cout, op.groups) if op.dw else op.groups,
-                     cin=cin, cout=cout)
+        attrs = dict(k=op.k, stride=op.stride, groups=op.groups, dw=op.dw)
         acts = [j for j, (root, _) in self.level2.items() if root == i]
         act = np.zeros(self.B, dtype=bool)
         for j in acts:
@@ -288,7 +287,7 @@ class _Detector:
             self.add("FusedGemm", op.head, f & act, (1, cin), (1, cout))
             self.add("Gemm", op.head, f & ~act, (1, cin), (1, cout))
         self.out(i, f)
-        self._int8(i, op, q, {"cin": cin, "cout": cout})
+        self._int8(i, op, q, {})
 
     _matmul = _gemm
 

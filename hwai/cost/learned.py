@@ -4,15 +4,17 @@ process) from a target's stored measurements (hwai.cost.measurements) — no sto
 Per kernel type (hwai.cost.features): a linear roofline-feature baseline, `t = a0 + a1 MACs + a2 elements +
 a3 weights` (non-negative, least relative squares), times exp(a regressor of log(measured / baseline)) on the
 kernel's features: gradient-boosted trees ("gbt", default), a random forest ("rf"), or nothing ("linear").
-A type never measured is predicted by the baseline fitted to all kernels. Whole model:
-`overhead + scale x sum(kernel predictions) + per_kernel x kernels`, fitted to the whole-model latencies of the
-same file; it removes the profiler's own per-kernel bookkeeping, which inflates the kernel times it reports.
+A type never measured is predicted by the baseline of its group (convolutions, matrix products, the rest).
+Whole model: `overhead + scale x sum(kernel predictions) + per_kernel x kernels`, fitted to the whole-model
+latencies of the same file; it removes the profiler's own per-kernel bookkeeping, which inflates the kernel
+times it reports by a few microseconds each.
 
 The batch scorer detects each candidate's kernels (hwai.cost.kernels), predicts the distinct kernels once and
 keeps the roofline's energy and memory terms (hwai.cost.roofline).
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -32,8 +34,8 @@ def _regressor(method: str):
     from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 
     if method == "gbt":
-        return GradientBoostingRegressor(n_estimators=120, max_depth=3, learning_rate=0.08, subsample=0.8,
-                                         loss="huber", random_state=0)
+        return GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.1, subsample=0.8,
+                                         random_state=0)
     return RandomForestRegressor(n_estimators=80, min_samples_leaf=2, max_features=0.7, random_state=0, n_jobs=1)
 
 
@@ -45,6 +47,22 @@ def _nnls_relative(lin: np.ndarray, t: np.ndarray) -> np.ndarray:
     scale = np.maximum(np.abs(a).max(axis=0), 1e-30)
     coef, _ = nnls(a / scale, np.ones(len(t)))
     return coef / scale
+
+
+def _whole_terms(sums: np.ndarray, counts: np.ndarray, whole: np.ndarray) -> tuple[float, float, float]:
+    """(overhead, scale, per_kernel) of whole = overhead + scale x kernel sum + per_kernel x kernels, least
+    relative squares with a soft-L1 loss (a model measured during a burst of other processes' work must not drag
+    the terms). The profiler's bookkeeping costs each kernel a few microseconds (per_kernel < 0); the scale stays
+    within 15% of 1 because kernels add up, whatever a noisy calibration suggests."""
+    from scipy.optimize import least_squares
+
+    def residuals(p):
+        return (p[0] + p[1] * sums + p[2] * counts) / whole - 1.0
+
+    start = [max(float(np.median(whole - sums)), 0.0), 1.0, -1.0]
+    lower, upper = [0.0, 0.85, -50.0], [1e4, 1.15, 50.0]
+    fit = least_squares(residuals, np.clip(start, lower, upper), bounds=(lower, upper), loss="soft_l1", f_scale=0.05)
+    return float(fit.x[0]), float(fit.x[1]), float(fit.x[2])
 
 
 def _per_case(case_of_row: np.ndarray, us: np.ndarray, cases: list) -> tuple[np.ndarray, np.ndarray]:
@@ -62,47 +80,49 @@ def featurize(meas: Measurements, idx: np.ndarray) -> dict[str, tuple[np.ndarray
     ONNX node was not found, so without a kernel size, are left out)."""
     k = meas.kernels
     shape = lambda text: tuple(int(d) for d in str(text).split("x") if d)  # noqa: E731
-    by_type: dict[str, list[int]] = {}
+    by_type: dict[str, tuple[list, dict]] = {}
     for i in idx:
         op = str(k["op"][i])
         if op in F.CONV and not k["k"][i]:
             continue
-        by_type.setdefault(F.kernel_type(op, k["groups"][i], k["cin"][i]), []).append(int(i))
+        kk = shape(k["k"][i]) or (0, 0)
+        r = F.raw_from_shapes(op, shape(k["in_shape"][i]), shape(k["out_shape"][i]),
+                              {"k": (kk[0], kk[-1]), "stride": k["stride"][i], "groups": k["groups"][i],
+                               "cin": k["cin"][i], "residual": F.residual(op, k["inputs"][i])})
+        rows, cols = by_type.setdefault(F.kernel_type(op, bool(r["dw"])), ([], {c: [] for c in F.RAW}))
+        rows.append(int(i))
+        for c in F.RAW:
+            cols[c].append(float(r[c]))
     out = {}
-    for key, rows in by_type.items():
-        op = key.split("/")[0]
-        raw = {c: [] for c in F.RAW}
-        for i in rows:
-            kk = shape(k["k"][i]) or (0, 0)
-            r = F.raw_from_shapes(op, shape(k["in_shape"][i]), shape(k["out_shape"][i]),
-                                  {"k": (kk[0], kk[-1]), "stride": k["stride"][i], "groups": k["groups"][i],
-                                   "cin": k["cin"][i], "cout": k["cout"][i], "residual": F.residual(op, k["inputs"][i])})
-            for c in F.RAW:
-                raw[c].append(float(r[c]))
-        x, lin = F.matrices(op, {c: np.array(v) for c, v in raw.items()})
+    for key, (rows, cols) in by_type.items():
+        x, lin = F.matrices(key.split("/")[0], {c: np.array(v) for c, v in cols.items()})
         out[key] = (x, lin, k["us"][rows].astype(float), np.array(rows))
     return out
 
 
-@dataclass
-class TypeFit:
-    coef: np.ndarray  # linear baseline (us) on [1, MACs, elements, weights]
-    reg: object | None  # regressor of log(measured / baseline)
-    rows: int
+def group_of(key: str) -> str:
+    """Kernel types share a residual regressor per group: convolutions, matrix products, the rest."""
+    op = key.split("/")[0]
+    return "conv" if op in F.CONV else "gemm" if op in F.GEMM else "other"
 
 
 @dataclass
 class KernelModel:
-    """Per-type kernel regressors and the whole-model terms, fitted from one measurement file."""
+    """Per-type linear baselines, a residual regressor per group of types, and the whole-model terms,
+    fitted from one measurement file."""
 
     source: Measurements
     method: str = "gbt"
     exclude: tuple[str, ...] = ()  # families or cases left out of the fit (to evaluate on them)
-    types: dict[str, TypeFit] = field(default_factory=dict)
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)  # type (or group, "_any") -> [a0, a_MACs,
+    # a_elements, a_weights] (us)
+    rows: dict[str, int] = field(default_factory=dict)  # type -> kernels fitted
+    regressors: dict[str, tuple[object, list[str]]] = field(default_factory=dict)  # group -> (regressor, its types)
     overhead_us: float = 0.0
     scale: float = 1.0
     per_kernel_us: float = 0.0
     nchwc_block: int = 0
+    factors: dict[str, float] = field(default_factory=dict)  # kernel type -> correction factor (see `corrected`)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -110,18 +130,37 @@ class KernelModel:
         k, m = self.source.kernels, self.source.models
         keep = ~(np.isin(k["family"].astype(str), self.exclude) | np.isin(k["case"].astype(str), self.exclude))
         rows = featurize(self.source, np.flatnonzero(keep))
-        for key, (x, lin, t, _) in rows.items():
-            self.types[key] = self._fit_type(x, lin, t)
-        all_lin = np.concatenate([r[1] for r in rows.values()])
-        all_t = np.concatenate([r[2] for r in rows.values()])
-        self.types["_any"] = TypeFit(_nnls_relative(all_lin, all_t), None, len(all_t))
+        for key, (_, lin, t, _) in rows.items():
+            self.baselines[key], self.rows[key] = _nnls_relative(lin, t), len(t)
+        for group in ("conv", "gemm", "other", "_any"):  # for kernel types never measured
+            members = [r for key, r in rows.items() if group in (group_of(key), "_any")]
+            if members:
+                self.baselines[group] = _nnls_relative(np.concatenate([r[1] for r in members]),
+                                                       np.concatenate([r[2] for r in members]))
+        if self.method != "linear":
+            for group in sorted({group_of(key) for key in rows}):
+                types = sorted(key for key in rows if group_of(key) == group)
+                if sum(self.rows[t] for t in types) < MIN_ROWS:
+                    continue
+                x = np.concatenate([self._inputs(t, types, rows[t][0]) for t in types])
+                y = np.concatenate([np.log(rows[t][2] / self._base(t, rows[t][1])) for t in types])
+                self.regressors[group] = (_regressor(self.method).fit(x, y), types)
         self.nchwc_block = self._block()
-        # whole model = overhead + scale * sum(kernels) + per_kernel * kernels, fitted on the measured kernel sums
         mk = ~(np.isin(m["family"].astype(str), self.exclude) | np.isin(m["case"].astype(str), self.exclude))
         sums, counts = _per_case(k["case"][keep], k["us"][keep], list(m["case"][mk]))
-        a = np.column_stack([np.ones(len(sums)), sums, counts, -counts])
-        coef = _nnls_relative(a, m["us"][mk])
-        self.overhead_us, self.scale, self.per_kernel_us = float(coef[0]), float(coef[1]), float(coef[2] - coef[3])
+        self.overhead_us, self.scale, self.per_kernel_us = _whole_terms(sums, counts, m["us"][mk])
+
+    @staticmethod
+    def _inputs(key: str, types: list[str], x: np.ndarray) -> np.ndarray:
+        """Regressor inputs: the features and a one-hot of the type within its group."""
+        onehot = np.zeros((len(x), len(types)))
+        onehot[:, types.index(key)] = 1.0
+        return np.hstack([x, onehot])
+
+    def _base(self, key: str, lin: np.ndarray) -> np.ndarray:
+        coef = self.baselines.get(key)
+        coef = coef if coef is not None else self.baselines.get(group_of(key), self.baselines["_any"])
+        return np.maximum(lin @ coef, 1e-3)
 
     def case_us(self, meas: Measurements, cases) -> dict[str, float]:
         """Whole-model us of measured models, predicted from their measured kernels' features."""
@@ -134,28 +173,37 @@ class KernelModel:
         sums, counts = _per_case(k["case"][idx], pred[idx], cases)
         return dict(zip(cases, self.whole_us(sums, counts)))
 
-    def _fit_type(self, x: np.ndarray, lin: np.ndarray, t: np.ndarray) -> TypeFit:
-        coef = _nnls_relative(lin, t)
-        reg = None
-        if self.method != "linear" and len(t) >= MIN_ROWS:
-            base = np.maximum(lin @ coef, 1e-3)
-            reg = _regressor(self.method).fit(x, np.log(t / base))
-        return TypeFit(coef, reg, len(t))
-
     def _block(self) -> int:
         """The NCHWc block of the measured runtime: channels of NchwcConv outputs are padded to it."""
         k = self.source.kernels
         outs = [int(str(s).split("x")[1]) for op, s in zip(k["op"], k["out_shape"]) if op == "NchwcConv" and "x" in str(s)]
         return math.gcd(*outs) if outs else 0
 
+    def corrected(self, factors: dict[str, float]) -> "KernelModel":
+        """This model with each listed kernel type's predictions multiplied by its factor (e.g. measured over
+        predicted, fitted from a search's own measurements); no refit."""
+        bad = {k: v for k, v in factors.items() if not (np.isfinite(v) and v > 0)}
+        if bad:
+            raise ValueError(f"correction factors must be finite and positive, got {bad}")
+        new = copy.copy(self)
+        new.factors = {**self.factors, **factors}
+        return new
+
     def kernel_us(self, key: str, x: np.ndarray, lin: np.ndarray) -> np.ndarray:
-        """Predicted profiled time (us) of kernels of one type."""
-        fit = self.types.get(key) or self.types["_any"]
-        base = np.maximum(lin @ fit.coef, 1e-3)
-        return base * np.exp(fit.reg.predict(x)) if fit.reg is not None and len(x) else base
+        """Predicted profiled time (us) of kernels of one type (a type never measured: its group's baseline)."""
+        base = self._base(key, lin) * self.factors.get(key, 1.0)
+        reg, types = self.regressors.get(group_of(key), (None, []))
+        if reg is None or key not in types or not len(x):
+            return base
+        return base * np.exp(reg.predict(self._inputs(key, types, x)))
 
     def whole_us(self, kernel_sum: np.ndarray, kernels: np.ndarray) -> np.ndarray:
         return self.overhead_us + self.scale * kernel_sum + self.per_kernel_us * kernels
+
+    @property
+    def types(self) -> set[str]:
+        """Kernel types with measurements."""
+        return set(self.rows)
 
     @property
     def runtime(self) -> Runtime:
@@ -191,76 +239,98 @@ class LearnedScorer:
         index = {n.name: i for i, n in enumerate(graph.nodes)}
         self.layer_of = np.array([index.get(n.fused_into, i) if fuse else i for i, n in enumerate(graph.nodes)])
 
-    def kernel_times(self, channel_scale=None, bits=None) -> tuple[list[Slot], np.ndarray, list[str]]:
-        """Detected kernel slots of B candidates, their predicted profiled times (slots, B) in us (0: absent),
-        and each slot's kernel type."""
-        out_s, _, dt, _ = self.roofline.candidates(channel_scale, bits)
+    def kernel_times(self, channel_scale=None, bits=None, cands=None) -> tuple[
+            list[Slot], list[tuple[np.ndarray, np.ndarray]], list[str], int]:
+        """Detected kernel slots of B candidates; per slot (candidates where present, predicted profiled us);
+        each slot's kernel type; B. Distinct kernels are predicted once (a slot's features are fixed by its
+        element counts)."""
+        out_s, _, dt, _ = cands or self.roofline.candidates(channel_scale, bits)
         channels = np.maximum(np.rint(self.c0[:, None] * out_s), 1).T.astype(np.int64)
         int8 = (dt == DTYPES.index("int8")).T  # after the target's dtype fallback (int4 -> int8, fp16 -> fp32)
         slots = detect(self.program, self.model.runtime, channels, int8)
-        times = np.zeros((len(slots), channels.shape[0]))
-        batches: dict[str, list] = {}
+        batch = channels.shape[0]
         keys: list[str] = []
+        by_type: dict[str, list] = {}
         for j, slot in enumerate(slots):
-            raw = F.raw_from_shapes(slot.op, slot.in_shape, slot.out_shape, slot.attrs)
+            const = F.constants(slot.op, slot.in_shape, slot.out_shape, slot.attrs)
+            keys.append(F.kernel_type(slot.op, const["dw"]))
             b = np.flatnonzero(slot.mask)
-            if not len(b):
-                keys.append("")
-                continue
-            ie = np.broadcast_to(raw["in_elems"], slot.mask.shape)[b].astype(np.int64)
-            oe = np.broadcast_to(raw["out_elems"], slot.mask.shape)[b].astype(np.int64)
-            res = np.broadcast_to(np.asarray(raw["residual"], dtype=np.int64), slot.mask.shape)[b]
-            _, first, inverse = np.unique(ie * (1 << 32) + oe * 2 + res, return_index=True, return_inverse=True)
-            rows = b[first]
-            sub = {c: np.broadcast_to(np.asarray(raw[c]), slot.mask.shape)[rows] for c in F.RAW}
-            x, lin = F.matrices(slot.op, sub)
-            g = raw["groups"], raw["cin"]
-            key = F.kernel_type(slot.op, float(np.broadcast_to(g[0], slot.mask.shape)[rows[0]]),
-                                float(np.broadcast_to(g[1], slot.mask.shape)[rows[0]]))
-            batches.setdefault(key, []).append((j, b, inverse, x, lin))
-            keys.append(key)
-        for key, parts in batches.items():
-            us = self.model.kernel_us(key, np.concatenate([p[3] for p in parts]), np.concatenate([p[4] for p in parts]))
+            if len(b):
+                res = np.broadcast_to(np.asarray(slot.attrs.get("residual", 0), dtype=np.int64), slot.mask.shape)[b]
+                by_type.setdefault(keys[-1], []).append((j, b, _elems(slot.in_shape, b), _elems(slot.out_shape, b),
+                                                        res, const))
+        times: list = [(np.zeros(0, dtype=np.intp), np.zeros(0))] * len(slots)
+        for key, parts in by_type.items():
+            part = np.concatenate([np.full(len(p[1]), n) for n, p in enumerate(parts)])
+            ie, oe, res = (np.concatenate([p[k] for p in parts]) for k in (2, 3, 4))
+            _, first, inverse = np.unique((part.astype(np.int64) << 50) + (ie << 25) + oe * 2 + res,
+                                          return_index=True, return_inverse=True)
+            const = {c: np.array([p[5][c] for p in parts])[part[first]] for c in parts[0][5]}
+            x, lin = F.matrices(key.split("/")[0], F.raw(ie[first], oe[first], res[first], const))
+            us = self.model.kernel_us(key, x, lin)[inverse]
             start = 0
-            for j, b, inverse, x, _ in parts:
-                times[j, b] = us[start:start + len(x)][inverse]
-                start += len(x)
-        return slots, times, keys
+            for j, b, *_ in parts:
+                times[j] = (b, us[start:start + len(b)])
+                start += len(b)
+        return slots, times, keys, batch
 
-    def latency_ms(self, slots: list[Slot], times: np.ndarray) -> np.ndarray:
-        counts = np.sum([s.mask for s in slots], axis=0) if slots else 0
-        return self.model.whole_us(times.sum(axis=0), counts) / 1e3
+    def latency_ms(self, times: list[tuple[np.ndarray, np.ndarray]], batch: int) -> np.ndarray:
+        b = np.concatenate([t[0] for t in times]) if times else np.zeros(0, dtype=np.intp)
+        us = np.concatenate([t[1] for t in times]) if times else np.zeros(0)
+        total, count = np.bincount(b, weights=us, minlength=batch), np.bincount(b, minlength=batch)
+        return self.model.whole_us(total, count) / 1e3
 
     def score(self, channel_scale=None, bits=None, sparsity=None):
         """Predicted totals of B candidates (hwai.cost.BatchScores), latency from the learned model."""
-        s = self.roofline.score(channel_scale, bits, sparsity)
-        slots, times, _ = self.kernel_times(channel_scale, bits)
-        s.latency_ms = self.latency_ms(slots, times)
+        cands = self.roofline.candidates(channel_scale, bits, sparsity)
+        s = self.roofline.score(cands=cands, latency=False)
+        _, times, _, batch = self.kernel_times(cands=cands)
+        s.latency_ms = self.latency_ms(times, batch)
         return s
 
     def breakdown(self, channel_scale=None, bits=None, sparsity=None) -> tuple[list, dict]:
         """Per-layer predictions of one candidate (learned latency, roofline energy) and its per-node terms."""
         layers, t = self.roofline.breakdown(channel_scale, bits, sparsity)
-        slots, times, keys = self.kernel_times(channel_scale, bits)
+        slots, times, keys, batch = self.kernel_times(channel_scale, bits)
         per = self.layer_ms(slots, times)
         index = {name: i for i, name in enumerate(self.node_names)}
         for layer in layers:
             layer.latency_ms, layer.bound = per.get(index[layer.name], 0.0), "kernels"
-        t["latency_ms"] = float(self.latency_ms(slots, times)[0])
+        t["latency_ms"] = float(self.latency_ms(times, batch)[0])
         t["notes"] = [f"learned latency includes a per-inference overhead of {self.model.overhead_us / 1e3:.4f} ms "
                       "that no layer carries"]
-        unmeasured = sorted({k for k, s in zip(keys, slots) if s.mask[0] and k not in self.model.types})
+        unmeasured = sorted({k for k, s in zip(keys, slots) if s.mask[0] and k not in self.model.types})  # noqa: B007
         if unmeasured:
             t["notes"].append(f"kernel types never measured on {self.target.name} ({', '.join(unmeasured)}): "
-                              "predicted by the baseline fitted to all kernels")
+                              "predicted by the baseline of their group")
         return layers, t
 
-    def layer_ms(self, slots: list[Slot], times: np.ndarray, b: int = 0) -> dict[int, float]:
-        """Predicted ms per layer (fusion-group head index) of candidate b: its kernels' share of the whole."""
+    def type_ms(self, channel_scale=None, bits=None) -> tuple[dict[str, np.ndarray], float]:
+        """Each kernel type's share of the predicted latency of B candidates ({type: (B,) ms}) and the
+        per-inference overhead (ms): they add up to `score(...).latency_ms`. A search that measures its
+        candidates can fit per-type factors to them and rank with `cost.prepare(..., corrections=factors)`."""
+        slots, times, keys, batch = self.kernel_times(channel_scale, bits)
+        m, out = self.model, {}
+        for key, (b, us) in zip(keys, times):
+            if len(b):
+                out.setdefault(key, np.zeros(batch))
+                out[key] += np.bincount(b, weights=m.scale * us + m.per_kernel_us, minlength=batch) / 1e3
+        return out, m.overhead_us / 1e3
+
+    def layer_ms(self, slots: list[Slot], times: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, float]:
+        """Predicted ms per layer (fusion-group head index) of candidate 0: its kernels' share of the whole."""
         out: dict[int, float] = {}
         m = self.model
-        for slot, t in zip(slots, times[:, b]):
-            if slot.mask[b]:
+        for slot, (b, us) in zip(slots, times):
+            if len(b) and b[0] == 0:
                 head = int(self.layer_of[slot.owner])
-                out[head] = out.get(head, 0.0) + (m.scale * t + m.per_kernel_us) / 1e3
+                out[head] = out.get(head, 0.0) + (m.scale * us[0] + m.per_kernel_us) / 1e3
         return out
+
+
+def _elems(shape: tuple, b: np.ndarray) -> np.ndarray:
+    """Elements of a slot's tensor (dims: ints or (B,) arrays) at the candidates `b`, as int64."""
+    out = np.ones(len(b), dtype=np.int64)
+    for d in shape:
+        out = out * (d[b] if isinstance(d, np.ndarray) and d.ndim else int(d))
+    return out

@@ -27,6 +27,7 @@ candidate with a per-layer breakdown.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -177,6 +178,17 @@ class Scorer:
         own = np.where(makers >= 0, self.own_bits[np.maximum(makers, 0)], self.own_bits[self.root] if n else 32)
         self.buffer_fp32 = self.life.buffer_bytes * 32 / own
         self.int8_io = target.kind in INT8_IO_KINDS
+        self.factors = np.ones(len(self.groups))  # per layer: latency correction (see `corrected`)
+
+    def corrected(self, factors: dict[str, float]) -> "Scorer":
+        """This scorer with the latency of layers whose op key (op_key: conv, depthwise, linear, ...) is listed
+        multiplied by its factor."""
+        bad = {k: v for k, v in factors.items() if not (np.isfinite(v) and v > 0)}
+        if bad:
+            raise UserError(f"correction factors must be finite and positive, got {bad}")
+        new = copy.copy(self)
+        new.factors = self.factors * np.array([factors.get(self.keys[h], 1.0) for h in self.groups])
+        return new
 
     def _arrays(self, value, default: np.ndarray | float, name: str) -> np.ndarray:
         """A (B, N) candidate input as a node-major (N, B) array."""
@@ -204,9 +216,10 @@ class Scorer:
         dt = self.dtype_index[self.bits_lut[np.broadcast_to(q, (len(self.node_names), b)).astype(np.intp)]]
         return out_s, in_s, dt, sp
 
-    def _evaluate(self, channel_scale=None, bits=None, sparsity=None) -> dict:
-        """Per-node terms, node-major (N, B), for B candidates (see the module docstring for the inputs)."""
-        out_s, in_s, dt, sp = self.candidates(channel_scale, bits, sparsity)
+    def _evaluate(self, channel_scale=None, bits=None, sparsity=None, cands=None, latency: bool = True) -> dict:
+        """Per-node terms, node-major (N, B), for B candidates (see the module docstring for the inputs);
+        `cands`: `candidates()` already computed; `latency` False skips the latency terms."""
+        out_s, in_s, dt, sp = cands or self.candidates(channel_scale, bits, sparsity)
         col = lambda v: np.asarray(v, dtype=_F)[:, None]  # noqa: E731 - per-node constant as (N, 1)
         flat = self.rows + dt
         width = self.width[dt]
@@ -217,8 +230,8 @@ class Scorer:
         ops, macs = col(self.work) * size, col(self.macs) * size
         w_bytes = col(self.w_bytes) * size * width
         act = (col(self.in_bytes * self.count_in) * in_s + col(self.out_bytes * self.count_out) * out_s) * width
-        compute = ops * self.inv_rate[flat]
-        if (self.lanes > 1).any():
+        compute = ops * self.inv_rate[flat] if latency else None
+        if latency and (self.lanes > 1).any():
             compute = compute * self._padding(self.lanes[dt], in_s, out_s)
         makers = self.life.buffer_node
         in_width = width[self.root] if self.int8_io else 1.0  # int8 runtimes take the input as the first layer does
@@ -232,7 +245,8 @@ class Scorer:
         w_cached = (w_level == "dram") & (total_w + peak_act <= tgt.capacity_bytes["sram"])
         off = "dram" if "dram" in tgt.bandwidth_bps else "sram"
         bw, e = tgt.bandwidth_bps, tgt.energy_per_byte_j
-        mem = act / np.where(act_sram, bw["sram"], bw[off]) + w_bytes / np.where(w_cached, bw["sram"], bw[w_level])
+        mem = act / np.where(act_sram, bw["sram"], bw[off]) + w_bytes / np.where(w_cached, bw["sram"], bw[w_level]) \
+            if latency else None
         energy = (np.where(col(self.macs > 0), macs, ops) * self.e_mac[dt] + act * np.where(act_sram, e["sram"], e[off])
                   + w_bytes * np.where(w_cached, e["sram"], e[w_level]))
         return {"compute": compute, "memory": mem, "overhead": self.ovh[flat], "energy": energy,
@@ -255,14 +269,19 @@ class Scorer:
         fits = (sram_needed <= tgt.capacity_bytes["sram"]) & (w_need <= tgt.capacity_bytes[w_store])
         return sram_needed, w_need, fits
 
-    def score(self, channel_scale=None, bits=None, sparsity=None) -> BatchScores:
-        """Predicted totals of B candidates; see the module docstring."""
-        t = self._evaluate(channel_scale, bits, sparsity)
+    def score(self, channel_scale=None, bits=None, sparsity=None, cands=None, latency: bool = True) -> BatchScores:
+        """Predicted totals of B candidates; see the module docstring. (`cands`, `latency`: see `_evaluate`;
+        without latency terms `latency_ms` is NaN.)"""
+        t = self._evaluate(channel_scale, bits, sparsity, cands, latency)
         gt = self.G.T
-        latency = np.maximum(gt @ t["compute"], gt @ t["memory"]) + gt @ np.broadcast_to(t["overhead"], t["compute"].shape)
+        if latency:
+            layers = np.maximum(gt @ t["compute"], gt @ t["memory"]) + gt @ np.broadcast_to(t["overhead"],
+                                                                                           t["compute"].shape)
+            total = (layers * self.factors[:, None]).sum(axis=0) * 1e3
+        else:
+            total = np.full(t["peak_act"].shape, np.nan)
         sram, _, fits = self._fit(t["peak_act"], t["weights"])
-        return BatchScores(latency.sum(axis=0) * 1e3, t["energy"].sum(axis=0) * 1e3, t["peak_act"], t["weights"],
-                           sram, fits)
+        return BatchScores(total, t["energy"].sum(axis=0) * 1e3, t["peak_act"], t["weights"], sram, fits)
 
     def breakdown(self, channel_scale=None, bits=None, sparsity=None) -> tuple[list[LayerPrediction], dict]:
         """Per-layer predictions of one candidate, plus its per-node terms."""
@@ -274,7 +293,8 @@ class Scorer:
             head = self.graph.nodes[h]
             bound = "overhead" if o > max(c, m) else "compute" if c >= m else "memory"
             layers.append(LayerPrediction(head.name, head.fusion or self.keys[h], DTYPES[int(t["dtype"][h])],
-                                          (max(c, m) + o) * 1e3, float(t["energy"][members].sum()) * 1e6,
+                                          (max(c, m) + o) * 1e3 * float(self.factors[j]),
+                                          float(t["energy"][members].sum()) * 1e6,
                                           bound, c * 1e3, m * 1e3, float(t["bytes"][members].sum())))
         return layers, t
 
