@@ -252,16 +252,18 @@ def calibrate(
                       f"{m['ort_int8_ops'] / 1e9:.1f} GOP/s, copy {m['sram_bps'] / 1e9:.1f} GB/s (cache) / "
                       f"{m['dram_bps'] / 1e9:.1f} GB/s (DRAM), per-op overhead {m['overhead_s'] * 1e6:.2f} us; "
                       f"fitted memory-time factor {m['memory_scale']:.3g}")
-    table = Table("model", "measured ms (median, best round)", "spread ms", "runs", "predicted ms", "error",
+    table = Table("model", "measured ms (fast half, best pass)", "spread ms", "runs", "predicted ms", "error",
                   title="whole-model latency: measured (onnxruntime) vs predicted by the learned kernel model "
-                        f"fitted without the model ({cfg.folds}-fold cross-validation)")
+                        f"({result.method}) fitted without the model ({cfg.folds}-fold cross-validation)")
     for r in result.rows:
         table.add_row(escape(r["case"]), f"{r['measured_ms']:.4f}", f"{r['spread_ms']:.4f}", str(r["runs"]),
                       f"{r['predicted_ms']:.4f}", f"{r['error']:+.1%}")
     _wide(table)
     console.print(f"{result.kernels:,} kernel measurements of {len(result.rows)} models "
                   f"({escape(result.measurements.name)} next to {escape(str(result.path))}, {result.seconds:.0f} s); "
-                  f"cross-validated: {result.within():.0%} within +-10%, median |error| {result.median_error():.1%}. "
+                  f"cross-validated: {result.within():.0%} within +-10%, median |error| {result.median_error():.1%} "
+                  f"(regressor {result.method}; median |error| "
+                  + ", ".join(f"{k} {v:.1%}" for k, v in (result.method_errors or {}).items()) + "). "
                   + (f"Kernel detection: {result.detected[0]} of the {result.detected[1]} kernels ONNX Runtime ran for "
                      "the models whose graphs were captured. " if result.detected[1] else "")
                   + f"--target {escape(result.target.name)} now predicts latency with the learned kernel model")

@@ -27,8 +27,8 @@ from hwai.calibrate.kit import export_kit, import_measurements, write_kit
 from hwai.errors import UserError
 from hwai.measure import physical_cores
 
-__all__ = ["CalibrateConfig", "CalibrationResult", "Case", "build", "calibrate", "calibrate_from", "cpu_model",
-           "cross_validate", "export_kit", "import_measurements", "write_kit"]
+__all__ = ["CalibrateConfig", "CalibrationResult", "Case", "build", "calibrate", "calibrate_from", "choose_method",
+           "cpu_model", "cross_validate", "export_kit", "import_measurements", "write_kit"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class CalibrationResult:
     kernels: int  # kernel measurements stored
     seconds: float  # wall time of the calibration
     detected: tuple[int, int] = (0, 0)  # kernels hwai.cost.kernels detected that ONNX Runtime ran, of those it ran
+    method: str = "gbt"  # the regressor the cost model uses (the best in cross-validation)
+    method_errors: dict | None = None  # regressor -> cross-validated median |error|
 
     def within(self, tol: float = 0.10) -> float:
         """Share of models predicted within +-tol by the cross-validated learned model."""
@@ -178,20 +180,34 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
         hio.write_text(out, text + yaml.safe_dump(raw, sort_keys=False, width=200))
         stored = measurements.path_for(out)
         hio.write_text(stored, csv.read_text())
+    method, errors, rows = choose_method(stored, cfg.folds)
     meas = measurements.load(stored)
     agreement = detection_agreement(meas, {c.label: g for c, g in zip(fit_on, graphs)})
-    return CalibrationResult(out, stored, targets.load(out), micro, _rows(meas, cfg.folds), len(meas.kernels["us"]),
-                             time.perf_counter() - started, agreement)
+    return CalibrationResult(out, stored, targets.load(out), micro, rows, len(meas.kernels["us"]),
+                             time.perf_counter() - started, agreement, method, errors)
 
 
-def _rows(meas, folds: int) -> list[dict]:
-    """Per measured model: measured and cross-validated predicted latency."""
-    predicted = cross_validate(meas, folds)
+def choose_method(path: Path, folds: int) -> tuple[str, dict[str, float], list[dict]]:
+    """Cross-validate every regressor on the measurements at `path`, record the best (lowest median |error|)
+    in the file's header, where the cost model reads it; returns (method, {method: median |error|}, the best
+    one's rows: per measured model, measured and cross-validated predicted latency)."""
+    from hwai.cost import measurements
+    from hwai.cost.learned import METHODS
+
+    meas = measurements.read(path)
     m = meas.models
-    return [{"case": c, "family": f, "dtype": d, "measured_ms": us / 1e3, "spread_ms": sp / 1e3, "runs": int(n),
-             "predicted_ms": predicted[c] / 1e3, "error": predicted[c] / us - 1.0}
-            for c, f, d, us, sp, n in zip(m["case"], m["family"], m["dtype"], m["us"], m["spread_us"], m["runs"])
-            if c in predicted]
+    rows, medians = {}, {}
+    for method in METHODS:
+        predicted = cross_validate(meas, folds, method)
+        rows[method] = [{"case": c, "family": f, "dtype": d, "measured_ms": us / 1e3, "spread_ms": sp / 1e3,
+                         "runs": int(n), "predicted_ms": predicted[c] / 1e3, "error": predicted[c] / us - 1.0}
+                        for c, f, d, us, sp, n in zip(m["case"], m["family"], m["dtype"], m["us"], m["spread_us"],
+                                                      m["runs"]) if c in predicted]
+        medians[method] = float(np.median([abs(r["error"]) for r in rows[method]]))
+    best = min(METHODS, key=medians.get)
+    detail = ", ".join(f"{k} {v:.1%}" for k, v in medians.items())
+    measurements.set_method(path, best, f"{folds}-fold cross-validated median |error|: {detail}")
+    return best, medians, rows[best]
 
 
 def calibrate_from(source: str | Path, target: str = "host", cfg: CalibrateConfig = CalibrateConfig()) -> CalibrationResult:
@@ -199,6 +215,7 @@ def calibrate_from(source: str | Path, target: str = "host", cfg: CalibrateConfi
     YAML file in the user target folder, then checked by cross-validation."""
     started = time.perf_counter()
     stored, meas = import_measurements(Path(source), target)
+    method, errors, rows = choose_method(stored, cfg.folds)
     loaded = targets.load(target)
-    return CalibrationResult(Path(loaded.path), stored, loaded, {}, _rows(meas, cfg.folds), len(meas.kernels["us"]),
-                             time.perf_counter() - started)
+    return CalibrationResult(Path(loaded.path), stored, loaded, {}, rows, len(meas.kernels["us"]),
+                             time.perf_counter() - started, (0, 0), method, errors)

@@ -48,14 +48,16 @@ def grid(configs: list[tuple[str, int, float]]) -> tuple[Case, ...]:
 
 
 def random_zoo(n: int, seed: int, families=FAMILIES) -> list[Case]:
-    """`n` random zoo configurations (family, width, input size, dtype)."""
+    """`n` distinct random zoo configurations (family, width, input size, dtype)."""
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
+    out: dict[Case, None] = {}
+    for _ in range(100 * n):
+        if len(out) == n:
+            break
         model = str(rng.choice(families))
-        out.append(Case(model, int(rng.choice(SIZES)), float(rng.choice(WIDTHS.get(model, DEFAULT_WIDTHS))),
-                        str(rng.choice(DTYPES))))
-    return out
+        out[Case(model, int(rng.choice(SIZES)), float(rng.choice(WIDTHS.get(model, DEFAULT_WIDTHS))),
+                 str(rng.choice(DTYPES)))] = None
+    return list(out)
 
 
 def sample(per_family: int, synthetic: int, seed: int, families=FAMILIES) -> tuple[Case, ...]:

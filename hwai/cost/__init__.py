@@ -28,8 +28,9 @@ __all__ = ["BITS", "BatchScores", "LayerPrediction", "MODELS", "Prediction", "Sc
 MODELS = ("auto", "learned", "roofline")
 
 
-def learned_model(target: Target, method: str = "gbt"):
-    """The fitted kernel model of `target` (hwai.cost.learned.KernelModel), or None without stored measurements."""
+def learned_model(target: Target, method: str | None = None):
+    """The fitted kernel model of `target` (hwai.cost.learned.KernelModel), or None without stored measurements;
+    method: gbt, rf or linear (default: the one calibration chose)."""
     from hwai.cost import measurements
 
     path = measurements.path_for(target.path)
@@ -37,7 +38,8 @@ def learned_model(target: Target, method: str = "gbt"):
         return None
     from hwai.cost.learned import model_for
 
-    return model_for(measurements.load(path), method)
+    meas = measurements.load(path)
+    return model_for(meas, method or meas.method)
 
 
 def prepare(graph: Graph, target: Target, fuse: bool = True, model: str = "auto",

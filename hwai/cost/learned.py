@@ -5,9 +5,9 @@ Per kernel type (hwai.cost.features): a linear roofline-feature baseline, `t = a
 a3 weights` (non-negative, least relative squares), times exp(a regressor of log(measured / baseline)) on the
 kernel's features: gradient-boosted trees ("gbt", default), a random forest ("rf"), or nothing ("linear").
 A type never measured is predicted by the baseline of its group (convolutions, matrix products, the rest).
-Whole model: `overhead + scale x sum(kernel predictions) + per_kernel x kernels`, fitted to the whole-model
-latencies of the same file; it removes the profiler's own per-kernel bookkeeping, which inflates the kernel
-times it reports by a few microseconds each.
+Whole model: `overhead + sum over kernels of (scale x prediction + per_kernel[type])`, fitted to the whole-model
+latencies of the same file; it takes out the profiler's own bookkeeping, which inflates the kernel times it
+reports by a few microseconds each (more for kernels that use the thread pool).
 
 The batch scorer detects each candidate's kernels (hwai.cost.kernels), predicts the distinct kernels once and
 keeps the roofline's energy and memory terms (hwai.cost.roofline).
@@ -33,10 +33,10 @@ MIN_ROWS = 12  # kernels of one type needed before a regressor is fitted on its 
 def _regressor(method: str):
     from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 
-    if method == "gbt":
-        return GradientBoostingRegressor(n_estimators=150, max_depth=3, learning_rate=0.1, subsample=0.8,
-                                         random_state=0)
-    return RandomForestRegressor(n_estimators=80, min_samples_leaf=2, max_features=0.7, random_state=0, n_jobs=1)
+    if method == "gbt":  # shallow, slow-learning and Huber: kernel times on a shared machine have outliers
+        return GradientBoostingRegressor(loss="huber", n_estimators=100, max_depth=3, learning_rate=0.05, subsample=0.7,
+                                         min_samples_leaf=10, random_state=0)
+    return RandomForestRegressor(n_estimators=80, min_samples_leaf=5, max_features=0.7, random_state=0, n_jobs=1)
 
 
 def _nnls_relative(lin: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -49,30 +49,44 @@ def _nnls_relative(lin: np.ndarray, t: np.ndarray) -> np.ndarray:
     return coef / scale
 
 
-def _whole_terms(sums: np.ndarray, counts: np.ndarray, whole: np.ndarray) -> tuple[float, float, float]:
-    """(overhead, scale, per_kernel) of whole = overhead + scale x kernel sum + per_kernel x kernels, least
-    relative squares with a soft-L1 loss (a model measured during a burst of other processes' work must not drag
-    the terms). The profiler's bookkeeping costs each kernel a few microseconds (per_kernel < 0); the scale stays
-    within 15% of 1 because kernels add up, whatever a noisy calibration suggests."""
+RIDGE = 0.1  # pull of each kernel type's own term towards the common one (in units of relative error)
+
+
+def _whole_terms(sums: np.ndarray, counts: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """[overhead, scale, per_kernel, per_type...] of whole = overhead + scale x kernel sum + counts @ (per_kernel +
+    per_type), counts: (models, types). Least relative squares with a soft-L1 loss (a model measured during a
+    burst of other processes' work must not drag the terms) and a ridge pulling each type's own term to 0.
+    The profiler's bookkeeping costs each kernel a few microseconds (per_kernel < 0), more for kernels that use
+    the thread pool (their type's term), and on a busy machine more on long kernels (scale < 1)."""
     from scipy.optimize import least_squares
 
+    t = counts.shape[1]
+
     def residuals(p):
-        return (p[0] + p[1] * sums + p[2] * counts) / whole - 1.0
+        pred = p[0] + p[1] * sums + counts @ (p[2] + p[3:])
+        return np.concatenate([pred / whole - 1.0, RIDGE * p[3:]])
 
-    start = [max(float(np.median(whole - sums)), 0.0), 1.0, -1.0]
-    lower, upper = [0.0, 0.85, -50.0], [1e4, 1.15, 50.0]
-    fit = least_squares(residuals, np.clip(start, lower, upper), bounds=(lower, upper), loss="soft_l1", f_scale=0.05)
-    return float(fit.x[0]), float(fit.x[1]), float(fit.x[2])
+    lower = np.concatenate([[0.0, 0.2, -50.0], np.full(t, -50.0)])
+    upper = np.concatenate([[1e4, 2.0, 50.0], np.full(t, 50.0)])
+    start = np.clip(np.concatenate([[max(float(np.median(whole - sums)), 0.0), 1.0, -1.0], np.zeros(t)]), lower, upper)
+    return least_squares(residuals, start, bounds=(lower, upper), loss="soft_l1", f_scale=0.05).x
 
 
-def _per_case(case_of_row: np.ndarray, us: np.ndarray, cases: list) -> tuple[np.ndarray, np.ndarray]:
-    """Sum and count of kernel times per case."""
-    order = {c: i for i, c in enumerate(cases)}
+def _per_case(case_of_row, us: np.ndarray, cases: list, type_of_row, types: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per case: the sum of kernel times, and (cases, types) kernel counts."""
+    order, col = {c: i for i, c in enumerate(cases)}, {t: j for j, t in enumerate(types)}
     pos = np.array([order.get(c, -1) for c in case_of_row], dtype=int)
     ok = pos >= 0
     sums = np.bincount(pos[ok], weights=us[ok], minlength=len(order))
-    counts = np.bincount(pos[ok], minlength=len(order)).astype(float)
+    counts = np.zeros((len(cases), len(types)))
+    np.add.at(counts, (pos[ok], [col[t] for t in np.asarray(type_of_row)[ok]]), 1.0)
     return sums, counts
+
+
+def kernel_types(meas: Measurements) -> np.ndarray:
+    """The type of every kernel row."""
+    k = meas.kernels
+    return np.array([F.kernel_type(str(op), g > 1 and g == c) for op, g, c in zip(k["op"], k["groups"], k["cin"])])
 
 
 def featurize(meas: Measurements, idx: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -118,9 +132,9 @@ class KernelModel:
     # a_elements, a_weights] (us)
     rows: dict[str, int] = field(default_factory=dict)  # type -> kernels fitted
     regressors: dict[str, tuple[object, list[str]]] = field(default_factory=dict)  # group -> (regressor, its types)
-    overhead_us: float = 0.0
-    scale: float = 1.0
-    per_kernel_us: float = 0.0
+    overhead_us: float = 0.0  # whole model = overhead + sum over kernels of (scale x predicted profiled time
+    scale: float = 1.0  # + per_kernel_us[type]): the profiler's bookkeeping taken back out
+    per_kernel_us: dict[str, float] = field(default_factory=dict)  # type (or "_any") -> term
     nchwc_block: int = 0
     factors: dict[str, float] = field(default_factory=dict)  # kernel type -> correction factor (see `corrected`)
 
@@ -147,8 +161,17 @@ class KernelModel:
                 self.regressors[group] = (_regressor(self.method).fit(x, y), types)
         self.nchwc_block = self._block()
         mk = ~(np.isin(m["family"].astype(str), self.exclude) | np.isin(m["case"].astype(str), self.exclude))
-        sums, counts = _per_case(k["case"][keep], k["us"][keep], list(m["case"][mk]))
-        self.overhead_us, self.scale, self.per_kernel_us = _whole_terms(sums, counts, m["us"][mk])
+        fitted = np.zeros(len(k["us"]))  # the kernels as the model predicts them: the terms absorb its bias too
+        for key, (x, lin, _, idx) in rows.items():
+            fitted[idx] = self.kernel_us(key, x, lin)
+        unfeatured = keep & (fitted == 0)
+        fitted[unfeatured] = k["us"][unfeatured]
+        type_of = kernel_types(self.source)[keep]
+        types = sorted(set(type_of))
+        sums, counts = _per_case(k["case"][keep], fitted[keep], list(m["case"][mk]), type_of, types)
+        terms = _whole_terms(sums, counts, m["us"][mk])
+        self.overhead_us, self.scale = float(terms[0]), float(terms[1])
+        self.per_kernel_us = {"_any": float(terms[2]), **{t: float(terms[2] + d) for t, d in zip(types, terms[3:])}}
 
     @staticmethod
     def _inputs(key: str, types: list[str], x: np.ndarray) -> np.ndarray:
@@ -167,11 +190,12 @@ class KernelModel:
         k = meas.kernels
         cases = list(cases)
         idx = np.flatnonzero(np.isin(k["case"].astype(str), cases))
-        pred = np.zeros(len(k["us"]))
+        contrib = np.zeros(len(k["us"]))
         for key, (x, lin, _, rows) in featurize(meas, idx).items():
-            pred[rows] = self.kernel_us(key, x, lin)
-        sums, counts = _per_case(k["case"][idx], pred[idx], cases)
-        return dict(zip(cases, self.whole_us(sums, counts)))
+            contrib[rows] = self.contribution_us(key, self.kernel_us(key, x, lin))
+        order = {c: i for i, c in enumerate(cases)}
+        total = np.bincount([order[c] for c in k["case"][idx]], weights=contrib[idx], minlength=len(cases))
+        return dict(zip(cases, self.overhead_us + total))
 
     def _block(self) -> int:
         """The NCHWc block of the measured runtime: channels of NchwcConv outputs are padded to it."""
@@ -197,8 +221,9 @@ class KernelModel:
             return base
         return base * np.exp(reg.predict(self._inputs(key, types, x)))
 
-    def whole_us(self, kernel_sum: np.ndarray, kernels: np.ndarray) -> np.ndarray:
-        return self.overhead_us + self.scale * kernel_sum + self.per_kernel_us * kernels
+    def contribution_us(self, key: str, profiled_us: np.ndarray) -> np.ndarray:
+        """What kernels of one type add to a whole model's latency, from their predicted profiled times."""
+        return self.scale * profiled_us + self.per_kernel_us.get(key, self.per_kernel_us["_any"])
 
     @property
     def types(self) -> set[str]:
@@ -274,29 +299,28 @@ class LearnedScorer:
                 start += len(b)
         return slots, times, keys, batch
 
-    def latency_ms(self, times: list[tuple[np.ndarray, np.ndarray]], batch: int) -> np.ndarray:
-        b = np.concatenate([t[0] for t in times]) if times else np.zeros(0, dtype=np.intp)
-        us = np.concatenate([t[1] for t in times]) if times else np.zeros(0)
-        total, count = np.bincount(b, weights=us, minlength=batch), np.bincount(b, minlength=batch)
-        return self.model.whole_us(total, count) / 1e3
+    def latency_ms(self, times: list[tuple[np.ndarray, np.ndarray]], keys: list[str], batch: int) -> np.ndarray:
+        b = np.concatenate([t[0] for t in times] + [np.zeros(0, dtype=np.intp)])
+        us = np.concatenate([self.model.contribution_us(key, t[1]) for key, t in zip(keys, times)] + [np.zeros(0)])
+        return (self.model.overhead_us + np.bincount(b, weights=us, minlength=batch)) / 1e3
 
     def score(self, channel_scale=None, bits=None, sparsity=None):
         """Predicted totals of B candidates (hwai.cost.BatchScores), latency from the learned model."""
         cands = self.roofline.candidates(channel_scale, bits, sparsity)
         s = self.roofline.score(cands=cands, latency=False)
-        _, times, _, batch = self.kernel_times(cands=cands)
-        s.latency_ms = self.latency_ms(times, batch)
+        _, times, keys, batch = self.kernel_times(cands=cands)
+        s.latency_ms = self.latency_ms(times, keys, batch)
         return s
 
     def breakdown(self, channel_scale=None, bits=None, sparsity=None) -> tuple[list, dict]:
         """Per-layer predictions of one candidate (learned latency, roofline energy) and its per-node terms."""
         layers, t = self.roofline.breakdown(channel_scale, bits, sparsity)
         slots, times, keys, batch = self.kernel_times(channel_scale, bits)
-        per = self.layer_ms(slots, times)
+        per = self.layer_ms(slots, times, keys)
         index = {name: i for i, name in enumerate(self.node_names)}
         for layer in layers:
             layer.latency_ms, layer.bound = per.get(index[layer.name], 0.0), "kernels"
-        t["latency_ms"] = float(self.latency_ms(times, batch)[0])
+        t["latency_ms"] = float(self.latency_ms(times, keys, batch)[0])
         t["notes"] = [f"learned latency includes a per-inference overhead of {self.model.overhead_us / 1e3:.4f} ms "
                       "that no layer carries"]
         unmeasured = sorted({k for k, s in zip(keys, slots) if s.mask[0] and k not in self.model.types})  # noqa: B007
@@ -314,17 +338,16 @@ class LearnedScorer:
         for key, (b, us) in zip(keys, times):
             if len(b):
                 out.setdefault(key, np.zeros(batch))
-                out[key] += np.bincount(b, weights=m.scale * us + m.per_kernel_us, minlength=batch) / 1e3
+                out[key] += np.bincount(b, weights=m.contribution_us(key, us), minlength=batch) / 1e3
         return out, m.overhead_us / 1e3
 
-    def layer_ms(self, slots: list[Slot], times: list[tuple[np.ndarray, np.ndarray]]) -> dict[int, float]:
+    def layer_ms(self, slots: list[Slot], times: list[tuple[np.ndarray, np.ndarray]], keys: list[str]) -> dict[int, float]:
         """Predicted ms per layer (fusion-group head index) of candidate 0: its kernels' share of the whole."""
         out: dict[int, float] = {}
-        m = self.model
-        for slot, (b, us) in zip(slots, times):
+        for slot, (b, us), key in zip(slots, times, keys):
             if len(b) and b[0] == 0:
                 head = int(self.layer_of[slot.owner])
-                out[head] = out.get(head, 0.0) + (m.scale * us[0] + m.per_kernel_us) / 1e3
+                out[head] = out.get(head, 0.0) + float(self.model.contribution_us(key, us[:1])[0]) / 1e3
         return out
 
 

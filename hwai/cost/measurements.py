@@ -35,6 +35,12 @@ class Measurements:
     def threads(self) -> int:
         return int(self.meta.get("threads", 0) or 0)
 
+    @property
+    def method(self) -> str:
+        """The regressor recorded by calibration (the best in its cross-validation), else gradient-boosted trees."""
+        chosen = self.meta.get("method", "gbt").split(" ", 1)[0]
+        return chosen if chosen in ("gbt", "rf", "linear") else "gbt"
+
     def describe(self) -> str:
         return (f"{len(self.kernels['us']):,} kernels of {len(self.models['us'])} models measured on "
                 f"{self.meta.get('machine', '?')}, {self.meta.get('runtime', '?')}, {self.meta.get('threads', '?')} "
@@ -122,6 +128,15 @@ def read(path: str | Path, kernels_needed: bool = True) -> Measurements:
 
     return Measurements(path, meta, columns(kernels, COLUMNS), columns(models, ("case", "family", "dtype", "us",
                                                                                "spread_us", "runs")))
+
+
+def set_method(path: Path, method: str, detail: str) -> None:
+    """Record in a measurement file's header which regressor the cost model uses with it (and why)."""
+    from hwai import io as hio
+
+    lines = [line for line in Path(path).read_text().splitlines() if not line.startswith("# method:")]
+    lines.insert(1 + sum(1 for line in lines[1:] if line.startswith("#")), f"# method: {method} ({detail})")
+    hio.write_text(Path(path), "\n".join(lines) + "\n")
 
 
 _CACHE: dict[tuple, Measurements] = {}
