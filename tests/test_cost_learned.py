@@ -149,9 +149,7 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(BAD))
-def test_a_corrupt_or_foreign_measurement_file_is_one_line_exit_2(kind, tmp_path, measured_host):
-    good = measurements.path_for(measured_host.path).read_text()
+def bad_file(kind: str, good: str, folder) -> object:
     text = BAD[kind]
     if kind == "truncated":
         text = good[: len(good) // 2].rsplit(",", 3)[0]
@@ -159,10 +157,22 @@ def test_a_corrupt_or_foreign_measurement_file_is_one_line_exit_2(kind, tmp_path
         lines = good.splitlines()
         lines[-1] = lines[-1].rsplit(",", 3)[0] + ",fast,0,10"
         text = "\n".join(lines)
-    bad = tmp_path / "m.csv"
-    bad.write_text(text)
-    with pytest.raises(UserError):
+    path = folder / "m.csv"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_a_corrupt_or_foreign_measurement_file_is_refused(kind, tmp_path, measured_host):
+    bad = bad_file(kind, measurements.path_for(measured_host.path).read_text(), tmp_path)
+    with pytest.raises(UserError, match="m.csv") as err:
         measurements.read(bad)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["foreign", "truncated"])
+def test_calibrate_from_a_bad_file_is_one_line_exit_2(kind, tmp_path, measured_host):
+    bad = bad_file(kind, measurements.path_for(measured_host.path).read_text(), tmp_path)
     result = run_cli("calibrate", "--from", bad, "--target", "host", target_dir=tmp_path / "user")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "m.csv" in result.stderr

@@ -82,16 +82,16 @@ def _channels(rng) -> int:
 
 def synthetic_net(seed: int, in_channels: int, size: int) -> nn.Module:
     """A random network of conv-BN-activation layers (full, 1x1, depthwise; strided), inverted residuals,
-    residual blocks and pooling, then a classifier; one in five is an MLP. Deterministic in `seed`."""
+    residual blocks and pooling, then a classifier; about one in three is an MLP. Deterministic in `seed`."""
     from hwai.models.cnn import conv_bn_relu
     from hwai.models.mobilenetv2 import InvertedResidual, conv_bn_relu6
     from hwai.models.resnet import BasicBlock
 
     rng = np.random.default_rng(seed)
-    if rng.random() < 0.2:
+    if rng.random() < 0.3:
         feats, layers = in_channels * size * size, [nn.Flatten()]
         for _ in range(int(rng.integers(1, 4))):
-            h = int(rng.integers(16, 1200))
+            h = int(rng.choice([rng.integers(8, 128), rng.integers(128, 2048)]))
             bn = bool(rng.random() < 0.6)
             layers += [nn.Linear(feats, h, bias=not bn)] + ([nn.BatchNorm1d(h)] if bn else []) + [nn.ReLU()]
             feats = h

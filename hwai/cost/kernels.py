@@ -164,13 +164,13 @@ class _Detector:
             self.convert((t, "T2NCHW"), nhwc, lambda k: self.add("Transpose", own, k, self.channels_last(i),
                                                                  self.nchw(i)))
 
-    def out(self, i: int, m: np.ndarray, nc=False, u8=False, nhwc=False, nc_conv=-1, uses=None) -> None:
+    def out(self, i: int, m: np.ndarray, nc=False, u8=False, nhwc=False, nc_conv=-1) -> None:
         """Tensor `i` where `m`: its format after op i ran."""
         t = self.t(i)
         for arr, v in ((self.nc, nc), (self.u8, u8), (self.nhwc, nhwc)):
             arr[t] = np.where(m, v, arr[t])
         self.nc_conv[t] = np.where(m, nc_conv, self.nc_conv[t])
-        self.start_uses[t] = np.where(m, self.p.uses[i] if uses is None else uses, self.start_uses[t])
+        self.start_uses[t] = np.where(m, self.p.uses[i], self.start_uses[t])
 
     def same_as(self, i: int, src: int, m: np.ndarray) -> None:
         """Op i wrote nothing where `m`: its output is tensor `src` (fused or removed)."""
