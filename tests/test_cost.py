@@ -167,3 +167,14 @@ def test_pytorch_int8_and_its_exported_int8_onnx_predict_the_same_on_an_mcu(name
     # a CPU runtime keeps the model input float (ONNX Runtime quantizes it with a kernel of its own)
     host = cost.predict(onnx_g, targets.load("x86-avx2"), model="roofline")
     assert host.peak_activation_bytes >= onnx_int8.peak_activation_bytes
+
+
+def test_activation_timeline_peaks_at_the_predicted_peak(resnet8_graph):
+    stm = targets.load("stm32h743")
+    for precision in (None, "int8"):
+        line = cost.activation_timeline(resnet8_graph, stm, precision=precision)
+        p = cost.predict(resnet8_graph, stm, precision=precision)
+        assert max(b for _, b in line) == pytest.approx(p.peak_activation_bytes, abs=1)
+        assert {name for name, _ in line} == {n.name for n in resnet8_graph.nodes}
+    fp32, int8 = (max(b for _, b in cost.activation_timeline(resnet8_graph, stm, precision=q)) for q in (None, "int8"))
+    assert int8 == pytest.approx(fp32 / 4, rel=0.01)

@@ -23,8 +23,8 @@ from hwai.errors import UserError
 from hwai.graph import Graph
 from hwai.targets import Target
 
-__all__ = ["BITS", "BatchScores", "LayerPrediction", "MODELS", "Prediction", "Scorer", "learned_model", "op_key",
-           "predict", "prepare", "resolve_dtype"]
+__all__ = ["BITS", "BatchScores", "LayerPrediction", "MODELS", "Prediction", "Scorer", "activation_timeline",
+           "learned_model", "op_key", "predict", "prepare", "resolve_dtype"]
 MODELS = ("auto", "learned", "roofline")
 
 
@@ -64,6 +64,16 @@ def prepare(graph: Graph, target: Target, fuse: bool = True, model: str = "auto"
     except ValueError as exc:
         raise UserError(str(exc)) from None
     return LearnedScorer(graph, target, kernel_model, fuse)
+
+
+def activation_timeline(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,
+                        fuse: bool = True) -> list[tuple[str, int]]:
+    """Live activation bytes per execution step, [(node name, bytes)], at the sizes `predict` counts for the peak
+    (int8 layers one byte per element; the input int8 on MCU/NPU targets): a chart of it peaks where the
+    prediction's `peak_activation_bytes` says."""
+    scorer = Scorer(graph, target, fuse)
+    bits, _ = candidate_inputs(scorer, precision, None)
+    return scorer.timeline(bits=bits)
 
 
 def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,

@@ -234,9 +234,7 @@ class Scorer:
         if latency and (self.lanes > 1).any():
             compute = compute * self._padding(self.lanes[dt], in_s, out_s)
         makers = self.life.buffer_node
-        in_width = width[self.root] if self.int8_io else 1.0  # int8 runtimes take the input as the first layer does
-        buffers = col(self.buffer_fp32) * np.where(col(makers >= 0), out_s[np.maximum(makers, 0)] *
-                                                   width[np.maximum(makers, 0)], in_width)
+        buffers = self._buffers(out_s, width)
         peak_act = (self.live @ buffers).max(axis=0)
         act_sram = (self.G.T @ act <= tgt.capacity_bytes["sram"]) | ("dram" not in tgt.capacity_bytes)
         act_sram = (self.G @ act_sram) > 0  # back to nodes: the level of their group
@@ -251,6 +249,20 @@ class Scorer:
                   + w_bytes * np.where(w_cached, e["sram"], e[w_level]))
         return {"compute": compute, "memory": mem, "overhead": self.ovh[flat], "energy": energy,
                 "bytes": act + w_bytes, "dtype": dt, "peak_act": peak_act, "weights": total_w, "ops": ops}
+
+    def _buffers(self, out_s: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """(buffers, B) bytes: each buffer at its maker's dtype and channel scale."""
+        makers = self.life.buffer_node
+        in_width = width[self.root] if self.int8_io else 1.0  # int8 runtimes take the input as the first layer does
+        return self.buffer_fp32[:, None] * np.where((makers >= 0)[:, None], out_s[np.maximum(makers, 0)] *
+                                                    width[np.maximum(makers, 0)], in_width)
+
+    def timeline(self, channel_scale=None, bits=None) -> list[tuple[str, int]]:
+        """Live activation bytes at each step of the execution order for one candidate, at the buffer sizes
+        the prediction uses (int8 layers' buffers one byte per element): what a memory chart should show."""
+        out_s, _, dt, _ = self.candidates(channel_scale, bits)
+        live = self.live @ self._buffers(out_s, self.width[dt])[:, :1]
+        return [(name, int(b)) for name, b in zip(self.life.order, live[:, 0])]
 
     def _padding(self, lanes: np.ndarray, in_s: np.ndarray, out_s: np.ndarray) -> np.ndarray:
         """Work inflation from rounding channel counts up to a multiple of the SIMD lanes."""
