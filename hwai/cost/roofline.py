@@ -233,7 +233,6 @@ class Scorer:
         compute = ops * self.inv_rate[flat] if latency else None
         if latency and (self.lanes > 1).any():
             compute = compute * self._padding(self.lanes[dt], in_s, out_s)
-        makers = self.life.buffer_node
         buffers = self._buffers(out_s, width)
         peak_act = (self.live @ buffers).max(axis=0)
         act_sram = (self.G.T @ act <= tgt.capacity_bytes["sram"]) | ("dram" not in tgt.capacity_bytes)
