@@ -321,12 +321,9 @@ def torch_layer_times(model: torch.nn.Module, example: torch.Tensor, graph, cfg:
 def _owner(kernel: str, aliases: dict[str, str]) -> str:
     """The graph node an ORT kernel belongs to: the longest alias (node or tensor name) that is the kernel's
     name or a prefix of it ending at '_' or '/' (ORT names fused or duplicated kernels name_token_3, ...)."""
-    cut = len(kernel)
-    while cut > 0:
-        if kernel[:cut] in aliases:
-            return aliases[kernel[:cut]]
-        cut = max(kernel.rfind("_", 0, cut), kernel.rfind("/", 0, cut))
-    return UNMAPPED
+    from hwai.calibrate.device import resolve
+
+    return resolve(kernel, aliases) or UNMAPPED
 
 
 def ort_layer_times(model: str | Path | bytes, example: torch.Tensor, aliases: dict[str, str],

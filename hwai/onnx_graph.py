@@ -3,8 +3,11 @@ model can be profiled and compared layer by layer with its original.
 
 One node per ONNX operator, with output shapes from onnx.shape_inference, parameters and weight bytes from
 initializers, MACs of Conv / Gemm / MatMul and their integer forms, and activation bytes. Nodes that only
-compute constants (DequantizeLinear or Identity of an initializer, Constant) fold into their consumer, so an
-INT8 QDQ model lists the same layers as the FP32 model it came from.
+compute constants (DequantizeLinear or Identity of an initializer, Constant) fold into their consumer, and
+QuantizeLinear / DequantizeLinear of activations fold into the edge they sit on (an int8 runtime keeps the
+tensor int8 and the kernels requantize), so an INT8 QDQ model lists the same layers as the FP32 model it came
+from, with dtype int8 and activation bytes of one byte per element on every node that runs quantized
+(quantized weights, a QOperator kernel, or DequantizeLinear -> op -> QuantizeLinear).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ MAC_INPUTS = {"Conv": (0, 1), "FusedConv": (0, 1), "ConvInteger": (0, 1), "QLine
 QPARAMS = {"QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2), "ConvInteger": (2, 3), "MatMulInteger": (2, 3),
            "QLinearConv": (1, 2, 4, 5, 6, 7), "QLinearMatMul": (1, 2, 4, 5, 6, 7), "QGemm": (1, 2, 4, 5, 7, 8),
            "QLinearAdd": (1, 2, 4, 5, 6, 7), "QLinearMul": (1, 2, 4, 5, 6, 7), "QLinearGlobalAveragePool": (1, 2, 3, 4)}
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 FREE_OPS = ("reshape", "identity")  # views: no activation traffic (as hwai.graph counts them)
 CHAIN_OPS = ("relu", "activation", "add", "batchnorm")  # a runtime may fuse these into the producing conv
 
@@ -104,9 +108,16 @@ def capture_onnx(path: str | Path, input_shape: tuple[int, ...]) -> tuple[Graph,
 
     initializers = {t.name for t in model.graph.initializer}
     params_of: dict[str, set[str]] = {n: {n} for n in initializers}  # constant tensor -> its initializers
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+    source: dict[str, str] = {}  # tensor behind a chain of activation QuantizeLinear / DequantizeLinear
+    quantized: set[str] = set()  # tensors that reach their consumers through QuantizeLinear (int8 edges)
     producer: dict[str, str] = {}
     rows: list[Node] = []
     folded: list[tuple[object, str]] = []  # (onnx node, its name) that only compute constants
+    qdq: list[tuple[object, str]] = []  # activation QuantizeLinear / DequantizeLinear folded into the edge
     seen: set[str] = set()
     for i, n in enumerate(model.graph.node):
         name = n.name or f"{n.op_type}_{i}"
@@ -118,6 +129,14 @@ def capture_onnx(path: str | Path, input_shape: tuple[int, ...]) -> tuple[Graph,
                 params_of[out] = weights
             folded.append((n, name))
             continue
+        if n.op_type in QDQ_OPS:  # an int8 edge: the tensor stays int8 in an int8 runtime
+            x = source.get(n.input[0], n.input[0])
+            source[n.output[0]] = x
+            if n.op_type == "QuantizeLinear" or n.input[0] in quantized:
+                quantized.add(n.output[0])
+            qdq.append((n, name))
+            continue
+        real = [source.get(x, x) for x in activations]
         own = sorted(weights - seen)  # a shared weight counts once, in its first consumer
         seen.update(own)
         op = OPS.get(n.op_type, "other")
@@ -128,31 +147,43 @@ def capture_onnx(path: str | Path, input_shape: tuple[int, ...]) -> tuple[Graph,
         if n.op_type in MAC_INPUTS:
             a, w = (n.input[k] for k in MAC_INPUTS[n.op_type])
             w_shape = info.get(w, ((),))[0]
-            if op == "conv":
+            if op == "conv":  # the attribute names hwai.graph uses for torch convs
                 macs = math.prod(out_shape) * math.prod(w_shape[1:])
-                attrs = {"kernel": list(w_shape[2:]), "out_channels": w_shape[0] if w_shape else 0,
-                         **{a.name: helper.get_attribute_value(a) for a in n.attribute if a.name in ("strides", "group")}}
+                onnx_attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+                groups = int(onnx_attrs.get("group", 1))
+                attrs = {"kernel": list(w_shape[2:]), "stride": list(onnx_attrs.get("strides", [1, 1])),
+                         "groups": groups, "in_channels": w_shape[1] * groups if w_shape else 0,
+                         "out_channels": w_shape[0] if w_shape else 0}
             else:
                 transposed = any(a.name == "transA" and a.i for a in n.attribute)
                 a_shape = info.get(a, ((0,),))[0]
                 macs = math.prod(out_shape) * (a_shape[0] if transposed else a_shape[-1])
+                attrs = {"in_features": a_shape[0] if transposed else a_shape[-1], "out_features": out_shape[-1]}
         int_weights = [dtype(x) for x in own if dtype(x) in ("int8", "uint8")]
-        node_dtype = int_weights[0] if int_weights else dtype(n.output[0])
+        outputs = [x for x in n.output if x]
+        requantized = all(consumers.get(x) and all(c.op_type == "QuantizeLinear" for c in consumers[x]) for x in outputs)
+        # int8 in an int8 runtime: quantized weights, a QOperator kernel, or DequantizeLinear -> op -> QuantizeLinear
+        int8 = bool(int_weights) or dtype(n.output[0]) in ("int8", "uint8") or (
+            not weights and all(x in quantized for x in activations) and requantized)
+        node_dtype = (int_weights or [dtype(x) for x in outputs if dtype(x) in ("int8", "uint8")] or ["int8"])[0] \
+            if int8 else dtype(n.output[0])
+        size = (lambda x: math.prod(info[x][0]) if x in info else 0) if int8 else nbytes  # int8: one byte each
         free = op in FREE_OPS
         rows.append(Node(name, op, n.op_type, tuple(out_shape), node_dtype,
                          sum(math.prod(info[x][0]) for x in own if x in initializers),
                          macs, sum(nbytes(x) for x in own if x in initializers),
-                         0 if free else sum(nbytes(x) for x in activations),
-                         0 if free else sum(nbytes(x) for x in n.output if x),
-                         [producer[x] for x in activations if x in producer], attrs=attrs))
+                         0 if free else sum(size(x) for x in activations),
+                         0 if free else sum(size(x) for x in outputs),
+                         [producer[x] for x in real if x in producer], attrs=attrs))
         for out in n.output:
             producer[out] = name
     mark_fusions(rows)
-    return Graph(rows, "onnx", tuple(input_shape)), _aliases(model, rows, folded, producer)
+    return Graph(rows, "onnx", tuple(input_shape)), _aliases(model, rows, folded + qdq, producer)
 
 
 def _aliases(model, rows: list[Node], folded: list, producer: dict[str, str]) -> dict[str, str]:
-    """ONNX node and tensor names -> owning row. A constant-only node belongs to its first consuming row; the
+    """ONNX node and tensor names -> owning row. A folded node belongs to its first consuming row (else to its
+    input's row); the
     output tensor of an activation/add right after a conv belongs to the conv (runtimes fuse them and name
     the fused kernel after that tensor)."""
     by_name = {r.name: r for r in rows}
@@ -171,4 +202,10 @@ def _aliases(model, rows: list[Node], folded: list, producer: dict[str, str]) ->
         if owner is not None:
             aliases[name] = owner
             aliases.update({out: owner for out in n.output})
+    for n, name in folded:  # no consuming row (e.g. the DequantizeLinear of the model output): its producer's
+        if name not in aliases:
+            owner = next((aliases[x] for x in n.input if x in aliases), None)
+            if owner is not None:
+                aliases[name] = owner
+                aliases.update({out: owner for out in n.output})
     return aliases

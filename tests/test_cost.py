@@ -138,3 +138,43 @@ def test_peak_memory_and_fit_message():
     q = cost.predict(small, stm, precision="int8")
     assert q.fits and q.fit_message.startswith("fits") and q.sram_bytes_needed == q.peak_activation_bytes
     assert "predicted" in q.describe() and q.to_dict()["layers"][0]["bound"] in ("compute", "memory", "overhead")
+
+
+@pytest.mark.parametrize("name,width", [("resnet8", 1.0), ("mobilenetv2", 0.35)])
+def test_pytorch_int8_and_its_exported_int8_onnx_predict_the_same_on_an_mcu(name, width, tmp_path):
+    """Issue 11.6: an int8 runtime keeps int8 tensors and folds Quantize/Dequantize into its kernels, so the
+    model with an int8 policy and its exported QDQ INT8 ONNX get the same peak SRAM and latency."""
+    from hwai import data, export
+    from hwai.onnx_graph import capture_onnx
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((64, 3, 32, 32), dtype=np.float32), y=rng.integers(0, 10, 64))
+    net = models.create(name, num_classes=10, in_channels=3, input_size=32, width=width).eval()
+    example = torch.randn(1, 3, 32, 32)
+    path = export.to_onnx(net, example, tmp_path / "int8.onnx", int8=True, calib=data.load(f"npz:{tmp_path / 'd.npz'}"))
+    g, (onnx_g, _) = graph.capture(net, example), capture_onnx(path, (1, 3, 32, 32))
+    stm = targets.load("stm32h743")
+    torch_int8, onnx_int8 = cost.predict(g, stm, precision="int8"), cost.predict(onnx_g, stm)
+    assert onnx_int8.sram_bytes_needed == pytest.approx(torch_int8.sram_bytes_needed, rel=0.05)
+    assert onnx_int8.latency_ms == pytest.approx(torch_int8.latency_ms, rel=0.05)
+    # int8 buffers: a quarter of the float peak, and the ONNX graph's int8 layers write one byte per element
+    assert torch_int8.peak_activation_bytes == pytest.approx(cost.predict(g, stm).peak_activation_bytes / 4, rel=0.02)
+    assert all(n.dtype in ("int8", "uint8") for n in onnx_g.nodes)
+    assert all(n.output_bytes == np.prod(n.output_shape) for n in onnx_g.nodes if n.op in ("conv", "add", "pool"))
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.target for n in onnx_g.nodes}  # folded into the edges
+    layers = lambda gr: [n.op for n in gr.nodes if n.op in ("conv", "linear", "add", "pool")]  # noqa: E731
+    assert layers(onnx_g) == layers(g)
+    # a CPU runtime keeps the model input float (ONNX Runtime quantizes it with a kernel of its own)
+    host = cost.predict(onnx_g, targets.load("x86-avx2"), model="roofline")
+    assert host.peak_activation_bytes >= onnx_int8.peak_activation_bytes
+
+
+def test_activation_timeline_peaks_at_the_predicted_peak(resnet8_graph):
+    stm = targets.load("stm32h743")
+    for precision in (None, "int8"):
+        line = cost.activation_timeline(resnet8_graph, stm, precision=precision)
+        p = cost.predict(resnet8_graph, stm, precision=precision)
+        assert max(b for _, b in line) == pytest.approx(p.peak_activation_bytes, abs=1)
+        assert {name for name, _ in line} == {n.name for n in resnet8_graph.nodes}
+    fp32, int8 = (max(b for _, b in cost.activation_timeline(resnet8_graph, stm, precision=q)) for q in (None, "int8"))
+    assert int8 == pytest.approx(fp32 / 4, rel=0.01)

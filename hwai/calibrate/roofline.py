@@ -1,188 +1,25 @@
-"""Calibrate the `host` target on this machine: microbenchmarks (GEMM throughput per dtype on ONNX Runtime
-and torch, memory bandwidth, per-op overhead), then per-op efficiency and overhead factors fitted so that
-the roofline model matches measured whole-model ONNX Runtime latencies of zoo models (FP32 and INT8 QDQ),
-and the prediction error on held-out models. Every number written says `calibrated <date> on <cpu>`.
+"""The roofline factors of a calibrated host target: microbenchmarks (GEMM throughput per dtype on ONNX Runtime
+and torch, memory bandwidth, per-op overhead), then per-op efficiency and overhead factors, one memory-time
+factor and the SIMD channel block fitted so that the roofline (hwai.cost.roofline) matches measured
+whole-model ONNX Runtime latencies (FP32 and INT8 QDQ). The learned kernel model replaces the roofline's
+latency on this machine; the roofline still gives energy, memory and a fallback.
 """
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import io
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hwai import targets
-from hwai.errors import UserError
-from hwai.measure import MeasureConfig, latency, ort_session, physical_cores
+from hwai.calibrate.device import cpu_name
+from hwai.measure import ort_session
 
 CLASSES = ("conv", "depthwise", "linear", "_default")  # efficiency / overhead groups the fit can identify
 FIT_DTYPES = ("fp32", "int8")
 LANES = (1, 4, 8, 16, 32)  # SIMD widths (channels) tried; the one that fits best is written
 PRIOR_EFF = {"conv": 0.5, "depthwise": 0.1, "linear": 0.3, "_default": 0.05}  # starting points, pulled weakly
-
-
-@dataclass(frozen=True)
-class Case:
-    """One zoo model configuration measured on ONNX Runtime."""
-
-    model: str
-    input_size: int
-    width: float
-    dtype: str = "fp32"  # fp32 or int8 (static QDQ quantization by onnxruntime.quantization)
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} {self.input_size}px w{self.width:g} {self.dtype}"
-
-
-def _grid(configs: list[tuple[str, int, float]]) -> tuple[Case, ...]:
-    return tuple(Case(m, s, w, d) for m, s, w in configs for d in FIT_DTYPES)
-
-
-@dataclass(frozen=True)
-class CalibrateConfig:
-    """What `hwai calibrate` measures."""
-
-    fit: tuple[Case, ...] = _grid([("mlp", 28, 1.0), ("mlp", 28, 0.5), ("cnn", 28, 1.0), ("cnn", 28, 0.5),
-                                   ("cnn", 16, 1.0), ("resnet8", 32, 1.0), ("resnet8", 32, 0.5), ("resnet8", 16, 1.0),
-                                   ("dscnn", 32, 1.0), ("dscnn", 32, 0.5), ("mobilenetv2", 32, 0.5),
-                                   ("mobilenetv2", 16, 0.35), ("resnet18", 16, 0.25), ("mlp", 16, 0.25),
-                                   ("cnn", 40, 0.25), ("resnet8", 40, 0.5), ("dscnn", 16, 1.0), ("mobilenetv2", 40, 0.25),
-                                   ("resnet18", 32, 0.25)])  # cases the factors are fitted on
-    held_out: tuple[Case, ...] = _grid([("cnn", 32, 0.75), ("resnet8", 24, 0.75), ("mobilenetv2", 24, 0.5),
-                                        ("dscnn", 24, 0.75)])  # cases only used to report prediction error
-    threads: int | None = None  # ONNX Runtime intra-op threads; None: physical cores
-    measure: MeasureConfig = MeasureConfig(warmup=5, min_repeats=30, max_repeats=1000, max_seconds=0.5)  # per round
-    rounds: int = 3  # rounds per case, each a pass over all cases; the round with the lowest median counts
-    gemm_size: int = 512  # square GEMM edge for the peak-throughput microbenchmarks
-    base: str = "host"  # target whose energy figures (not measured here) are carried over
-
-
-@dataclass
-class CalibrationResult:
-    """What calibration wrote and how well the fitted model predicts (predicted vs measured, in ms)."""
-
-    path: Path
-    target: targets.Target
-    micro: dict  # microbenchmark results (measured)
-    rows: list[dict]  # {case, split: fit|held-out, measured_ms, iqr_ms, predicted_ms, error}
-
-    def held_out_error(self) -> float:
-        errs = [abs(r["error"]) for r in self.rows if r["split"] == "held-out"]
-        return float(np.median(errs)) if errs else float("nan")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def export_onnx(model, example) -> bytes:
-    """Serialized ONNX of `model` (TorchScript exporter, opset 17).
-
-    The exporter shares equal tensors (e.g. folded BN biases) through Identity nodes; ONNX Runtime's static
-    quantizer then leaves those convs in float, so each alias becomes its own initializer again.
-    """
-    import onnx
-    import torch
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), buffer, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
-    proto = onnx.load_from_string(buffer.getvalue())
-    inits = {t.name: t for t in proto.graph.initializer}
-    for node in [n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in inits]:
-        copy = onnx.TensorProto()
-        copy.CopyFrom(inits[node.input[0]])
-        copy.name = node.output[0]
-        proto.graph.initializer.append(copy)
-        proto.graph.node.remove(node)
-    return proto.SerializeToString()
-
-
-def quantize_int8(onnx_model: bytes, example, samples: int = 4) -> bytes:
-    """Static INT8 QDQ quantization with onnxruntime.quantization (random calibration inputs: timing only)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            rng = np.random.default_rng(0)
-            shape = tuple(example.shape)
-            self.items = iter([{"input": rng.standard_normal(shape).astype(np.float32)} for _ in range(samples)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    from hwai.export import quiet
-
-    with tempfile.TemporaryDirectory() as tmp, quiet():  # its advice to pre-process is noise for a timing model
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(onnx_model)
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        return dst.read_bytes()
-
-
-def build(case: Case):
-    """(model, example input, captured graph) of a case."""
-    import torch
-
-    from hwai import graph, models
-
-    channels = 1 if case.model in ("mlp", "dscnn") else 3
-    model = models.create(case.model, num_classes=10, in_channels=channels, input_size=case.input_size,
-                          width=case.width).eval()
-    example = torch.randn(1, channels, case.input_size, case.input_size)
-    return model, example, graph.capture(model, example)
-
-
-def prepare_case(case: Case):
-    """(captured graph, ONNX bytes (INT8 QDQ for int8 cases), example input) of a case, ready to time."""
-    model, example, g = build(case)
-    onnx_model = export_onnx(model, example)
-    if case.dtype == "int8":
-        onnx_model = quantize_int8(onnx_model, example)
-    return g, onnx_model, example
-
-
-def prepare_cases(cases: list[Case], advance=lambda label: None) -> list:
-    """`prepare_case` for each case, reporting progress."""
-    out = []
-    for case in cases:
-        advance(f"export {case.label}")
-        out.append(prepare_case(case))
-    return out
-
-
-def time_case(prepared, cfg: MeasureConfig, threads: int):
-    """One round: ONNX Runtime latency statistics of a prepared case."""
-    _, onnx_model, example = prepared
-    return latency(onnx_model, example, dataclasses.replace(cfg, threads=threads), runtime="onnxruntime")
-
-
-def time_cases(prepared: list, labels: list[str], cfg: MeasureConfig, threads: int, rounds: int,
-               advance=lambda label: None) -> list:
-    """LatencyStats per prepared case: the round with the lowest median (other processes only ever slow a
-    run down), the rounds spread in time, each a pass over all cases (noise on a shared machine comes in
-    bursts that back-to-back rounds would all fall into)."""
-    best = [None] * len(prepared)
-    for r in range(rounds):
-        for i, (case, label) in enumerate(zip(prepared, labels)):
-            advance(f"round {r + 1}/{rounds}: measure {label}")
-            stats = time_case(case, cfg, threads)
-            best[i] = stats if best[i] is None or stats.median_ms < best[i].median_ms else best[i]
-    return best
 
 
 def _gemm_onnx(n: int, int8: bool) -> bytes:
@@ -268,7 +105,7 @@ def _features(graph, unit: targets.Target, dtype: str) -> tuple[np.ndarray, np.n
     """Per layer: compute seconds at efficiency 1, memory seconds, and the fitted class (-1: free op)."""
     from hwai import cost
 
-    scorer = cost.prepare(graph, unit)
+    scorer = cost.prepare(graph, unit, model="roofline")
     layers, _ = scorer.breakdown(bits=np.full(len(scorer.node_names), cost.BITS[dtype]))
     compute = np.array([l.compute_ms for l in layers]) * 1e-3
     mem = np.array([l.memory_ms for l in layers]) * 1e-3
@@ -350,7 +187,7 @@ def _target_yaml(micro: dict, eff: dict, ovh: dict, lanes: dict, base: targets.T
     overhead["_default"] = dict(overhead["_default:fp32"])
     overhead["identity"] = {"value": 0, "source": f"{stamp}: ONNX Runtime removes Identity/Dropout at graph optimisation"}
     return {
-        "name": "host", "description": f"this machine ({cpu_model()}), measured by hwai calibrate", "kind": "cpu",
+        "name": "host", "description": f"this machine ({cpu_name()}), measured by hwai calibrate", "kind": "cpu",
         "runtime": f"ONNX Runtime {onnxruntime.__version__} CPU, {threads} threads", "dtypes": list(FIT_DTYPES),
         "ops": list(targets.OPS), "sparsity_accelerated": False, "weights_in": "dram",
         "peak_fp32_gops": num(micro["ort_fp32_ops"] / 1e9, f"ONNX Runtime MatMul {n}x{n}x{n} fp32, {threads} threads, "
@@ -370,56 +207,19 @@ def _target_yaml(micro: dict, eff: dict, ovh: dict, lanes: dict, base: targets.T
     }
 
 
-def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progress: bool = True) -> CalibrationResult:
-    """Microbenchmark this machine, fit the cost model's factors, write a host target file to `out`."""
-    import yaml
-    from rich.progress import Progress
 
-    from hwai import io as hio
 
-    out = Path(out).expanduser()
-    if out.suffix not in (".yaml", ".yml"):
-        raise UserError(f"--out must be a .yaml file, got {out}")
-    threads = cfg.threads or physical_cores()
-    stamp = f"calibrated {dt.date.today().isoformat()} on {cpu_model()}"
-    base = targets.load(cfg.base)
-    cases = [(c, "fit") for c in cfg.fit] + [(c, "held-out") for c in cfg.held_out]
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("microbenchmarks", total=len(cases) * (cfg.rounds + 1) + 2)  # + microbenchmarks twice
-        micro = microbench(threads, cfg.gemm_size)
-        bar.advance(task)
-
-        def advance(label: str) -> None:
-            bar.update(task, description=label, advance=1)
-
-        prepared = prepare_cases([c for c, _ in cases], advance)
-        timed = time_cases(prepared, [c.label for c, _ in cases], cfg.measure, threads, cfg.rounds, advance)
-        advance("microbenchmarks again")
-        again = microbench(threads, cfg.gemm_size)  # once more at the end: keep the better of the two
-        micro = {k: (min if k == "overhead_s" else max)(v, again[k]) for k, v in micro.items()}
-        measured = [(case, split, p[0], stats) for (case, split), p, stats in zip(cases, prepared, timed)]
+def fit_target(micro: dict, graphs: list, dtypes: list[str], measured_s: np.ndarray, base: targets.Target,
+               threads: int, gemm_size: int, stamp: str) -> tuple[dict, dict]:
+    """The host target file's fields (a mapping for YAML) with roofline factors fitted to measured whole-model
+    seconds of captured graphs; and the microbenchmarks with the fitted memory-time factor added."""
     unit = dataclasses.replace(base, peak_ops={"fp32": micro["ort_fp32_ops"], "int8": micro["ort_int8_ops"]},
                                bandwidth_bps={"sram": micro["sram_bps"], "dram": micro["dram_bps"]},
                                capacity_bytes={"sram": float(_cache_bytes()), "dram": float(_dram_bytes())},
                                dtypes=FIT_DTYPES, efficiency={"_default": 1.0}, overhead_s={"_default": 0.0})
-    on_fit = [i for i, (_, split, _, _) in enumerate(measured) if split == "fit"]
-    ms = np.array([s.median_ms * 1e-3 for _, _, _, s in measured])
-    lanes = _best_lanes(unit, [measured[i][2] for i in on_fit], [measured[i][0].dtype for i in on_fit], ms[on_fit],
-                        micro["overhead_s"])
+    lanes = _best_lanes(unit, graphs, dtypes, measured_s, micro["overhead_s"])
     padded = dataclasses.replace(unit, lanes=lanes)
-    feats = [_features(measured[i][2], padded, measured[i][0].dtype) for i in on_fit]
-    eff, ovh, memory_scale, _ = fit(feats, ms[on_fit], micro["overhead_s"])
+    feats = [_features(g, padded, d) for g, d in zip(graphs, dtypes)]
+    eff, ovh, memory_scale, _ = fit(feats, measured_s, micro["overhead_s"])
     micro = {**micro, "memory_scale": memory_scale}
-    raw = _target_yaml(micro, eff, ovh, lanes, base, threads, cfg.gemm_size, stamp, len(on_fit))
-    text = f"# written by `hwai calibrate` ({stamp}); measured numbers, not datasheet figures\n"
-    hio.write_text(out, text + yaml.safe_dump(raw, sort_keys=False, width=200))
-    target = targets.load(out)
-    from hwai import cost
-
-    rows = []
-    for (case, split, g, stats) in measured:
-        predicted = cost.predict(g, target, precision=case.dtype).latency_ms
-        rows.append({"case": case.label, "split": split, "measured_ms": stats.median_ms, "iqr_ms": stats.iqr_ms,
-                     "repeats": stats.repeats, "predicted_ms": predicted,
-                     "error": predicted / stats.median_ms - 1.0})
-    return CalibrationResult(out, target, micro, rows)
+    return _target_yaml(micro, eff, ovh, lanes, base, threads, gemm_size, stamp, len(graphs)), micro

@@ -1,4 +1,5 @@
-"""Predict latency, energy and peak memory of a captured graph on a hardware target (a roofline model).
+"""The roofline cost model: latency, energy and peak memory of a captured graph on a hardware target from the
+numbers in its target file (for targets hwai cannot measure; energy and memory for every target).
 
 Per layer (a Conv+BN+ReLU fusion group counts as one layer: its intermediates are neither written nor read):
     latency = max(ops / (peak[dtype] x efficiency[op, dtype]), bytes / bandwidth[level]) + overhead[op]
@@ -9,7 +10,10 @@ weights cut work only where the target accelerates sparsity (capped by `sparse_s
 pruned models are simply smaller graphs. Activations move at SRAM bandwidth when a layer's activations
 fit in SRAM, else DRAM; weights come from `weights_in`, or from SRAM when a DRAM target holds the
 whole model in cache. Peak memory = peak live activations (hwai.memory, best operator order) + weights,
-compared with the target's SRAM and flash/DRAM.
+compared with the target's SRAM and flash/DRAM. Every buffer has the size of its maker's dtype: an INT8 layer
+writes one byte per element (a runtime keeps int8 tensors between int8 kernels and folds Quantize/Dequantize
+into them); on MCU and NPU targets the model input is int8 too when the first layer is (TFLite Micro,
+X-CUBE-AI, ESP-NN and the Edge TPU compiler take int8 input), on CPU/GPU runtimes it stays float.
 
 Batch API (for search screening, >= 10,000 candidates/s):
     scorer = cost.prepare(graph, target)              # once per graph: per-node numpy arrays
@@ -23,6 +27,7 @@ candidate with a per-layer breakdown.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -33,6 +38,7 @@ from hwai.graph import Graph, Node
 from hwai.targets import DTYPES, Target
 
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+INT8_IO_KINDS = ("mcu", "npu")  # their runtimes (TFLite Micro, X-CUBE-AI, ESP-NN, Edge TPU) take int8 input
 _MAC_OPS = ("conv", "linear", "matmul")
 _F = np.float32  # batch arithmetic precision: ~1e-7 relative, twice the throughput of float64
 
@@ -67,9 +73,9 @@ class LayerPrediction:
     dtype: str  # the dtype it runs in on the target (after fallback)
     latency_ms: float
     energy_uj: float
-    bound: str  # "compute" | "memory" | "overhead"
-    compute_ms: float  # ops / (peak x efficiency)
-    memory_ms: float  # bytes / bandwidth
+    bound: str  # roofline: "compute" | "memory" | "overhead"; learned model: "kernels"
+    compute_ms: float  # roofline term: ops / (peak x efficiency)
+    memory_ms: float  # roofline term: bytes / bandwidth
     bytes: float  # activation + weight bytes moved
 
 
@@ -89,13 +95,15 @@ class Prediction:
     fit_message: str
     notes: list[str] = field(default_factory=list)  # dtype fallbacks, unsupported ops, ignored sparsity
     kind: str = "predicted"
-    model: str = "roofline"
+    model: str = "roofline"  # which model predicted the latency: "roofline" or "learned"
+    model_source: str = ""  # for "learned": the measurements it was fitted to (file, kernels, machine, date)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
-        return (f"predicted ({self.model} cost model, target {self.target} from {self.target_file}): "
+        source = f" {self.model_source}" if self.model_source else ""
+        return (f"predicted ({self.model} cost model{source}, target {self.target} from {self.target_file}): "
                 f"{self.latency_ms:.3f} ms, {self.energy_mj:.4f} mJ, peak SRAM {self.sram_bytes_needed / 1024:.1f} KiB; "
                 f"{self.fit_message}")
 
@@ -164,6 +172,23 @@ class Scorer:
         self.life = memory.lifetimes(graph, memory.best_order(graph, fuse), fuse)
         self.live = self.life.live.astype(_F)
         self.rows = np.arange(n)[:, None] * 4
+        # buffers at fp32 size (captured bytes are in each node's own dtype; the model input in its first reader's)
+        makers = self.life.buffer_node
+        self.root = next((i for i, nd in enumerate(nodes) if not nd.inputs), 0)
+        own = np.where(makers >= 0, self.own_bits[np.maximum(makers, 0)], self.own_bits[self.root] if n else 32)
+        self.buffer_fp32 = self.life.buffer_bytes * 32 / own
+        self.int8_io = target.kind in INT8_IO_KINDS
+        self.factors = np.ones(len(self.groups))  # per layer: latency correction (see `corrected`)
+
+    def corrected(self, factors: dict[str, float]) -> "Scorer":
+        """This scorer with the latency of layers whose op key (op_key: conv, depthwise, linear, ...) is listed
+        multiplied by its factor."""
+        bad = {k: v for k, v in factors.items() if not (np.isfinite(v) and v > 0)}
+        if bad:
+            raise UserError(f"correction factors must be finite and positive, got {bad}")
+        new = copy.copy(self)
+        new.factors = self.factors * np.array([factors.get(self.keys[h], 1.0) for h in self.groups])
+        return new
 
     def _arrays(self, value, default: np.ndarray | float, name: str) -> np.ndarray:
         """A (B, N) candidate input as a node-major (N, B) array."""
@@ -175,20 +200,27 @@ class Scorer:
             raise UserError(f"{name} needs one column per graph node ({n}), got {arr.shape[-1]}")
         return np.ascontiguousarray(arr.T)
 
-    def _evaluate(self, channel_scale=None, bits=None, sparsity=None) -> dict:
-        """Per-node terms, node-major (N, B), for B candidates (see the module docstring for the inputs)."""
+    def candidates(self, channel_scale=None, bits=None, sparsity=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Node-major (N, B) arrays of B candidates: output and input channel scales, dtype index after
+        fallback (into hwai.targets.DTYPES), sparsity."""
         scale = self._arrays(channel_scale, 1.0, "channel_scale")
         q = self._arrays(bits, self.own_bits, "bits")
         if not np.isin(q, list(BITS.values())).all():
             raise UserError(f"bits must be 32, 16, 8 or 4, got {sorted(set(np.unique(q)) - set(BITS.values()))}")
         sp = self._arrays(sparsity, 0.0, "sparsity")
         b = max(scale.shape[1], q.shape[1], sp.shape[1])
-        col = lambda v: np.asarray(v, dtype=_F)[:, None]  # noqa: E731 - per-node constant as (N, 1)
         out_s = np.empty((len(self.node_names), b), dtype=_F)
         for i, src in enumerate(self.src):  # output scale: own for conv/linear, inherited otherwise
             out_s[i] = scale[i] if self.channel_node[i] else (out_s[src] if src >= 0 else 1.0)
-        in_s = np.where(col(self.src >= 0), out_s[np.maximum(self.src, 0)], 1.0)
-        dt = self.dtype_index[self.bits_lut[q.astype(np.intp)]]  # dtype index after fallback
+        in_s = np.where((self.src >= 0)[:, None], out_s[np.maximum(self.src, 0)], 1.0)
+        dt = self.dtype_index[self.bits_lut[np.broadcast_to(q, (len(self.node_names), b)).astype(np.intp)]]
+        return out_s, in_s, dt, sp
+
+    def _evaluate(self, channel_scale=None, bits=None, sparsity=None, cands=None, latency: bool = True) -> dict:
+        """Per-node terms, node-major (N, B), for B candidates (see the module docstring for the inputs);
+        `cands`: `candidates()` already computed; `latency` False skips the latency terms."""
+        out_s, in_s, dt, sp = cands or self.candidates(channel_scale, bits, sparsity)
+        col = lambda v: np.asarray(v, dtype=_F)[:, None]  # noqa: E731 - per-node constant as (N, 1)
         flat = self.rows + dt
         width = self.width[dt]
         tgt = self.target
@@ -198,12 +230,10 @@ class Scorer:
         ops, macs = col(self.work) * size, col(self.macs) * size
         w_bytes = col(self.w_bytes) * size * width
         act = (col(self.in_bytes * self.count_in) * in_s + col(self.out_bytes * self.count_out) * out_s) * width
-        compute = ops * self.inv_rate[flat]
-        if (self.lanes > 1).any():
+        compute = ops * self.inv_rate[flat] if latency else None
+        if latency and (self.lanes > 1).any():
             compute = compute * self._padding(self.lanes[dt], in_s, out_s)
-        makers = self.life.buffer_node
-        buffers = col(self.life.buffer_bytes) * np.where(col(makers >= 0), out_s[np.maximum(makers, 0)] *
-                                                         width[np.maximum(makers, 0)], 1.0)
+        buffers = self._buffers(out_s, width)
         peak_act = (self.live @ buffers).max(axis=0)
         act_sram = (self.G.T @ act <= tgt.capacity_bytes["sram"]) | ("dram" not in tgt.capacity_bytes)
         act_sram = (self.G @ act_sram) > 0  # back to nodes: the level of their group
@@ -212,11 +242,26 @@ class Scorer:
         w_cached = (w_level == "dram") & (total_w + peak_act <= tgt.capacity_bytes["sram"])
         off = "dram" if "dram" in tgt.bandwidth_bps else "sram"
         bw, e = tgt.bandwidth_bps, tgt.energy_per_byte_j
-        mem = act / np.where(act_sram, bw["sram"], bw[off]) + w_bytes / np.where(w_cached, bw["sram"], bw[w_level])
+        mem = act / np.where(act_sram, bw["sram"], bw[off]) + w_bytes / np.where(w_cached, bw["sram"], bw[w_level]) \
+            if latency else None
         energy = (np.where(col(self.macs > 0), macs, ops) * self.e_mac[dt] + act * np.where(act_sram, e["sram"], e[off])
                   + w_bytes * np.where(w_cached, e["sram"], e[w_level]))
         return {"compute": compute, "memory": mem, "overhead": self.ovh[flat], "energy": energy,
                 "bytes": act + w_bytes, "dtype": dt, "peak_act": peak_act, "weights": total_w, "ops": ops}
+
+    def _buffers(self, out_s: np.ndarray, width: np.ndarray) -> np.ndarray:
+        """(buffers, B) bytes: each buffer at its maker's dtype and channel scale."""
+        makers = self.life.buffer_node
+        in_width = width[self.root] if self.int8_io else 1.0  # int8 runtimes take the input as the first layer does
+        return self.buffer_fp32[:, None] * np.where((makers >= 0)[:, None], out_s[np.maximum(makers, 0)] *
+                                                    width[np.maximum(makers, 0)], in_width)
+
+    def timeline(self, channel_scale=None, bits=None) -> list[tuple[str, int]]:
+        """Live activation bytes at each step of the execution order for one candidate, at the buffer sizes
+        the prediction uses (int8 layers' buffers one byte per element): what a memory chart should show."""
+        out_s, _, dt, _ = self.candidates(channel_scale, bits)
+        live = self.live @ self._buffers(out_s, self.width[dt])[:, :1]
+        return [(name, int(b)) for name, b in zip(self.life.order, live[:, 0])]
 
     def _padding(self, lanes: np.ndarray, in_s: np.ndarray, out_s: np.ndarray) -> np.ndarray:
         """Work inflation from rounding channel counts up to a multiple of the SIMD lanes."""
@@ -235,14 +280,19 @@ class Scorer:
         fits = (sram_needed <= tgt.capacity_bytes["sram"]) & (w_need <= tgt.capacity_bytes[w_store])
         return sram_needed, w_need, fits
 
-    def score(self, channel_scale=None, bits=None, sparsity=None) -> BatchScores:
-        """Predicted totals of B candidates; see the module docstring."""
-        t = self._evaluate(channel_scale, bits, sparsity)
+    def score(self, channel_scale=None, bits=None, sparsity=None, cands=None, latency: bool = True) -> BatchScores:
+        """Predicted totals of B candidates; see the module docstring. (`cands`, `latency`: see `_evaluate`;
+        without latency terms `latency_ms` is NaN.)"""
+        t = self._evaluate(channel_scale, bits, sparsity, cands, latency)
         gt = self.G.T
-        latency = np.maximum(gt @ t["compute"], gt @ t["memory"]) + gt @ np.broadcast_to(t["overhead"], t["compute"].shape)
+        if latency:
+            layers = np.maximum(gt @ t["compute"], gt @ t["memory"]) + gt @ np.broadcast_to(t["overhead"],
+                                                                                           t["compute"].shape)
+            total = (layers * self.factors[:, None]).sum(axis=0) * 1e3
+        else:
+            total = np.full(t["peak_act"].shape, np.nan)
         sram, _, fits = self._fit(t["peak_act"], t["weights"])
-        return BatchScores(latency.sum(axis=0) * 1e3, t["energy"].sum(axis=0) * 1e3, t["peak_act"], t["weights"],
-                           sram, fits)
+        return BatchScores(total, t["energy"].sum(axis=0) * 1e3, t["peak_act"], t["weights"], sram, fits)
 
     def breakdown(self, channel_scale=None, bits=None, sparsity=None) -> tuple[list[LayerPrediction], dict]:
         """Per-layer predictions of one candidate, plus its per-node terms."""
@@ -254,14 +304,10 @@ class Scorer:
             head = self.graph.nodes[h]
             bound = "overhead" if o > max(c, m) else "compute" if c >= m else "memory"
             layers.append(LayerPrediction(head.name, head.fusion or self.keys[h], DTYPES[int(t["dtype"][h])],
-                                          (max(c, m) + o) * 1e3, float(t["energy"][members].sum()) * 1e6,
+                                          (max(c, m) + o) * 1e3 * float(self.factors[j]),
+                                          float(t["energy"][members].sum()) * 1e6,
                                           bound, c * 1e3, m * 1e3, float(t["bytes"][members].sum())))
         return layers, t
-
-
-def prepare(graph: Graph, target: Target, fuse: bool = True) -> Scorer:
-    """Precompute per-node arrays of `graph` on `target` for batch scoring (fuse: the runtime fuses Conv+BN+ReLU)."""
-    return Scorer(graph, target, fuse)
 
 
 def _kib(n: float) -> str:
@@ -281,14 +327,9 @@ def fit_message(target: Target, sram_needed: float, weights: float, peak_act: fl
     return f"fits ({detail})" if excess <= 0 else f"does not fit by {_kib(excess)} ({detail})"
 
 
-def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,
-            sparsity: dict[str, float] | None = None, fuse: bool = True) -> Prediction:
-    """Predicted per-layer and total latency, energy and peak memory of `graph` on `target`.
-
-    precision: one of fp32/fp16/int8/int4 for every node, or {node_name: dtype}; None: each node's own dtype.
-    sparsity: {node_name: fraction of zero weights}; it only helps where the target accelerates sparsity.
-    """
-    scorer = prepare(graph, target, fuse)
+def candidate_inputs(scorer: Scorer, precision: str | dict[str, str] | None,
+                     sparsity: dict[str, float] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """`predict`'s precision and sparsity dicts as per-node bits and sparsity arrays (None: the node's own)."""
     names = scorer.node_names
     bits = None
     if precision is not None:
@@ -302,21 +343,21 @@ def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None
         if set(sparsity) - set(names) or not all(0 <= v < 1 for v in sparsity.values()):
             raise UserError("sparsity: needs {node_name: fraction in [0, 1)} for nodes of the graph")
         sp = np.array([sparsity.get(n, 0.0) for n in names])
-    layers, t = scorer.breakdown(bits=bits, sparsity=sp)
-    notes = []
+    return bits, sp
+
+
+def notes(scorer: Scorer, bits: np.ndarray | None, sparse: bool) -> list[str]:
+    """Dtype fallbacks, ops the target's runtime does not list, sparsity it ignores."""
+    target, out = scorer.target, []
     requested = {DTYPES[i] for i in np.searchsorted(-np.array([32, 16, 8, 4]), -(bits if bits is not None
                                                                                   else scorer.own_bits))}
     for d in sorted(requested, key=DTYPES.index):
         if resolve_dtype(target, d) != d:
-            notes.append(f"{target.name} has no {d} kernels: {d} layers predicted as {resolve_dtype(target, d)}")
+            out.append(f"{target.name} has no {d} kernels: {d} layers predicted as {resolve_dtype(target, d)}")
     heads = {scorer.keys[h] for h in scorer.groups}
     unsupported = sorted(k for k in heads if k not in target.ops and not (k == "depthwise" and "conv" in target.ops))
     if unsupported:
-        notes.append(f"{target.name}'s runtime does not list {', '.join(unsupported)}: predicted with its _default factors")
-    if sparsity and not target.sparsity_accelerated:
-        notes.append(f"{target.name} does not accelerate sparsity: zero weights predicted at dense cost")
-    peak_act, weights = float(t["peak_act"]), float(t["weights"])
-    sram, _, fits = scorer._fit(np.array(peak_act), np.array(weights))
-    return Prediction(target.name, target.path, layers, sum(l.latency_ms for l in layers),
-                      float(t["energy"].sum()) * 1e3, int(peak_act), int(weights), int(sram), bool(fits),
-                      fit_message(target, float(sram), weights, peak_act), notes)
+        out.append(f"{target.name}'s runtime does not list {', '.join(unsupported)}: predicted with its _default factors")
+    if sparse and not target.sparsity_accelerated:
+        out.append(f"{target.name} does not accelerate sparsity: zero weights predicted at dense cost")
+    return out

@@ -1,0 +1,221 @@
+"""Calibrate the `host` target on this machine: measure the kernels ONNX Runtime runs for zoo models and random
+networks (FP32 and INT8 QDQ) with its profiler, store the measurements next to the target file (the learned
+cost model fits itself to them when a prediction needs it), and fit the roofline's factors for energy, memory
+and as a fallback. Every number written says `calibrated <date> on <cpu>`.
+
+    hwai.calibrate.calibrate("~/.config/hwai/targets/host.yaml")          # writes host.yaml + host.measurements.csv
+    hwai.calibrate.calibrate(out, CalibrateConfig.quick())                # seconds, for tests
+
+Devices hwai cannot run on: `export_kit` writes the models and a standalone script; its CSV comes back
+through `import_measurements` (hwai.calibrate.kit).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from hwai import targets
+from hwai.calibrate import device
+from hwai.calibrate.cases import FAMILIES, Case, build, sample
+from hwai.calibrate.device import cpu_name as cpu_model
+from hwai.calibrate.kit import export_kit, import_measurements, write_kit
+from hwai.errors import UserError
+from hwai.measure import physical_cores
+
+__all__ = ["CalibrateConfig", "CalibrationResult", "Case", "build", "calibrate", "calibrate_from", "choose_method",
+           "cpu_model", "cross_validate", "export_kit", "import_measurements", "write_kit"]
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """What `hwai calibrate` measures, and how."""
+
+    families: tuple[str, ...] = FAMILIES  # zoo families measured
+    per_family: int = 7  # configurations (width, input size) of every family, each FP32 and INT8
+    synthetic: int = 18  # random networks, each FP32 and INT8
+    seed: int = 0
+    threads: int | None = None  # ONNX Runtime intra-op threads; None: physical cores
+    rounds: int = 3  # passes over all models, spread in time; per kernel the lowest round median counts
+    profiled_runs: int = 20  # profiled runs per model and round
+    min_runs: int = 20  # plain runs per model and round at least
+    max_seconds: float = 0.25  # more plain runs until the median settles or this long
+    gemm_size: int = 512  # square GEMM edge for the peak-throughput microbenchmarks
+    roofline_cases: int = 24  # zoo models the roofline factors are fitted on (their graphs are captured)
+    folds: int = 5  # cross-validation folds (by model) for the reported prediction error
+    base: str = "host"  # target whose energy figures (not measured here) are carried over
+
+    @classmethod
+    def quick(cls, **overrides) -> "CalibrateConfig":
+        """A small calibration (seconds): for tests and a first look, not for accurate predictions."""
+        return replace(cls(families=("mlp", "cnn", "resnet8", "dscnn"), per_family=1, synthetic=2, rounds=1,
+                           profiled_runs=5, min_runs=10, max_seconds=0.05, gemm_size=128, roofline_cases=4, folds=3),
+                       **overrides)
+
+    def cases(self) -> tuple[Case, ...]:
+        return sample(self.per_family, self.synthetic, self.seed, self.families)
+
+
+@dataclass
+class CalibrationResult:
+    """What calibration wrote and how well the learned model predicts whole models it was not fitted to."""
+
+    path: Path  # target YAML
+    measurements: Path  # kernel measurements next to it
+    target: targets.Target
+    micro: dict  # microbenchmark results (measured)
+    rows: list[dict]  # per model: case, family, dtype, measured_ms, spread_ms, runs, predicted_ms, error
+    kernels: int  # kernel measurements stored
+    seconds: float  # wall time of the calibration
+    detected: tuple[int, int] = (0, 0)  # kernels hwai.cost.kernels detected that ONNX Runtime ran, of those it ran
+    method: str = "gbt"  # the regressor the cost model uses (the best in cross-validation)
+    method_errors: dict | None = None  # regressor -> cross-validated median |error|
+
+    def within(self, tol: float = 0.10) -> float:
+        """Share of models predicted within +-tol by the cross-validated learned model."""
+        errs = np.array([abs(r["error"]) for r in self.rows])
+        return float((errs <= tol).mean()) if len(errs) else float("nan")
+
+    def median_error(self) -> float:
+        errs = [abs(r["error"]) for r in self.rows]
+        return float(np.median(errs)) if errs else float("nan")
+
+
+def cross_validate(meas, folds: int, method: str = "gbt") -> dict[str, float]:
+    """Whole-model us of every model in `meas`, predicted by a learned model fitted without its fold (models
+    assigned to folds in turn; FP32 and INT8 of one configuration share a fold)."""
+    from hwai.cost.learned import KernelModel
+
+    configs = sorted({c.rsplit(" ", 1)[0] for c in meas.models["case"]})
+    fold_of = {c: i % folds for i, c in enumerate(configs)}
+    out: dict[str, float] = {}
+    for f in range(folds):
+        held = tuple(c for c in meas.models["case"] if fold_of[c.rsplit(" ", 1)[0]] == f)
+        if held:
+            out.update(KernelModel(meas, method, exclude=held).case_us(meas, held))
+    return out
+
+
+def detection_agreement(meas, graphs: dict[str, object]) -> tuple[int, int]:
+    """How many of the kernels ONNX Runtime ran for these measured models hwai.cost.kernels detects from their
+    graphs ({case label: graph}): (matched, ran), compared as (op, output shape) multisets per model."""
+    from collections import Counter
+
+    from hwai.cost.kernels import detect, listing
+    from hwai.cost.learned import KernelModel
+    from hwai.cost.lowering import lower
+
+    runtime = KernelModel(meas, "linear").runtime
+    k = meas.kernels
+    matched = ran = 0
+    for label, g in graphs.items():
+        channels = np.array([[n.output_shape[1] if len(n.output_shape) > 1 else 1 for n in g.nodes]])
+        int8 = np.full(channels.shape, label.endswith("int8"))
+        found = Counter((op, out) for op, _, out in listing(detect(lower(g), runtime, channels, int8)))
+        rows = Counter((str(op), tuple(int(d) for d in str(s).split("x") if d))
+                       for op, s, c in zip(k["op"], k["out_shape"], k["case"]) if c == label)
+        matched += sum((found & rows).values())
+        ran += sum(rows.values())
+    return matched, ran
+
+
+def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progress: bool = True) -> CalibrationResult:
+    """Measure this machine's kernels and write a host target file to `out` (.yaml) with the measurements
+    next to it (`<name>.measurements.csv`)."""
+    import yaml
+    from rich.progress import Progress
+
+    from hwai import io as hio
+    from hwai.calibrate import roofline
+    from hwai.cost import measurements
+
+    started = time.perf_counter()
+    out = Path(out).expanduser()
+    if out.suffix not in (".yaml", ".yml"):
+        raise UserError(f"--out must be a .yaml file, got {out}")
+    threads = cfg.threads or physical_cores()
+    stamp = f"calibrated {dt.date.today().isoformat()} on {cpu_model()}"
+    base = targets.load(cfg.base)
+    cases = list(cfg.cases())
+    zoo = [c for c in cases if c.model != "synthetic"]
+    fit_on = zoo[:: max(1, len(zoo) // cfg.roofline_cases)][: cfg.roofline_cases]
+    with Progress(disable=not progress, transient=False) as bar, tempfile.TemporaryDirectory() as tmp:
+        task = bar.add_task("microbenchmarks", total=len(cases) * (cfg.rounds + 1) + len(fit_on) + 3)
+
+        def advance(label: str) -> None:
+            bar.update(task, description=label[:60], advance=1)
+
+        micro = roofline.microbench(threads, cfg.gemm_size)
+        advance("export models")
+        write_kit(cases, Path(tmp) / "kit", advance)
+        csv = Path(tmp) / "measurements.csv"
+        done = [0]
+
+        def measured(i: int, total: int, label: str) -> None:
+            if i > done[0]:
+                bar.update(task, advance=i - done[0])
+                done[0] = i
+            bar.update(task, description=label[:60])
+
+        device.measure(Path(tmp) / "kit", csv, threads, cfg.rounds, cfg.profiled_runs, cfg.min_runs, cfg.max_seconds,
+                       progress=measured)
+        bar.update(task, advance=len(cases) * cfg.rounds - done[0])
+        advance("microbenchmarks again")
+        again = roofline.microbench(threads, cfg.gemm_size)  # once more at the end: keep the better of the two
+        micro = {k: (min if k == "overhead_s" else max)(v, again[k]) for k, v in micro.items()}
+        meas = measurements.read(csv)
+        whole = dict(zip(meas.models["case"], meas.models["us"]))
+        graphs = []
+        for case in fit_on:
+            advance(f"roofline: capture {case.label}")
+            graphs.append(build(case)[2])
+        raw, micro = roofline.fit_target(micro, graphs, [c.dtype for c in fit_on],
+                                         np.array([whole[c.label] * 1e-6 for c in fit_on]), base, threads,
+                                         cfg.gemm_size, stamp)
+        text = f"# written by `hwai calibrate` ({stamp}); measured numbers, not datasheet figures\n"
+        hio.write_text(out, text + yaml.safe_dump(raw, sort_keys=False, width=200))
+        stored = measurements.path_for(out)
+        hio.write_text(stored, csv.read_text())
+    method, errors, rows = choose_method(stored, cfg.folds)
+    meas = measurements.load(stored)
+    agreement = detection_agreement(meas, {c.label: g for c, g in zip(fit_on, graphs)})
+    return CalibrationResult(out, stored, targets.load(out), micro, rows, len(meas.kernels["us"]),
+                             time.perf_counter() - started, agreement, method, errors)
+
+
+def choose_method(path: Path, folds: int) -> tuple[str, dict[str, float], list[dict]]:
+    """Cross-validate every regressor on the measurements at `path`, record the best (lowest median |error|)
+    in the file's header, where the cost model reads it; returns (method, {method: median |error|}, the best
+    one's rows: per measured model, measured and cross-validated predicted latency)."""
+    from hwai.cost import measurements
+    from hwai.cost.learned import METHODS
+
+    meas = measurements.read(path)
+    m = meas.models
+    rows, medians = {}, {}
+    for method in METHODS:
+        predicted = cross_validate(meas, folds, method)
+        rows[method] = [{"case": c, "family": f, "dtype": d, "measured_ms": us / 1e3, "spread_ms": sp / 1e3,
+                         "runs": int(n), "predicted_ms": predicted[c] / 1e3, "error": predicted[c] / us - 1.0}
+                        for c, f, d, us, sp, n in zip(m["case"], m["family"], m["dtype"], m["us"], m["spread_us"],
+                                                      m["runs"]) if c in predicted]
+        medians[method] = float(np.median([abs(r["error"]) for r in rows[method]]))
+    best = min(METHODS, key=medians.get)
+    detail = ", ".join(f"{k} {v:.1%}" for k, v in medians.items())
+    measurements.set_method(path, best, f"{folds}-fold cross-validated median |error|: {detail}")
+    return best, medians, rows[best]
+
+
+def calibrate_from(source: str | Path, target: str = "host", cfg: CalibrateConfig = CalibrateConfig()) -> CalibrationResult:
+    """Import measurements taken on a device (the kit's measure_kernels.py) for `target`: stored next to its
+    YAML file in the user target folder, then checked by cross-validation."""
+    started = time.perf_counter()
+    stored, meas = import_measurements(Path(source), target)
+    method, errors, rows = choose_method(stored, cfg.folds)
+    loaded = targets.load(target)
+    return CalibrationResult(Path(loaded.path), stored, loaded, {}, rows, len(meas.kernels["us"]),
+                             time.perf_counter() - started, (0, 0), method, errors)

@@ -1,0 +1,102 @@
+"""Predict latency, energy and peak memory of a captured graph on a hardware target.
+
+Two latency models, chosen per target automatically:
+- learned (hwai.cost.learned): when the target has stored kernel measurements (`<target>.measurements.csv`
+  next to its YAML file, written by `hwai calibrate` or imported with `hwai calibrate --from FILE`): the
+  kernels ONNX Runtime runs (hwai.cost.kernels) each predicted by a regressor fitted to measured kernels;
+- roofline (hwai.cost.roofline): from the target file's peaks, bandwidths and efficiencies, otherwise.
+Energy and memory always come from the roofline's terms. `Prediction.model` says which model predicted the
+latency and `Prediction.describe()` from what (file, kernels, machine, date).
+
+    p = cost.predict(graph, target, precision="int8")            # or {node: dtype}; per-layer breakdown
+    scorer = cost.prepare(graph, target)                         # batch API for search screening
+    s = scorer.score(channel_scale=C, bits=Q, sparsity=S)        # (B, N) arrays -> (B,) totals, >= 10,000/s
+See hwai.cost.roofline for the meaning of the candidate arrays. Feedback from measurements: a learned scorer's
+`type_ms()` splits predicted latency by kernel type; `prepare(..., corrections={type: factor})` applies factors
+fitted to a search's own measurements (per op key for the roofline).
+"""
+from __future__ import annotations
+
+from hwai.cost.roofline import (BITS, BatchScores, LayerPrediction, Prediction, Scorer, candidate_inputs,
+                                fit_message, notes, op_key, resolve_dtype)
+from hwai.errors import UserError
+from hwai.graph import Graph
+from hwai.targets import Target
+
+__all__ = ["BITS", "BatchScores", "LayerPrediction", "MODELS", "Prediction", "Scorer", "activation_timeline",
+           "learned_model", "op_key", "predict", "prepare", "resolve_dtype"]
+MODELS = ("auto", "learned", "roofline")
+
+
+def learned_model(target: Target, method: str | None = None):
+    """The fitted kernel model of `target` (hwai.cost.learned.KernelModel), or None without stored measurements;
+    method: gbt, rf or linear (default: the one calibration chose)."""
+    from hwai.cost import measurements
+
+    path = measurements.path_for(target.path)
+    if not path.is_file():
+        return None
+    from hwai.cost.learned import model_for
+
+    meas = measurements.load(path)
+    return model_for(meas, method or meas.method)
+
+
+def prepare(graph: Graph, target: Target, fuse: bool = True, model: str = "auto",
+            corrections: dict[str, float] | None = None):
+    """A batch scorer of `graph` on `target` (`.score(channel_scale=, bits=, sparsity=)`, `.node_names`):
+    the learned latency model where the target has measurements (model "auto" or "learned"), else the roofline.
+    corrections: latency factors, per kernel type for the learned model (the keys of `scorer.type_ms()`), per
+    op key (conv, depthwise, linear, ...) for the roofline; unlisted ones stay 1."""
+    if model not in MODELS:
+        raise UserError(f"cost model must be one of {', '.join(MODELS)}, got {model!r}")
+    kernel_model = learned_model(target) if model != "roofline" else None
+    if model == "learned" and kernel_model is None:
+        raise UserError(f"{target.name} has no stored measurements ({target.path}): run `hwai calibrate` "
+                        "(this machine) or `hwai calibrate --from FILE --target NAME`")
+    if kernel_model is None:
+        scorer = Scorer(graph, target, fuse)
+        return scorer.corrected(corrections) if corrections else scorer
+    from hwai.cost.learned import LearnedScorer
+
+    try:
+        kernel_model = kernel_model.corrected(corrections) if corrections else kernel_model
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return LearnedScorer(graph, target, kernel_model, fuse)
+
+
+def activation_timeline(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,
+                        fuse: bool = True) -> list[tuple[str, int]]:
+    """Live activation bytes per execution step, [(node name, bytes)], at the sizes `predict` counts for the peak
+    (int8 layers one byte per element; the input int8 on MCU/NPU targets): a chart of it peaks where the
+    prediction's `peak_activation_bytes` says."""
+    scorer = Scorer(graph, target, fuse)
+    bits, _ = candidate_inputs(scorer, precision, None)
+    return scorer.timeline(bits=bits)
+
+
+def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,
+            sparsity: dict[str, float] | None = None, fuse: bool = True, model: str = "auto",
+            corrections: dict[str, float] | None = None) -> Prediction:
+    """Predicted per-layer and total latency, energy and peak memory of `graph` on `target`.
+
+    precision: one of fp32/fp16/int8/int4 for every node, or {node_name: dtype}; None: each node's own dtype.
+    sparsity: {node_name: fraction of zero weights}; it only helps where the target accelerates sparsity.
+    model: "auto" (learned where the target has measurements, else roofline), "learned" or "roofline".
+    corrections: latency factors (see `prepare`).
+    """
+    scorer = prepare(graph, target, fuse, model, corrections)
+    roof = getattr(scorer, "roofline", scorer)
+    bits, sp = candidate_inputs(roof, precision, sparsity)
+    layers, t = scorer.breakdown(bits=bits, sparsity=sp)
+    peak_act, weights = float(t["peak_act"]), float(t["weights"])
+    sram, _, fits = roof._fit(peak_act, weights)
+    learned = scorer is not roof
+    return Prediction(target.name, target.path, layers,
+                      float(t["latency_ms"]) if learned else sum(l.latency_ms for l in layers),
+                      float(t["energy"].sum()) * 1e3, int(peak_act), int(weights), int(sram), bool(fits),
+                      fit_message(target, float(sram), weights, peak_act),
+                      notes(roof, bits, bool(sparsity)) + t.get("notes", []),
+                      model="learned" if learned else "roofline",
+                      model_source=scorer.model.describe() if learned else "")
