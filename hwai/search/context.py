@@ -77,9 +77,15 @@ class Context:
     def prediction(self) -> str:
         if not self.targets:
             return "no cost-model predictions (no target given)"
-        files = ", ".join(f"{t.name} ({t.path})" for t in self.targets)
+        from hwai.cost import measurements
+
+        def model(t) -> str:
+            stored = measurements.path_for(t.path)
+            return f"learned kernel model from {stored}" if stored.is_file() else "roofline model"
+
+        files = ", ".join(f"{t.name} ({model(t)}, target file {t.path})" for t in self.targets)
         corrected = "host" + (" and target" if self.target_is_host else "")
-        return (f"hwai.cost model with target files {files}, scored with its batch scorer; {corrected} predictions "
+        return (f"hwai.cost with {files}, scored with its batch scorer; {corrected} predictions "
                 "corrected by measured-vs-predicted feedback where it lowers the held-out error (see calibration)")
 
 
