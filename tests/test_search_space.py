@@ -173,3 +173,32 @@ def test_a_failed_export_check_says_which_check_failed():
                "parity_reason": "max |delta logit| 0.6 > 0.4"}
     why, values = check(c, metrics, None, "host_latency_ms")
     assert why == ["exported ONNX disagrees with PyTorch: max |delta logit| 0.6 > 0.4"] and values["export"] == 1.0
+
+
+def test_microcontroller_candidates_get_patch_knobs_and_the_planned_arena():
+    from hwai import targets
+    from hwai.search.candidate import planned_memory, structure
+    from hwai.search.space import Candidate
+
+    base = ModelSpec("mobilenetv2", 10, 1, (32, 32), 0.35, {})
+    trial = optuna.create_study().ask()
+    sample(trial, SpaceConfig(patch_stages=(0.0, 1.0), patch_grids=(2, 4)), base, mcu=True)
+    assert {"patch.stage", "patch.grid"} <= set(trial.params) or trial.params.get("patch.stage") == 0.0
+    trial = optuna.create_study().ask()
+    sample(trial, SpaceConfig(), base, mcu=False)
+    assert not any(k.startswith("patch") for k in trial.params)  # other targets: no such knob
+
+    stm = targets.load("stm32h743")
+    x = torch.randn(1, 1, 32, 32)
+    bits = {n: 8 for n in weighted_layers(build(base))}
+    plain = Candidate(base, True, {}, bits, True, 1)
+    patched = Candidate(base, True, {}, bits, True, 1, patch=(0.25, 2))
+    a = planned_memory(plain, structure(plain, x), x, stm, latency_ms=10.0, weight_bytes=50_000)
+    b = planned_memory(patched, structure(patched, x), x, stm, latency_ms=10.0, weight_bytes=50_000)
+    assert a["peak_sram_kb"] <= a["peak_layer_by_layer_kb"] and a["patch_split"] is None and a["target_latency_ms"] == 10.0
+    assert b["patch_split"] and b["patch_grid"] == 2 and b["patch_extra_macs"] > 0
+    assert b["peak_sram_kb"] < a["peak_sram_kb"] and b["target_latency_ms"] > 10.0  # less SRAM, halo recomputed
+    assert a["fits"] and a["fit_message"].startswith("fits")
+    assert planned_memory(plain, structure(plain, x), x, targets.load("rpi4"), 10.0, 50_000) == {}  # not an MCU
+    late = Candidate(base, True, {}, bits, True, 1, patch=(1.0, 64))  # more patches than the split output has rows
+    assert planned_memory(late, structure(late, x), x, stm, 10.0, 50_000)["patch_grid"] == 4  # its output is 4x4

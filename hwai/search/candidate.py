@@ -72,6 +72,11 @@ def _quantize(model: nn.Module, cand: Candidate, calib: DataBundle, example: tor
     return hwai.quantize(model, cfg, calib=calib, example=example, progress=False)
 
 
+def structure(cand: Candidate, example: torch.Tensor) -> nn.Module:
+    """The candidate's shapes on untrained weights (its pruned architecture): enough to plan its memory."""
+    return _prune(build(cand.spec).eval(), cand, example).eval()
+
+
 def node_precision(graph: hgraph.Graph, bits: dict[str, int]) -> dict[str, str]:
     """Every node's dtype: a weighted layer's own bits; other nodes inherit the last weighted layer's
     (in a quantized deployment the activations between quantized layers stay quantized)."""
@@ -155,3 +160,36 @@ def parity(model: nn.Module, onnx_path: Path, inputs: torch.Tensor) -> dict:
 
     with torch.inference_mode():
         return export.parity(model, onnx_path, inputs).to_dict()
+
+
+def planned_memory(cand: Candidate, model: nn.Module, example: torch.Tensor, target, latency_ms: float,
+                   weight_bytes: float) -> dict:
+    """On a microcontroller target: the peak SRAM of the runtime's arena plan (buffers placed in one arena, in place
+    where legal, int8 buffers for int8 layers; patch by patch for the first stage when the candidate says so) instead
+    of the layer-by-layer peak, and the target latency with the patches' halo recomputation (hwai.memory; predicted).
+    `latency_ms`, `weight_bytes`: the cost model's for the candidate on `target`. Empty for other targets."""
+    if target is None or target.kind != "mcu":
+        return {}
+    from hwai import cost, memory
+
+    graph = memory.capture(model.eval(), example)
+    precision = node_precision(graph, cand.bits)
+    split, grid = None, 1
+    if cand.patch:
+        points = memory.split_points(graph)
+        if points:
+            split = points[max(0, round(cand.patch[0] * len(points)) - 1)]
+            side = min(graph[split].output_shape[-2:])
+            grid = min(cand.patch[1], side)  # no more patches than the split's output has rows
+            split = split if grid > 1 else None
+    plan = memory.plan(graph, precision, split=split, grid=grid)
+    latency = latency_ms
+    if split is not None:
+        plain_ms, patched_ms = memory.predict_latency(graph, plan, target)
+        latency *= patched_ms / plain_ms
+    weights = weight_bytes
+    sram = plan.arena_bytes + (weights if target.weights_in == "sram" else 0)
+    message = cost.fit_message(target, sram, weights, plan.arena_bytes)
+    return {"target_latency_ms": latency, "peak_sram_kb": sram / 1024, "fits": message.startswith("fits"),
+            "fit_message": message, "peak_layer_by_layer_kb": plan.layer_by_layer_bytes / 1024,
+            "patch_split": split, "patch_grid": grid if split else None, "patch_extra_macs": plan.extra_macs}

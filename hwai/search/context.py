@@ -18,7 +18,8 @@ KINDS = {"accuracy": "measured", "accuracy_fake_quant": "measured", "test_accura
          "host_latency_ms": "measured", "host_latency_iqr_ms": "measured", "size_kb": "measured",
          "target_latency_ms": "predicted", "target_latency_raw_ms": "predicted", "energy_mj": "predicted",
          "peak_sram_kb": "predicted", "fits": "predicted", "host_predicted_ms": "predicted",
-         "host_predicted_raw_ms": "predicted", "parity_top1_agreement": "measured"}
+         "host_predicted_raw_ms": "predicted", "parity_top1_agreement": "measured",
+         "peak_layer_by_layer_kb": "predicted", "patch_extra_macs": "predicted"}
 
 
 @dataclass
@@ -140,4 +141,9 @@ def baseline_metrics(ctx: Context) -> dict:
         base = Candidate(ctx.base_spec, True, {}, {n: 32 for n in weighted_layers(ctx.baseline_model)}, False, 0)
         scores = ctx.screen.score([base], [kept_channels(ctx.baseline_model)])[0]
         metrics.update(ctx.predicted(scores, "fp32"))
+        if ctx.target is not None:  # microcontrollers: the planned arena, as for every trial
+            from hwai.search.candidate import planned_memory
+
+            metrics.update(planned_memory(base, ctx.baseline_model, ctx.data.example(1), ctx.target,
+                                          metrics["target_latency_ms"], scores[ctx.target.name].weight_bytes))
     return metrics

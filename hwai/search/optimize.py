@@ -160,7 +160,7 @@ class Objective:
         from hwai.train import save_checkpoint
 
         ctx, cfg = self.ctx, self.ctx.cfg
-        cand = sample(trial, cfg.space, ctx.base_spec)
+        cand = sample(trial, cfg.space, ctx.base_spec, mcu=ctx.target is not None and ctx.target.kind == "mcu")
         trial.set_user_attr("description", cand.describe())
         trial.set_user_attr("candidate", cand.to_dict())
         bundle = hc.data_at(ctx.data, cand.spec)
@@ -176,7 +176,12 @@ class Objective:
         group = "int" if cand.quantized else "fp32"
         correction = current_correction(trial.study, ctx.baseline) if ctx.host is not None else Correction()
         if ctx.targets:  # 1. cheap screening: the batch scorer on the candidate's architecture
-            metrics.update(ctx.predicted(ctx.screen.score([cand])[0], group, correction))
+            scores = ctx.screen.score([cand])[0]
+            metrics.update(ctx.predicted(scores, group, correction))
+            if ctx.target is not None:  # microcontrollers: the planned arena (and patches), not layer by layer
+                on = scores[ctx.target.name]
+                metrics.update(hc.planned_memory(cand, hc.structure(cand, bundle.example(1)), bundle.example(1),
+                                                 ctx.target, metrics["target_latency_ms"], on.weight_bytes))
             why, values = check(cfg.constraints, metrics, None, cfg.latency_key, screening=True)
             if why:
                 self._record(trial, folder, metrics, why, values, started, screened=True)
@@ -187,7 +192,11 @@ class Objective:
         metrics.update(host)  # 2. measured on this machine
         metrics.update(hc.val_accuracy(model, onnx_path, bundle, cand.quantized, ctx.mcfg.threads))  # 3. what ships
         if ctx.targets:  # 4. the prediction of the model as built (its real channel counts)
-            metrics.update(ctx.predicted(ctx.screen.score([cand], [kept_channels(model_float)])[0], group, correction))
+            scores = ctx.screen.score([cand], [kept_channels(model_float)])[0]
+            metrics.update(ctx.predicted(scores, group, correction))
+            if ctx.target is not None:
+                metrics.update(hc.planned_memory(cand, model_float, bundle.example(1), ctx.target,
+                                                 metrics["target_latency_ms"], scores[ctx.target.name].weight_bytes))
         if metrics.get("host_predicted_ms"):
             measured, predicted = metrics["host_latency_ms"], metrics["host_predicted_ms"]
             metrics["host_error_pct"] = 100 * (predicted - measured) / measured

@@ -225,8 +225,16 @@ def _target_detail(ctx, cand, model_float, bundle) -> dict:
                "predicted_energy_uj": l.energy_uj, "bound": l.bound} for l in pred.layers]
     # the chart: live bytes at the precision the target runs (int8 buffers for int8 layers), layer by layer and
     # as an in-place arena plan, with the best patch plan's peak
-    section = memory.report(memory.capture(model_float.eval(), example), hc.node_precision(graph, cand.bits),
-                            _sram(ctx.target))
+    mgraph = memory.capture(model_float.eval(), example)
+    precision = hc.node_precision(mgraph, cand.bits)
+    section = memory.report(mgraph, precision, _sram(ctx.target))
+    if ctx.target.kind == "mcu":  # the peak the card shows (hc.planned_memory): the chosen candidate's own plan
+        chosen = hc.planned_memory(cand, model_float, example, ctx.target, pred.latency_ms, pred.weight_bytes)
+        if chosen.get("patch_split"):
+            own = memory.plan(mgraph, precision, split=chosen["patch_split"], grid=chosen["patch_grid"])
+            section["peaks"].update(patch_bytes=own.arena_bytes, split=own.split, grid=own.grid,
+                                    extra_macs=own.extra_macs)
+        section["peaks"]["chosen"] = "patch" if chosen.get("patch_split") else "planned"
     return {"layers": layers, "memory": {**section, "peak_activation_bytes": pred.peak_activation_bytes,
                                          "fits": pred.fits, "fit_message": pred.fit_message}}
 

@@ -33,6 +33,7 @@ class Score:
     sram_bytes_needed: int  # peak activations, plus weights where the target keeps them in SRAM
     fits: bool
     fit_message: str  # "fits (...)" or "does not fit by N KiB (...)"
+    weight_bytes: int = 0  # at the candidate's precision
 
 
 class Screen:
@@ -99,7 +100,7 @@ class Screen:
                     out[i][target.name] = Score(
                         float(s.latency_ms[j]), float(s.energy_mj[j]), int(s.sram_bytes_needed[j]), bool(s.fits[j]),
                         cost.fit_message(target, float(s.sram_bytes_needed[j]), float(s.weight_bytes[j]),
-                                         float(s.peak_activation_bytes[j])))
+                                         float(s.peak_activation_bytes[j])), int(s.weight_bytes[j]))
         return out
 
 

@@ -7,6 +7,9 @@ A trial's parameters:
 - `prune.gK`: structured prune ratio of layer group K (prunable layers split into contiguous groups);
 - `bits.<layer>` (or one `bits` for all layers): 32 (float), 8 or 4;
 - `fuse`: fold Conv+BN(+ReLU) before export;
+- `patch.stage`, `patch.grid` (microcontroller targets only): run the first stage of the network patch by
+  patch (hwai.memory): how far into the split points the patch stage reaches (a fraction; 0: no patches)
+  and the n x n grid, trading halo recomputation for peak SRAM;
 - `finetune_epochs` (the baseline's architecture, also at another input size its weights fit: starts from
   the baseline's weights) or `train_epochs` (new architecture, trained from scratch), both with
   distillation from the baseline.
@@ -41,12 +44,15 @@ class SpaceConfig:
     fuse: tuple[bool, ...] = (False, True)  # fold Conv+BN(+ReLU)
     finetune_epochs: tuple[int, ...] = (1, 2)  # baseline architecture: fine-tune (with distillation)
     train_epochs: tuple[int, ...] = (3,)  # new architecture: train from scratch (with distillation)
+    patch_stages: tuple[float, ...] = (0.0, 0.25, 0.5)  # MCU targets: how far into the split points patches reach
+    patch_grids: tuple[int, ...] = (2, 4)  # MCU targets: n x n patches of the first stage
 
     def __post_init__(self) -> None:
         checks = {"widths": all(w > 0 for w in self.widths), "resolutions": all(0 < r <= 4 for r in self.resolutions),
                   "prune_ratios": all(0 <= r < 1 for r in self.prune_ratios),
                   "bits": all(b in BITS_DTYPE for b in self.bits), "kernel_sizes": all(k % 2 for k in self.kernel_sizes),
-                  "epochs": min(self.finetune_epochs + self.train_epochs, default=0) >= 0 and min(self.train_epochs) >= 1}
+                  "epochs": min(self.finetune_epochs + self.train_epochs, default=0) >= 0 and min(self.train_epochs) >= 1,
+                  "patch": all(0 <= f <= 1 for f in self.patch_stages) and all(g >= 2 for g in self.patch_grids)}
         for name, ok in checks.items():
             if not ok:
                 raise UserError(f"search space: invalid {name} (widths > 0, resolutions in (0, 4], prune ratios in "
@@ -73,6 +79,7 @@ class Candidate:
     bits: dict[str, int] = field(default_factory=dict)  # layer -> 32 / 8 / 4
     fuse: bool = False  # fold Conv+BN(+ReLU) before quantization and export
     epochs: int = 1  # fine-tune / training epochs, with distillation from the baseline
+    patch: tuple[float, int] | None = None  # MCU deployment: (how far into the split points, grid); None: none
 
     @property
     def quantized(self) -> bool:
@@ -91,12 +98,13 @@ class Candidate:
             kinds = sorted({BITS_DTYPE[b] for b in self.bits.values()}, reverse=True)
             parts.append("+".join(kinds))
         parts += ["fused"] if self.fuse else []
+        parts += [f"{self.patch[1]}x{self.patch[1]} patches to {self.patch[0]:.0%} of the first stage"] if self.patch else []
         parts.append(f"{self.epochs} epoch(s) {'fine-tune' if self.same_architecture else 'training'} + distillation")
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "same_architecture": self.same_architecture, "prune": self.prune,
-                "bits": self.bits, "fuse": self.fuse, "epochs": self.epochs}
+                "bits": self.bits, "fuse": self.fuse, "epochs": self.epochs, "patch": self.patch}
 
 
 def _pick(trial, name: str, choices: tuple) -> Any:
@@ -130,8 +138,9 @@ def sample_architecture(trial, space: SpaceConfig, base: ModelSpec) -> ModelSpec
     return ModelSpec(base.name, base.num_classes, base.in_channels, size, width, options)
 
 
-def sample(trial, space: SpaceConfig, base: ModelSpec) -> Candidate:
-    """Sample a candidate (define-by-run: the layers known after the architecture is sampled)."""
+def sample(trial, space: SpaceConfig, base: ModelSpec, mcu: bool = False) -> Candidate:
+    """Sample a candidate (define-by-run: the layers known after the architecture is sampled); `mcu`: the target
+    is a microcontroller, so patch-based inference of the first stage is a knob too."""
     spec = sample_architecture(trial, space, base)
     same = _same(spec, base)
     layers = weighted_layers(build(spec))
@@ -147,7 +156,15 @@ def sample(trial, space: SpaceConfig, base: ModelSpec) -> Candidate:
     fuse = _pick(trial, "fuse", space.fuse)
     epochs = _pick(trial, "finetune_epochs", space.finetune_epochs) if same else \
         _pick(trial, "train_epochs", space.train_epochs)
-    return Candidate(spec, same, prune, bits, fuse, epochs)
+    patch = None
+    if mcu and images(spec):
+        stage = _pick(trial, "patch.stage", space.patch_stages)
+        patch = (stage, _pick(trial, "patch.grid", space.patch_grids)) if stage > 0 else None
+    return Candidate(spec, same, prune, bits, fuse, epochs, patch)
+
+
+def images(spec: ModelSpec) -> bool:
+    return tuple(spec.input_size) != (1, 1)
 
 
 def prune_groups(space: SpaceConfig, layers: list[str]) -> list[list[str]]:
