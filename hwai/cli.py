@@ -47,10 +47,19 @@ def train(
     input_size: Optional[int] = typer.Option(None, help="resize images to this size (28 -> 32 pads)"),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="checkpoint path (default: checkpoints/MODEL-DATA.pt)"),
+    shard: int = typer.Option(1, min=1, help="train with FSDP2 across N processes on this machine (resumes "
+                              "from OUT.dcp); under torchrun, the number of ranks"),
 ) -> None:
     """Train a model with a progress bar; saves a checkpoint after every epoch and prints measured test accuracy."""
     from hwai import data as hdata
     from hwai import train as htrain
+
+    if shard > 1:
+        from hwai.shard.cli import train_sharded
+
+        return train_sharded(shard, model, data, input_size, width, seed, out or _default_checkpoint(model, data),
+                             dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                                  label_smoothing=label_smoothing), augment)
 
     bundle = hdata.load(data, input_size=input_size)
     htrain.seed_everything(seed)
@@ -351,6 +360,11 @@ def worker(
 
     done = run_worker(storage, study, run)
     console.print(f"worker finished {done} trial(s) of study {study}")
+
+
+from hwai.shard.cli import app as _shard_app  # noqa: E402  (sub-app: hwai shard plan | run | links | convert)
+
+app.add_typer(_shard_app, name="shard")
 
 
 def main() -> None:
