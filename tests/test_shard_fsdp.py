@@ -1,14 +1,24 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 
-from hwai import models, train
+from hwai import data, models, train
 from hwai.models import ModelSpec
 from hwai.shard import fsdp
 from tests.conftest import run_cli
 
 SPEC = dict(name="resnet8", num_classes=10, in_channels=1, input_size=(8, 8), width=0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, digits):
+    """400 digits as an npz data set (320 train samples: 5 steps of 64), loadable by every rank."""
+    path = tmp_path_factory.mktemp("data") / "tiny digits.npz"
+    x, y = digits.train
+    np.savez(path, x=x[:400, 0].numpy(), y=y[:400].numpy())
+    return f"npz:{path}", data.load(f"npz:{path}")
 
 
 def _model():
@@ -20,7 +30,8 @@ def _cfg(digits, epochs=1, **kw):
     return train.TrainConfig(epochs=epochs, batch_size=64, seed=0, **train.default_augmentation("resnet8", digits), **kw)
 
 
-def test_one_process_path_trains_exactly_as_hwai_train(digits):
+def test_one_process_path_trains_exactly_as_hwai_train(tiny):
+    _, digits = tiny
     cfg = _cfg(digits)
     reference, sharded = _model(), _model()
     expected = train.train(reference, digits, cfg, progress=False)
@@ -53,7 +64,8 @@ def test_global_batchnorm_keeps_the_state_of_batchnorm():
     assert torch.allclose(model(x), plain(x), atol=1e-6)  # no process group: plain BatchNorm
 
 
-def test_resume_after_a_crash_continues_where_it_stopped(digits, tmp_path, monkeypatch):
+def test_resume_after_a_crash_continues_where_it_stopped(tiny, tmp_path, monkeypatch):
+    _, digits = tiny
     cfg = _cfg(digits, epochs=2)
     spec = ModelSpec(**SPEC)
     whole = fsdp.train_sharded(_model(), spec, digits, cfg, progress=False)
@@ -85,9 +97,10 @@ def test_resume_after_a_crash_continues_where_it_stopped(digits, tmp_path, monke
         fsdp.train_sharded(_model(), spec, digits, _cfg(digits, epochs=3), out=out, progress=False)
 
 
-def test_fsdp_two_ranks_match_one_process_with_half_the_state(digits, tmp_path):
+def test_fsdp_two_ranks_match_one_process_with_half_the_state(tiny, tmp_path):
+    spec, digits = tiny
     out = tmp_path / "sharded model.pt"
-    r = run_cli("train", "--model", "resnet8", "--width", "0.5", "--data", "digits", "--epochs", "1",
+    r = run_cli("train", "--model", "resnet8", "--width", "0.5", "--data", spec, "--epochs", "1",
                 "--batch-size", "64", "--shard", "2", "--out", out, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "per-rank memory" in r.stdout and "test accuracy" in r.stdout

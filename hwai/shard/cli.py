@@ -198,7 +198,7 @@ def plan(
         page = write(result, out)
         console.print(f"wrote {escape(str(out / 'plan.json'))} and {escape(str(page))}", highlight=False)
     if result.chosen is None:
-        raise typer.Exit(1)
+        sys.exit(1)  # not typer.Exit: hwai.cli.main runs click with standalone_mode=False, which returns its code
 
 
 def _print_run(r: dict) -> None:
@@ -207,7 +207,7 @@ def _print_run(r: dict) -> None:
     cfg = r["config"]
     table = Table(title=f"{r['model']}: pipeline of {len(r['stages'])} processes, batch {cfg['batch']} in "
                         f"{cfg['microbatches']} micro-batches of {cfg['batch'] // cfg['microbatches']}, "
-                        f"{cfg['threads']} thread(s) per stage, {cfg['repeats']} timed steps")
+                        f"{cfg['runtime']} with {cfg['threads']} thread(s) per stage, {cfg['repeats']} timed steps")
     for col in ("stage / hop", "layers or tensors", "predicted on device (1 input)", "predicted on host (µbatch)",
                 "measured on host (µbatch, median ± IQR)", "measured / predicted"):
         table.add_column(col, justify="left" if col.startswith(("stage", "layers")) else "right")
@@ -232,10 +232,11 @@ def _print_run(r: dict) -> None:
                          f"({r['choice']})"), highlight=False)
     console.print(f"pipeline step (batch {cfg['batch']}): median {step['median_ms']:.2f} ms, IQR {step['iqr_ms']:.2f} ms "
                   f"(measured, {step['samples']} steps); output vs the unsharded model: max |delta| "
-                  f"{r['max_abs_delta']:.2e} ({'ok' if r['parity_ok'] else 'FAILED'}, tolerance 1e-05)", highlight=False)
+                  f"{r['max_abs_delta']:.2e} ({'ok' if r['parity_ok'] else 'FAILED'}, tolerance 1e-05, same runtime)",
+                  highlight=False)
     if r["max_stage_error"] is not None:
         console.print(f"stage times within ±{100 * r['max_stage_error']:.0f}% of predicted "
-                      f"(measured: torch eager, per-call medians; predicted: {escape(r['host_target'])} and "
+                      f"(measured: {r['config']['runtime']}, per-call medians; predicted: {escape(r['host_target'])} and "
                       f"{escape(r['host_link'])})", highlight=False)
 
 
@@ -252,11 +253,14 @@ def run(
                                       "(the cut falls after that layer)"),
     width: float = typer.Option(1.0, help="width multiplier of zoo models"),
     input_size: Optional[int] = typer.Option(None, help="resize images to this size"),
-    batch: int = typer.Option(32, min=1, help="inputs per pipeline step"),
-    microbatches: int = typer.Option(4, min=1, help="micro-batches per step (GPipe schedule)"),
+    batch: int = typer.Option(8, min=1, help="inputs per pipeline step"),
+    microbatches: int = typer.Option(8, min=1, help="micro-batches per step (GPipe schedule; one input each by "
+                                     "default, the regime of the cost model and of a calibrated host target)"),
     repeats: int = typer.Option(10, min=1, help="timed steps (and transfer round trips)"),
     warmup: int = typer.Option(2, min=0, help="untimed steps first"),
     threads: int = typer.Option(1, min=1, help="intra-op threads per stage process"),
+    runtime: str = typer.Option("onnxruntime", help="what computes each stage: onnxruntime (the runtime the host "
+                                "target describes) or torch"),
     timeout_s: float = typer.Option(120.0, help="a rank waiting this long on a peer stops (process-group timeout)"),
     host_target: str = typer.Option("host", help="target predicting this machine's stage times"),
     host_link: str = typer.Option("loopback", help="link predicting the transfers between stage processes here"),
@@ -268,7 +272,7 @@ def run(
     from hwai.shard import launch, link as hlink
     from hwai.shard.pipeline import RunConfig
 
-    cfg = RunConfig(batch, microbatches, warmup, repeats, threads, timeout_s)
+    cfg = RunConfig(batch, microbatches, warmup, repeats, threads, timeout_s, runtime)
     devices, links_ = _chain(targets, link, precision, max_sram_kb)
     host, host_link_ = htargets.load(host_target), hlink.load(host_link)
     cuts = [c.strip() for c in cut.split(",")] if cut else None
@@ -313,7 +317,7 @@ def _launched(start) -> None:
         start()
     except RankFailed as exc:
         print(f"hwai: error: {exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code)
+        sys.exit(exc.exit_code)
 
 
 def _as_rank(body) -> None:
@@ -341,7 +345,7 @@ def _as_rank(body) -> None:
                 os._exit(code)  # a rank that failed must not wait for its peers in destroy_process_group
             dist.destroy_process_group()
     if code:
-        raise typer.Exit(code)
+        sys.exit(code)
 
 
 @app.command()

@@ -294,11 +294,11 @@ def train_sharded(model: nn.Module, spec: ModelSpec, data: DataBundle, cfg: Trai
                 sampler.peak = max(sampler.peak, sum(state.values()))
                 bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
             if folder is not None:
-                _save_sharded(folder, _state(model, opt, sched, batches.generator, epoch + 1), meta)
                 plain = _consolidate(model, template) if world > 1 else model
                 if rank == 0:
                     save_checkpoint(out, plain, spec, data.describe(),
                                     {"epochs_done": epoch + 1, "train_loss": loss_sum / seen, "sharded_ranks": world})
+                _save_sharded(folder, _state(model, opt, sched, batches.generator, epoch + 1), meta)
     result = ShardedResult(losses, state, sampler.peak, {"rss_start": rss_start, **_rss()}, cfg.epochs,
                            time.perf_counter() - begin, start_epoch)
     mine = {"rank": rank, "state": result.state, "peak_state_bytes": result.peak_state_bytes, "rss": result.rss}

@@ -151,7 +151,9 @@ def launch(args: list[str], world: int, roles: list[str] | None = None, threads:
             what = f"failed: {detail.removeprefix(f'rank {culprit} of {world}: ')}" if detail else f"exited with code {code}"
         alive = [r for r, c in enumerate(codes) if c is None]
         _stop(procs)
-        stopped = f"; stopped rank{'s' if len(alive) > 1 else ''} {', '.join(map(str, alive))}" if alive else ""
+        others = [r for r in range(world) if r != culprit]
+        stopped = (f"; stopped rank{'s' if len(alive) > 1 else ''} {', '.join(map(str, alive))}" if alive else
+                   f"; rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} stopped too" if others else "")
         raise RankFailed(f"{who} {what}{stopped} (logs: {logs})", 2 if code == 2 else 1)
     except KeyboardInterrupt:
         _stop(procs, grace_s=1.0)

@@ -1,6 +1,8 @@
 """Run a planned split as a pipeline: one process per stage (torch.distributed.pipelining, ScheduleGPipe,
 micro-batches), each stage's compute time and the transfer of the crossing tensors measured beside their
-predictions, and the output compared with the unsharded model.
+predictions, and the output compared with the unsharded model. Each stage computes with ONNX Runtime (the
+runtime the host target describes, so measured and predicted times are comparable; torch eager is several times
+slower on depthwise convolutions) or with torch; pipelining moves the tensors either way.
 
 This runs inside each rank (see hwai.shard.launch); rank 0 decides the cut and gathers the measurements.
 Predictions for the measured side come from a host target and a host link (the run happens on this machine,
@@ -8,7 +10,9 @@ stages talking over gloo), per micro-batch; the plan's own targets and link are 
 """
 from __future__ import annotations
 
+import io
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -23,21 +27,26 @@ from hwai.shard.plan import Device, Option, Planner
 from hwai.shard.split import split
 from hwai.targets import Target
 
-PARITY_TOL = 1e-5  # FP32 max |delta| between the pipeline's output and the unsharded model's
+PARITY_TOL = 1e-5  # FP32 max |delta| between the pipeline's output and the unsharded model's (same runtime)
+RUNTIMES = ("onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """How `hwai shard run` runs and measures the pipeline."""
 
-    batch: int = 32  # inputs per pipeline step
-    microbatches: int = 4  # micro-batches per step (GPipe); batch must be a multiple
+    batch: int = 8  # inputs per pipeline step
+    microbatches: int = 8  # micro-batches per step (GPipe); batch must be a multiple. One input per micro-batch
+    # is the regime the cost model predicts (one inference) and a calibrated host target is fitted on
     warmup: int = 2  # untimed steps
     repeats: int = 10  # timed steps (and transfer round trips per hop)
     threads: int = 1  # intra-op threads per stage
     timeout_s: float = 120.0  # process-group timeout: a peer silent this long stops the run
+    runtime: str = "onnxruntime"  # what computes each stage: onnxruntime (the host target's runtime) or torch
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise UserError(f"unknown runtime {self.runtime!r}: use {' or '.join(RUNTIMES)}")
         if self.microbatches < 1 or self.batch < self.microbatches or self.batch % self.microbatches:
             raise UserError(f"batch ({self.batch}) must be a positive multiple of microbatches ({self.microbatches})")
         if self.repeats < 1 or self.warmup < 0 or self.threads < 1 or self.timeout_s <= 0:
@@ -95,6 +104,40 @@ class _StageTimer:
         self.received.clear()
 
 
+class OrtModule(nn.Module):
+    """A module computed by ONNX Runtime: exported once (TorchScript exporter) from a torch module and its inputs.
+    Used for the stages (torch.distributed.pipelining still moves the tensors) and for the unsharded reference."""
+
+    def __init__(self, module: nn.Module, args: tuple, threads: int):
+        super().__init__()
+        from hwai.measure import ort_session
+
+        buffer = io.BytesIO()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.single = isinstance(module(*args), torch.Tensor)
+            torch.onnx.export(module, tuple(args), buffer, dynamo=False, opset_version=17)
+        self.session = ort_session(buffer.getvalue(), threads)
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def forward(self, *args):
+        outs = self.session.run(None, {n: a.detach().numpy() for n, a in zip(self.names, args)})
+        outs = tuple(torch.from_numpy(o) for o in outs)
+        return outs[0] if self.single else outs
+
+
+def _stage_inputs(pipe, k: int, micro: torch.Tensor) -> tuple:
+    """What stage k receives for one micro-batch (the pipe run locally once)."""
+    seen = {}
+    handle = pipe.get_stage_module(k).register_forward_pre_hook(lambda module, args: seen.setdefault("args", args))
+    try:
+        with torch.no_grad():
+            pipe(micro)
+    finally:
+        handle.remove()
+    return seen["args"]
+
+
 def _stats(seconds: list[float]) -> dict:
     ms = np.asarray(seconds) * 1e3
     q1, med, q3 = np.percentile(ms, [25, 50, 75]) if len(ms) else (float("nan"),) * 3
@@ -146,6 +189,9 @@ def run_stage(model: nn.Module, example: torch.Tensor, devices: list[Device], li
     positions = option.cuts
     pipe = split(model, planner.graph, list(positions), example[:cfg.micro])
     stage = pipe.build_stage(rank, torch.device("cpu"))
+    if cfg.runtime == "onnxruntime":  # the stage module stays (pipelining reads its graph); ONNX Runtime computes
+        ort = OrtModule(stage.submod, _stage_inputs(pipe, rank, example[:cfg.micro]), cfg.threads)
+        stage.submod.forward = lambda *args: ort(*args)
     timer = _StageTimer(stage.submod)
     schedule = ScheduleGPipe(stage, cfg.microbatches)
     if log is not None and rank == 0:
@@ -160,7 +206,11 @@ def run_stage(model: nn.Module, example: torch.Tensor, devices: list[Device], li
             output = schedule.step(example) if rank == 0 else schedule.step()
             if i >= cfg.warmup:
                 steps.append(time.perf_counter() - t0)
-        delta = float((output - model(example)).abs().max()) if rank == world - 1 else None
+        if rank == world - 1:  # the unsharded model on the same runtime
+            whole = OrtModule(model, (example,), cfg.threads) if cfg.runtime == "onnxruntime" else model
+            delta = float((output - whole(example)).abs().max())
+        else:
+            delta = None
     hops = _ping(rank, planner, positions, cfg.micro, cfg)
     mine = {"rank": rank, "compute": _stats(timer.seconds), "received_bytes": int(np.median(timer.received)),
             "step": _stats(steps), "hops": [h for h in hops if h["hop"] == rank], "max_abs_delta": delta}

@@ -40,7 +40,8 @@ def cut_names(graph: Graph, positions: list[int]) -> list[str]:
 def _traced_with_splits(model: nn.Module, graph: Graph, names: list[str]):
     """The fx trace of `model` with a `pipe_split()` after each named node. Every tensor crossing a split goes
     through `.contiguous()` first: stages exchange plain buffers (gloo sends contiguous tensors, and the receiver
-    allocates its buffer with the traced strides, channels-last included)."""
+    allocates its buffer with the traced strides, channels-last included). A model input read after a split is
+    cloned in stage 0, since torch.distributed.pipelining feeds the inputs to stage 0 only."""
     from torch.distributed.pipelining import pipe_split
     from torch.fx import symbolic_trace
 
@@ -61,8 +62,9 @@ def _traced_with_splits(model: nn.Module, graph: Graph, names: list[str]):
             later = [u for u in value.users if pos.get(u, -1) > after]
             if pos[n] > after or not later:
                 continue
-            with traced.graph.inserting_before(marker):
-                copy_ = traced.graph.call_method("contiguous", (value,))
+            with traced.graph.inserting_before(marker):  # the input is copied: only stage 0 may read root inputs
+                copy_ = (traced.graph.call_function(torch.clone, (value,), {"memory_format": torch.contiguous_format})
+                         if value.op == "placeholder" else traced.graph.call_method("contiguous", (value,)))
             for user in later:
                 user.replace_input_with(value, copy_)
             current[n] = copy_
