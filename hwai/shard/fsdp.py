@@ -14,10 +14,12 @@ The same function runs without a process group (one process, no FSDP): the refer
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -183,6 +185,14 @@ def _state(model: nn.Module, opt, sched, generator: torch.Generator, epochs_done
                          "torch_rng": torch.get_rng_state()}}  # data order/augmentation, and dropout
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """torch.distributed.checkpoint warns that it assumes one process when there is no process group: so it is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _save_sharded(folder: Path, state: dict, meta: dict) -> None:
     """Write the sharded checkpoint to a fresh folder, then swap it in (an interrupted save keeps the last one)."""
     import torch.distributed.checkpoint as dcp
@@ -194,7 +204,8 @@ def _save_sharded(folder: Path, state: dict, meta: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     if dist:
         dist.barrier()
-    dcp.save(state, checkpoint_id=str(tmp))
+    with _single_process_quiet():
+        dcp.save(state, checkpoint_id=str(tmp))
     if dist:
         dist.barrier()
     if leader:
@@ -262,7 +273,8 @@ def train_sharded(model: nn.Module, spec: ModelSpec, data: DataBundle, cfg: Trai
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         state = _state(model, opt, sched, batches.generator, start_epoch)
-        dcp.load(state, checkpoint_id=str(folder))
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(folder))
         set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
         sched.load_state_dict(state["progress"]["scheduler"])
         batches.generator.set_state(state["progress"]["rng"])
@@ -329,7 +341,8 @@ def convert(folder: Path, out: Path) -> Path:
     spec = ModelSpec.from_dict(meta["model"])
     model = build(spec)
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=str(folder))
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(folder))
     model.load_state_dict(state["model"])
     return save_checkpoint(out, model.eval(), spec, meta.get("data"), {"epochs_done": meta.get("epochs_done"),
                                                                        "converted_from": str(folder)})
