@@ -60,12 +60,23 @@ def test_bad_link_or_target_spec_is_one_line_exit_2(tmp_path):
     bad_target.write_text("name: t\nkind: toaster\n")
     common = ["shard", "plan", "--model", "mlp", "--data", "digits"]
     for args, needle in [(["--targets", "esp32s3,rpi4", "--link", str(bad_link)], "bandwidth_mbit_per_s: must be"),
-                         (["--targets", "esp32s3,rpi4", "--link", "lora"], "unknown link 'lora'"),
                          (["--targets", f"esp32s3,{bad_target}", "--link", "ble"], "t.yaml: "),
-                         (["--targets", "esp32s3,nosuchchip", "--link", "ble"], "unknown target 'nosuchchip'"),
-                         (["--targets", "esp32s3", "--link", "ble"], "at least two devices"),
-                         (["--targets", "esp32s3,rpi4,host", "--link", "ble,wifi4,ble"], "--link: give one value")]:
+                         (["--targets", "esp32s3,nosuchchip,rpi4", "--link", "ble"], "unknown target 'nosuchchip'")]:
         r = run_cli(*common, *args, timeout=120)
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("hwai: error:") and needle in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("targets, links, message", [
+    ("esp32s3", "ble", "at least two devices"),
+    ("esp32s3,rpi4,host", "ble,wifi4,ble", "--link: give one value for every device or one per device"),
+    ("esp32s3,rpi4", "lora", "unknown link 'lora'"),
+])
+def test_chain_options_are_checked(targets, links, message):
+    from hwai.shard.cli import _chain
+
+    with pytest.raises(UserError, match=message):
+        _chain(targets, links, "int8", None)
+    with pytest.raises(UserError, match="--max-sram-kb: 'lots' is not a number"):
+        _chain("esp32s3,rpi4", "ble", "int8", "lots")
