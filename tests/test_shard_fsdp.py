@@ -21,13 +21,13 @@ def tiny(tmp_path_factory, digits):
     return f"npz:{path}", data.load(f"npz:{path}")
 
 
-def _model():
+def _model(name="resnet8", width=0.5):
     train.seed_everything(0)
-    return models.create("resnet8", 10, 1, 8, width=0.5)
+    return models.create(name, 10, 1, 8, width=width)
 
 
-def _cfg(digits, epochs=1, **kw):
-    return train.TrainConfig(epochs=epochs, batch_size=64, seed=0, **train.default_augmentation("resnet8", digits), **kw)
+def _cfg(digits, epochs=1, name="resnet8"):
+    return train.TrainConfig(epochs=epochs, batch_size=64, seed=0, **train.default_augmentation(name, digits))
 
 
 def test_one_process_path_trains_exactly_as_hwai_train(tiny):
@@ -53,15 +53,19 @@ def test_blocks_are_the_parameter_holding_units():
     assert sum(p.numel() for u in units for p in u.parameters()) == sum(p.numel() for p in model.parameters())
 
 
-def test_global_batchnorm_keeps_the_state_of_batchnorm():
-    model = _model()
+def test_global_batch_layers_keep_the_state_and_the_function():
+    model = torch.nn.Sequential(_model(), torch.nn.Dropout(0.3))
     plain = copy.deepcopy(model)
-    fsdp.global_batchnorm(model)
+    fsdp.global_batch(model)
     assert any(isinstance(m, fsdp.GlobalBatchNorm) for m in model.modules())
+    assert isinstance(model[1], fsdp.GlobalDropout) and model[1].p == 0.3
     assert model.state_dict().keys() == plain.state_dict().keys()
     x = torch.randn(16, 1, 8, 8)
     model.train(), plain.train()
-    assert torch.allclose(model(x), plain(x), atol=1e-6)  # no process group: plain BatchNorm
+    torch.manual_seed(1)
+    ours = model(x)
+    torch.manual_seed(1)
+    assert torch.allclose(ours, plain(x), atol=1e-6)  # no process group: plain BatchNorm and Dropout
 
 
 def test_resume_after_a_crash_continues_where_it_stopped(tiny, tmp_path, monkeypatch):
@@ -98,21 +102,24 @@ def test_resume_after_a_crash_continues_where_it_stopped(tiny, tmp_path, monkeyp
 
 
 def test_fsdp_two_ranks_match_one_process_with_half_the_state(tiny, tmp_path):
+    """dscnn: BatchNorm, depthwise convolutions and Dropout, all computed as one process would."""
     spec, digits = tiny
     out = tmp_path / "sharded model.pt"
-    r = run_cli("train", "--model", "resnet8", "--width", "0.5", "--data", spec, "--epochs", "1",
+    r = run_cli("train", "--model", "dscnn", "--width", "0.25", "--data", spec, "--epochs", "1",
                 "--batch-size", "64", "--shard", "2", "--out", out, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "per-rank memory" in r.stdout and "test accuracy" in r.stdout
     sharded, meta = train.load_checkpoint(out)  # an ordinary hwai checkpoint
     metrics = meta["metrics"]
-    reference_model = _model()
-    reference = fsdp.train_sharded(reference_model, ModelSpec(**SPEC), digits, _cfg(digits), progress=False)
+    reference_model = _model("dscnn", 0.25)
+    reference = fsdp.train_sharded(reference_model, ModelSpec("dscnn", 10, 1, (8, 8), 0.25), digits,
+                                   _cfg(digits, name="dscnn"), progress=False)
     losses = metrics["step_losses"]
     assert len(losses) == len(reference.losses)
     assert max(abs(a - b) for a, b in zip(losses, reference.losses)) < 1e-4
     for a, b in zip(reference_model.state_dict().values(), sharded.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-4)
+        # AdamW moves a weight whose gradient is ~0 by about lr in the direction of the gradient's float noise
+        assert torch.allclose(a.float(), b.float(), atol=1e-2)
     one = sum(reference.state.values())
     ranks = metrics["ranks_memory"]
     assert len(ranks) == 2 and all(sum(r_["state"].values()) <= 0.55 * one for r_ in ranks)

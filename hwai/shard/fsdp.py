@@ -2,8 +2,9 @@
 gradients and optimizer state, trains on 1/N of every global batch, and computes what one process would.
 
 - Same result as one process: the same global batches (same seed), the local loss scaled so that FSDP's
-  gradient average is the global batch's mean gradient, and BatchNorm statistics over the global batch
-  (`GlobalBatchNorm`: torch's SyncBatchNorm needs CUDA).
+  gradient average is the global batch's mean gradient, BatchNorm statistics over the global batch
+  (`GlobalBatchNorm`: torch's SyncBatchNorm needs CUDA) and Dropout masks drawn for the global batch
+  (`GlobalDropout`). Other random layers (Dropout2d, stochastic depth) draw per rank.
 - Measured per rank: the parameter, gradient and optimizer-state bytes it holds (local shards, after the
   optimizer step) and the peak of that sum sampled before every block's forward (when FSDP has all-gathered
   the block), and the process's resident memory (VmHWM).
@@ -76,17 +77,38 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y
 
 
-def global_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm1d/2d/3d by GlobalBatchNorm in place (parameters and buffers shared)."""
+class GlobalDropout(nn.Dropout):
+    """Dropout whose mask is drawn for the global batch on every rank and sliced: ranks share the random state,
+    so each gets the rows of the mask one process draws (the same `bernoulli_` call as torch's CPU dropout)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dist = _dist()
+        if not (self.training and 0 < self.p < 1 and dist is not None and dist.get_world_size() > 1):
+            return super().forward(x)
+        sizes = [x.new_zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
+        dist.all_gather(sizes, x.new_tensor([x.shape[0]], dtype=torch.long))
+        sizes = [int(n) for n in sizes]
+        start = sum(sizes[:dist.get_rank()])
+        noise = x.new_empty((sum(sizes), *x.shape[1:])).bernoulli_(1 - self.p)
+        noise.div_(1 - self.p)
+        return x * noise[start:start + x.shape[0]]
+
+
+def global_batch(model: nn.Module) -> nn.Module:
+    """Make BatchNorm statistics and Dropout masks those of the global batch: every BatchNorm1d/2d/3d becomes a
+    GlobalBatchNorm and every Dropout a GlobalDropout, in place (same parameters, buffers and state-dict keys)."""
     for name, child in model.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
             swapped = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                       child.track_running_stats)
             swapped.load_state_dict(child.state_dict())
-            swapped.train(child.training)
-            setattr(model, name, swapped)
+        elif type(child) is nn.Dropout:
+            swapped = GlobalDropout(child.p)
         else:
-            global_batchnorm(child)
+            global_batch(child)
+            continue
+        swapped.train(child.training)
+        setattr(model, name, swapped)
     return model
 
 
@@ -249,7 +271,7 @@ def train_sharded(model: nn.Module, spec: ModelSpec, data: DataBundle, cfg: Trai
     template = copy.deepcopy(model).cpu() if rank == 0 and world > 1 else None  # receives the gathered weights
     units = blocks(model)
     if world > 1:
-        global_batchnorm(model)
+        global_batch(model)
         from torch.distributed.device_mesh import init_device_mesh
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
