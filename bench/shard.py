@@ -8,7 +8,9 @@ Scenario (Neurosurgeon's): a camera MCU (esp32s3, int8) and a gateway (rpi4, int
    calibrated here with 1 thread (`hwai calibrate --threads 1`, unless --host-target). A model for which no cut
    helps runs its throughput-balanced split instead.
 3. FSDP2: `hwai train --shard 2` against one process with the same global batch and seed: per-rank training state
-   (parameters + gradients + optimizer state held) and the largest difference in per-step loss.
+   (parameters + gradients + optimizer state held) and the largest difference in per-step loss, beside the same
+   difference between two one-process runs with different thread counts (the training's own float noise: an
+   untrained mobilenetv2's BatchNorm on small maps amplifies rounding, so its losses drift apart within steps).
 
     .venv/bin/python bench/shard.py [--host-target PATH] [--models resnet8,mobilenetv2,dscnn] [--repeats 10]
 
@@ -132,11 +134,17 @@ def fsdp_compare(name: str, work: Path) -> dict:
     t0 = time.perf_counter()
     one = fsdp.train_sharded(model, mspec, bundle, cfg, progress=False)
     one_s = time.perf_counter() - t0
+    threads = torch.get_num_threads()  # the yardstick: the same process with another thread count sums in another
+    torch.set_num_threads(1 if threads > 1 else 2)  # order; how far its losses drift is this training's float noise
+    train.seed_everything(0)
+    again = fsdp.train_sharded(train.resolve_model(name, bundle)[0], mspec, bundle, cfg, progress=False)
+    torch.set_num_threads(threads)
     one_state = sum(one.state.values())
     ranks = metrics["ranks_memory"]
     return {"one_state": one_state, "rank_states": [sum(r["state"].values()) for r in ranks],
             "ratio": max(sum(r["state"].values()) for r in ranks) / one_state,
             "loss_delta": max(abs(a - b) for a, b in zip(metrics["step_losses"], one.losses)),
+            "noise_floor": max(abs(a - b) for a, b in zip(again.losses, one.losses)),
             "steps": len(one.losses), "rss_growth_mib": [(r["rss"]["rss_peak"] - r["rss"]["rss_start"]) / 2**20
                                                           for r in ranks],
             "one_rss_growth_mib": (one.rss["rss_peak"] - one.rss["rss_start"]) / 2**20,
@@ -177,7 +185,7 @@ def main() -> None:
                       f"all on {B} (input over {LINK}) {p['singles'][1].latency_ms:.2f} ms (predicted); pipeline output "
                       f"max |delta| {run['max_abs_delta']:.1e}; FSDP: state per rank {[round(s / 1024) for s in f['rank_states']]} "
                       f"KiB vs one process {f['one_state'] / 1024:.0f} KiB, {f['steps']} steps, max loss delta "
-                      f"{f['loss_delta']:.1e}, RSS growth per rank {[round(x) for x in f['rss_growth_mib']]} MiB vs "
+                      f"{f['loss_delta']:.1e} (one process with another thread count: {f['noise_floor']:.1e}), RSS growth per rank {[round(x) for x in f['rss_growth_mib']]} MiB vs "
                       f"{f['one_rss_growth_mib']:.0f} MiB", highlight=False)
         kib = chosen.hops[0].bytes / 1024
         where = (f"cut after {chosen.cut_after[0]}, {kib:.1f} KiB crossing" if split else

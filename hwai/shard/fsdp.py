@@ -59,13 +59,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        count = x.new_tensor([x.numel() / max(x.shape[1], 1)])
-        totals = all_reduce(torch.cat([x.sum(dims), count]))
+        # sums accumulate in float64, as torch's CPU BatchNorm does (no float64 copy of the activations is kept)
+        count = x.new_tensor([x.numel() / max(x.shape[1], 1)], dtype=torch.float64)
+        totals = all_reduce(torch.cat([x.sum(dims, dtype=torch.float64), count]))
         n = totals[-1]
-        mean = totals[:-1] / n
+        mean = (totals[:-1] / n).to(x.dtype)
         centered = x - mean.view(shape)
-        var = all_reduce((centered * centered).sum(dims)) / n  # biased, as BatchNorm normalises
-        y = centered * torch.rsqrt(var + self.eps).view(shape)
+        var = all_reduce((centered * centered).sum(dims, dtype=torch.float64)) / n  # biased, as BatchNorm normalises
+        y = centered * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
@@ -73,7 +74,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), momentum)  # unbiased, as BatchNorm
+                unbiased = var.detach() * n / (n - 1).clamp_min(1)  # as BatchNorm
+                self.running_var.lerp_(unbiased.to(x.dtype), momentum)
         return y
 
 
