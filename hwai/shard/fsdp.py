@@ -55,6 +55,11 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         dist = _dist()
         if not (self.training and dist is not None and dist.get_world_size() > 1):
             return super().forward(x)
+        with warnings.catch_warnings():  # the public, autograd-aware all_reduce is deprecated for a private API
+            warnings.simplefilter("ignore", FutureWarning)
+            return self._global(x)
+
+    def _global(self, x: torch.Tensor) -> torch.Tensor:
         from torch.distributed.nn.functional import all_reduce
 
         dims = [0, *range(2, x.dim())]
