@@ -14,7 +14,8 @@ Scenario (Neurosurgeon's): a camera MCU (esp32s3, int8) and a gateway (rpi4, int
 
     .venv/bin/python bench/shard.py [--host-target PATH] [--models resnet8,mobilenetv2,dscnn] [--repeats 10]
 
-Expected run time on a quiet 2-core machine: about 8 minutes, 3 of them calibrating (more under load).
+Run time: 12 minutes measured on a shared 2-core machine at load average ~7 (1.5 of them calibrating); less when
+quiet.
 Ends with one `P7:` line per model.
 """
 from __future__ import annotations
