@@ -58,9 +58,18 @@ def train(
     out: Optional[Path] = typer.Option(None, help="checkpoint path (default: checkpoints/MODEL-DATA.pt)"),
     memory_budget_mb: Optional[float] = typer.Option(None, help="activation-memory budget in MiB: activation "
                                                      "checkpoints until the predicted peak fits (measured after)"),
+    shard: int = typer.Option(1, min=1, help="train with FSDP2 across N processes on this machine (resumes "
+                              "from OUT.dcp); under torchrun, the number of ranks"),
 ) -> None:
     """Train a model with a progress bar; saves a checkpoint after every epoch and prints measured test accuracy."""
     from hwai import train as htrain
+
+    if shard > 1:
+        from hwai.shard.cli import train_sharded
+
+        return train_sharded(shard, model, data, input_size, width, seed, out or _default_checkpoint(model, data),
+                             dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                                  label_smoothing=label_smoothing, memory_budget_mb=memory_budget_mb), augment)
 
     bundle = _load_data(data, input_size=input_size)
     htrain.seed_everything(seed)
@@ -436,6 +445,11 @@ app.command(name="export")(_export)
 from hwai.memory.cli import app as _memory_app  # noqa: E402
 
 app.add_typer(_memory_app, name="memory")
+
+
+from hwai.shard.cli import app as _shard_app  # noqa: E402  (sub-app: hwai shard plan | run | links | convert)
+
+app.add_typer(_shard_app, name="shard")
 
 
 def main() -> None:
