@@ -353,6 +353,11 @@ def worker(
     console.print(f"worker finished {done} trial(s) of study {study}")
 
 
+from hwai.nas.cli import nas as _nas_command  # noqa: E402 - registered here, defined in hwai/nas/cli.py
+
+app.command(name="nas")(_nas_command)
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     try:

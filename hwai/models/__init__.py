@@ -15,6 +15,7 @@ from hwai.models.dscnn import dscnn
 from hwai.models.mlp import mlp
 from hwai.models.mobilenetv2 import mobilenetv2
 from hwai.models.resnet import resnet8, resnet18
+from hwai.nas.subnet import nas_mobilenetv2, nas_resnet
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
@@ -23,6 +24,8 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "mobilenetv2": mobilenetv2,
     "dscnn": dscnn,
+    "nas_mobilenetv2": nas_mobilenetv2,  # subnets extracted from hwai.nas supernets
+    "nas_resnet": nas_resnet,
 }
 
 
