@@ -23,7 +23,7 @@ from hwai.nas.space import NasSpace
 from hwai.nas.training import SupernetConfig
 
 PRECISIONS = ("int8", "fp32")
-FINETUNE_LR = 5e-4  # fine-tuning inherited weights: a quarter of AdamW's default peak rate
+FINETUNE_LR = 1e-3  # fine-tuning inherited weights: half of AdamW's default peak rate
 CHECKED_SUBNETS = 12  # subnets whose cost-table composition is checked against cost.predict on the whole graph
 
 
@@ -40,7 +40,7 @@ class NasConfig:
     subnets: int = 300  # subnets measured to fit (and judge) the accuracy predictor
     search: SearchConfig = field(default_factory=SearchConfig)
     candidates: int = 6  # subnets of the predicted front extracted, fine-tuned and measured
-    finetune_epochs: int = 1  # per candidate, from inherited weights
+    finetune_epochs: int = 2  # per candidate, from inherited weights, distilled from the largest subnet
     measure_seconds: float = 1.0  # time cap per host latency measurement
 
     def __post_init__(self) -> None:
@@ -158,10 +158,11 @@ def _candidate(run_dir: Path, n: int, row: list[int], cfg: NasConfig, supernet, 
     arch = space.arch(row)
     model, view = subnet(supernet, arch, data)
     inherited = evaluate(model, view, "val")
-    if cfg.finetune_epochs:
+    if cfg.finetune_epochs:  # the teacher: the largest subnet at the candidate's resolution (as in training)
+        teacher, _ = subnet(supernet, {**space.arch(space.largest()), "resolution": arch["resolution"]}, data)
         tcfg = TrainConfig(epochs=cfg.finetune_epochs, lr=FINETUNE_LR, warmup_epochs=0.0, seed=cfg.supernet.seed,
                            **default_augmentation("nas", view))
-        train(model, view, tcfg, progress=False)
+        train(model, view, tcfg, teacher=teacher, progress=False)
     model.eval()
     spec = hsn.spec(supernet, arch)
     save_checkpoint(folder / "model.pt", model, spec, view.describe(), {"arch": arch, "kind": "nas subnet"})

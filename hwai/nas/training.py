@@ -37,9 +37,9 @@ RECALIBRATION_BATCHES = 16  # of 64 training samples (1,024): fewer leave subnet
 class SupernetConfig:
     """How to train the supernet."""
 
-    epochs: int = 16  # passes over the train split (each step trains 2 + random_subnets subnets)
+    epochs: int = 24  # passes over the train split (each step trains 2 + random_subnets subnets)
     batch_size: int = 64  # samples per step
-    lr: float = 3e-3  # AdamW peak learning rate (linear warm-up, cosine decay)
+    lr: float = 6e-3  # AdamW peak learning rate (linear warm-up, cosine decay)
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     label_smoothing: float = 0.1  # the largest subnet's cross-entropy on labels
