@@ -452,6 +452,11 @@ from hwai.shard.cli import app as _shard_app  # noqa: E402  (sub-app: hwai shard
 app.add_typer(_shard_app, name="shard")
 
 
+from hwai.nas.cli import nas as _nas_command  # noqa: E402 - registered here, defined in hwai/nas/cli.py
+
+app.command(name="nas")(_nas_command)
+
+
 def main() -> None:
     """Entry point: run the app, turning user mistakes into one line on stderr and exit code 2."""
     try:

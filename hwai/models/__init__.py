@@ -17,6 +17,7 @@ from hwai.models.mlp import mlp
 from hwai.models.mobilenetv2 import mobilenetv2
 from hwai.models.resnet import resnet8, resnet18
 from hwai.models.vit import vit
+from hwai.nas.subnet import nas_mobilenetv2, nas_resnet
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
@@ -26,6 +27,8 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv2": mobilenetv2,
     "dscnn": dscnn,
     "vit": vit,
+    "nas_mobilenetv2": nas_mobilenetv2,  # subnets extracted from hwai.nas supernets
+    "nas_resnet": nas_resnet,
 }
 
 
