@@ -194,15 +194,18 @@ def targets(
                       "(`hwai targets show NAME` for every number's source)")
         for n in htargets.names():
             t = htargets.load(n)
-            table.add_row(n, t.kind, ",".join(t.dtypes), f"{t.capacity_bytes['sram'] / 1024:,.0f}", t.description)
+            sram = t.capacity_bytes.get("sram")  # neuromorphic energy profiles list no memories
+            table.add_row(n, t.kind, ",".join(t.dtypes) or "-", "-" if sram is None else f"{sram / 1024:,.0f}",
+                          t.description)
         console.print(table)
         return
     if action != "show" or not name:
         raise UserError("usage: hwai targets [show NAME]")
     t = htargets.load(name)
     console.print(f"[bold]{t.name}[/] ({t.kind}): {t.description}\nruntime: {t.runtime}\nfile: {t.path}\n"
-                  f"dtypes: {', '.join(t.dtypes)}; weights in {t.weights_in}; sparsity accelerated: "
-                  f"{'yes' if t.sparsity_accelerated else 'no'}")
+                  + (f"dtypes: {', '.join(t.dtypes)}; weights in {t.weights_in}; sparsity accelerated: "
+                     f"{'yes' if t.sparsity_accelerated else 'no'}" if t.kind != "neuromorphic" else
+                     "spiking-net energy profile: priced per synaptic operation and neuron update (hwai snn)"))
     table = Table("field", "value", "unit", "source")
     for field, (value, unit, source) in t.sources.items():
         table.add_row(field, f"{value:g}", unit, source)
