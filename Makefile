@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the local CPU wheel, never a CUDA build from the registry
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# optional extras the tests need, without their dependencies (torch stays 2.13.0)
+	$(BIN)/python -m pip install -q --no-deps "snntorch==1.0.0"
 	touch $(STAMP)
 
 install: $(STAMP)
