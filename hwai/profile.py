@@ -128,7 +128,11 @@ def _measure_onnx(path: Path, example: torch.Tensor, cfg: measure.MeasureConfig)
 def _predict(graph: Graph, target) -> object:
     from hwai import cost, targets  # helper B's cost model (issue 4)
 
-    return cost.predict(graph, targets.load(target) if isinstance(target, (str, Path)) else target)
+    target = targets.load(target) if isinstance(target, (str, Path)) else target
+    if target.kind == "neuromorphic":
+        raise UserError(f"{target.name} is a neuromorphic energy profile: it prices a spiking net's spikes "
+                        "(hwai snn train/profile), not an ANN's layers; choose a cpu, gpu, mcu or npu target")
+    return cost.predict(graph, target)
 
 
 def profile(model_or_onnx_path: torch.nn.Module | str | Path, data: DataBundle | torch.Tensor, target=None,

@@ -27,6 +27,8 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "host_predicted_ms": ("host latency, corrected prediction", "ms", False),
     "host_predicted_raw_ms": ("host latency, roofline prediction", "ms", False),
     "parity_top1_agreement": ("ONNX top-1 agreement", "%", True),
+    "spikes_per_neuron": ("spikes per neuron per inference", "", False),
+    "synaptic_ops": ("synaptic operations per inference", "", False),
 }
 
 
@@ -58,7 +60,8 @@ class Run:
     @property
     def chosen_word(self) -> str:
         """What the report calls the model in `best`: the search's pick, or compress's output."""
-        return "compressed" if self.command == "compress" else "chosen"
+        return {"compress": "compressed", "snn train": "spiking", "snn convert": "spiking",
+                "snn profile": "spiking"}.get(self.command, "chosen")
 
     @property
     def kinds(self) -> dict[str, str]:
