@@ -116,6 +116,14 @@ def profile(
     from hwai import train as htrain
     from hwai.onnx_graph import check_path
 
+    if model.endswith((".pt", ".pth")):  # a spiking checkpoint: spikes and SOPs beside MACs (hwai snn profile)
+        from hwai.snn.model import is_checkpoint
+
+        if is_checkpoint(model):
+            from hwai.snn.cli import profile_checkpoint
+
+            return profile_checkpoint(Path(model), data, (target,) if target else ("neuromorphic-45nm", "loihi"),
+                                      json_out=json_out)
     onnx_file = model.endswith(".onnx")
     if onnx_file:
         check_path(model)  # before loading data: a wrong path fails fast
@@ -354,6 +362,11 @@ def worker(
 
     done = run_worker(storage, study, run)
     console.print(f"worker finished {done} trial(s) of study {study}")
+
+
+from hwai.snn.cli import app as _snn_app  # noqa: E402  (spiking nets: hwai snn train/convert/profile)
+
+app.add_typer(_snn_app, name="snn")
 
 
 def main() -> None:
