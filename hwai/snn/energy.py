@@ -112,7 +112,8 @@ def compare_latency(snn: nn.Module, ann: nn.Module, example: torch.Tensor, pairs
     threads = threads or physical_cores()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    snn.eval(), ann.eval()
+    snn.eval()
+    ann.eval()
     times = {"snn": [], "ann": []}
 
     def once(name: str, model: nn.Module) -> None:

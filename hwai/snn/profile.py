@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from hwai.data import DataBundle
+from hwai.errors import UserError
 from hwai.models import ModelSpec, build
 from hwai.snn.activity import Activity, measure_activity
 from hwai.snn.energy import EnergyEstimate, LatencyComparison, ann_prediction, compare_latency, energy
@@ -58,9 +59,13 @@ def profile(net: SpikingNet, spec: ModelSpec, data: DataBundle, targets: tuple[s
     from hwai.graph import capture
     from hwai.train import evaluate
 
+    same_shape = (ann if ann is not None else build(spec)).eval()
+    params = sum(p.numel() for p in same_shape.parameters())
+    if params != sum(p.numel() for p in net.body.parameters()):
+        raise UserError(f"the ANN to compare with ({params:,} parameters) is not the spiking net's architecture "
+                        f"({sum(p.numel() for p in net.body.parameters()):,} parameters)")
     activity = measure_activity(net, data, "test", limit=limit)
     energies = [energy(activity, t) for t in targets]
-    same_shape = (ann if ann is not None else build(spec)).eval()
     example = data.example(1)
     graph = capture(same_shape, example)
     ann_targets = []
