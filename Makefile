@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,openvino,litert,tflm]"
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "executorch==1.5.1" "torchao>=0.18,<0.19"
 	$(BIN)/python -m pip install -q -c constraints.txt "ruamel.yaml>=0.18"
+	$(BIN)/python -m pip install -q --no-deps "snntorch==1.0.0"  # spiking nets: declares no dependencies
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 

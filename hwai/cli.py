@@ -139,6 +139,14 @@ def profile(
     from hwai import train as htrain
     from hwai.onnx_graph import check_path
 
+    if model.endswith((".pt", ".pth")):  # a spiking checkpoint: spikes and SOPs beside MACs (hwai snn profile)
+        from hwai.snn.model import is_checkpoint
+
+        if is_checkpoint(model):
+            from hwai.snn.cli import profile_checkpoint
+
+            return profile_checkpoint(Path(model), data, (target,) if target else ("neuromorphic-45nm", "loihi"),
+                                      json_out=json_out)
     onnx_file = model.endswith(".onnx")
     if onnx_file:
         check_path(model)  # before loading data: a wrong path fails fast
@@ -217,15 +225,18 @@ def targets(
                       "(`hwai targets show NAME` for every number's source)")
         for n in htargets.names():
             t = htargets.load(n)
-            table.add_row(n, t.kind, ",".join(t.dtypes), f"{t.capacity_bytes['sram'] / 1024:,.0f}", t.description)
+            sram = t.capacity_bytes.get("sram")  # neuromorphic energy profiles list no memories
+            table.add_row(n, t.kind, ",".join(t.dtypes) or "-", "-" if sram is None else f"{sram / 1024:,.0f}",
+                          t.description)
         console.print(table)
         return
     if action != "show" or not name:
         raise UserError("usage: hwai targets [show NAME]")
     t = htargets.load(name)
     console.print(styled((t.name, "bold"), f" ({t.kind}): {t.description}\nruntime: {t.runtime}\nfile: {t.path}\n"
-                  f"dtypes: {', '.join(t.dtypes)}; weights in {t.weights_in}; sparsity accelerated: "
-                         f"{'yes' if t.sparsity_accelerated else 'no'}"))
+                         + (f"dtypes: {', '.join(t.dtypes)}; weights in {t.weights_in}; sparsity accelerated: "
+                            f"{'yes' if t.sparsity_accelerated else 'no'}" if t.kind != "neuromorphic" else
+                            "spiking-net energy profile: priced per synaptic operation and neuron update (hwai snn)")))
     table = Table("field", "value", "unit", "source")
     for field, (value, unit, source) in t.sources.items():
         table.add_row(field, f"{value:g}", unit, source)
@@ -455,6 +466,11 @@ app.add_typer(_shard_app, name="shard")
 from hwai.nas.cli import nas as _nas_command  # noqa: E402 - registered here, defined in hwai/nas/cli.py
 
 app.command(name="nas")(_nas_command)
+
+
+from hwai.snn.cli import app as _snn_app  # noqa: E402  (spiking nets: hwai snn train/convert/profile)
+
+app.add_typer(_snn_app, name="snn")
 
 
 def main() -> None:

@@ -125,10 +125,21 @@ def _measure_onnx(path: Path, example: torch.Tensor, cfg: measure.MeasureConfig)
     return g, lat, times, peak
 
 
-def _predict(graph: Graph, target) -> object:
-    from hwai import cost, targets  # helper B's cost model (issue 4)
+def _target(target):
+    """The Target to predict on, checked before anything is measured."""
+    from hwai import targets
 
-    return cost.predict(graph, targets.load(target) if isinstance(target, (str, Path)) else target)
+    target = targets.load(target) if isinstance(target, (str, Path)) else target
+    if target.kind == "neuromorphic":
+        raise UserError(f"{target.name} is a neuromorphic energy profile: it prices a spiking net's spikes "
+                        "(hwai snn train/profile), not an ANN's layers; choose a cpu, gpu, mcu or npu target")
+    return target
+
+
+def _predict(graph: Graph, target) -> object:
+    from hwai import cost  # helper B's cost model (issue 4)
+
+    return cost.predict(graph, target)
 
 
 def profile(model_or_onnx_path: torch.nn.Module | str | Path, data: DataBundle | torch.Tensor, target=None,
@@ -137,6 +148,7 @@ def profile(model_or_onnx_path: torch.nn.Module | str | Path, data: DataBundle |
     """Profile a torch model or an .onnx file on `data` (a DataBundle: `batch` real test inputs; or an example
     tensor). An .onnx file always runs in ONNX Runtime. `target` (name, YAML path or Target) adds predictions."""
     example = _example(data, batch).detach().float()
+    target = _target(target) if target is not None else None
     if isinstance(model_or_onnx_path, (str, Path)):
         path, runtime = Path(model_or_onnx_path), "onnxruntime"
         if path.suffix != ".onnx":

@@ -18,8 +18,10 @@ PRECISION_COLORS = {"fp32": "#2563eb", "fp16": "#7c3aed", "int8": "#f97316", "in
 
 def figures(run: Run) -> dict[str, dict[str, Any]]:
     """{div id: figure} for every figure the run has data for."""
+    from hwai.report import snn
+
     built = {"pareto-plot": pareto(run), "layers-plot": layers(run), "memory-plot": memory(run)}
-    return {key: _plain(fig) for key, fig in built.items() if fig is not None}
+    return {**{key: _plain(fig) for key, fig in built.items() if fig is not None}, **snn.figures(run)}
 
 
 def pareto(run: Run):

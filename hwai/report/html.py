@@ -10,7 +10,7 @@ from html import escape
 from typing import Any
 
 import hwai
-from hwai.report import assets
+from hwai.report import assets, snn
 from hwai.report.figures import figures
 from hwai.report.run import Run, change, fmt, label, number
 
@@ -20,9 +20,9 @@ def render(run: Run) -> str:
     from plotly.offline import get_plotlyjs
 
     figs = figures(run)
-    search = run.command == "optimize" or bool(run.trials)  # compress and export have no search: no trade-off, no trials
+    search = (run.command == "optimize" or bool(run.trials)) and not run.command.startswith("snn")  # else no trade-off
     body = "\n".join([_cards(run), _pareto(run, "pareto-plot" in figs) if search else "", _comparison(run),
-                      _runtimes(run) if run.section("runtimes") else "",
+                      _runtimes(run) if run.section("runtimes") else "", snn.section(run, figs, _section, _num, _badge),
                       _layers(run, "layers-plot" in figs), _memory(run, "memory-plot" in figs), _techniques(run),
                       _trials(run) if search else "", _export(run), _provenance(run), _environment(run)])
     created = escape(str(run.data.get("created", "")))
@@ -74,6 +74,8 @@ def _cards(run: Run) -> str:
                        {True: "fits", False: "does not fit", None: "unknown"}[fits], None, None,
                        note + (f"<br>{feasible}" if feasible else ""), run.kind("peak_sram_kb"),
                        state={True: "good", False: "bad", None: ""}[fits]))
+    if run.section("snn"):  # a spiking run: energy ratio and spikes instead of size and fit
+        cards = cards[:2] + snn.cards(run, _card)
     return f'<div class="cards">{"".join(cards)}</div>'
 
 

@@ -21,7 +21,8 @@ def render(run: Run) -> str:
     target = run.section("target").get("name", "the target")
     fits = run.fits()
     sram = run.sram_bytes
-    lines.append({None: f"**Fits {target}:** not available (peak memory or SRAM unknown).",
+    lines.append(_spiking(run.section("snn")) if run.section("snn") else {
+                  None: f"**Fits {target}:** not available (peak memory or SRAM unknown).",
                   True: f"**Fits {target}:** yes, predicted peak {fmt('peak_sram_kb', run.best.get('peak_sram_kb'))} "
                         f"of {(sram or 0) / 1024:,.0f} KiB SRAM.",
                   False: f"**Fits {target}:** no, predicted peak {fmt('peak_sram_kb', run.best.get('peak_sram_kb'))} "
@@ -57,3 +58,11 @@ def render(run: Run) -> str:
     if env:
         lines.append("- environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
     return "\n".join(lines) + "\n"
+
+
+def _spiking(snn: dict) -> str:
+    """A spiking run's line in place of the memory fit: measured spikes, predicted energy ratio."""
+    head = (snn.get("energy") or [{}])[0]
+    total = (snn.get("activity") or {}).get("total") or {}
+    return (f"**Spiking:** {fmt('spikes_per_neuron', total.get('spikes_per_neuron'))} spikes/neuron/inference "
+            f"(measured); energy SNN/ANN {fmt('', head.get('ratio'))} on {head.get('target', 'n/a')} (predicted).")

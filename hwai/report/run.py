@@ -29,6 +29,8 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "parity_top1_agreement": ("ONNX top-1 agreement", "%", True),
     "accuracy_fake_quant": ("accuracy, PyTorch fake-quant", "%", True),
     "target_latency_raw_ms": ("target latency, uncorrected prediction", "ms", False),
+    "spikes_per_neuron": ("spikes per neuron per inference", "", False),
+    "synaptic_ops": ("synaptic operations per inference", "", False),
 }
 
 
@@ -60,7 +62,8 @@ class Run:
     @property
     def chosen_word(self) -> str:
         """What the report calls the model in `best`: the search's pick, or compress's output."""
-        return "compressed" if self.command == "compress" else "chosen"
+        return {"compress": "compressed", "snn train": "spiking", "snn convert": "spiking",
+                "snn profile": "spiking"}.get(self.command, "chosen")
 
     @property
     def kinds(self) -> dict[str, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hwai.errors import UserError
 
-KINDS = ("cpu", "gpu", "mcu", "npu")
+KINDS = ("cpu", "gpu", "mcu", "npu", "neuromorphic")
 DTYPES = ("fp32", "fp16", "int8", "int4")
 LEVELS = ("sram", "flash", "dram")  # on-chip SRAM (or CPU/GPU cache), flash (MCU weights), off-chip DRAM
 OPS = ("conv", "depthwise", "linear", "matmul", "batchnorm", "layernorm", "relu", "activation", "add", "mul",
@@ -36,6 +36,7 @@ _E_MAC = re.compile(rf"energy_({'|'.join(DTYPES)})_pj_per_mac")
 _E_BYTE = re.compile(rf"energy_({'|'.join(LEVELS)})_pj_per_byte")
 _LANES = re.compile(rf"lanes_({'|'.join(DTYPES)})")  # SIMD width in channels: convs pad channels to a multiple
 _SPARSE = re.compile(r"(sparse)_speedup_max")  # cap on the speed-up from zero weights (2:4 sparsity: 2x)
+_E_SPIKE = re.compile(r"energy_(sop|neuron_update)_pj")  # spiking nets: per synaptic operation / neuron update
 _UNIT_HINTS = {r"\w*lanes\w*": "lanes_<dtype> (channels)", r"peak_\w+": "peak_<dtype>_tops|gops|mops", r"(sram|flash|dram)_(kb|mb|gb|bytes)": "<level>_kib|mib|gib",
                r"(sram|flash|dram)_\w*(bw|bandwidth|gb_s|mbps)\w*": "<level>_gbps",
                r"energy_\w+": "energy_<dtype>_pj_per_mac or energy_<level>_pj_per_byte"}
@@ -86,6 +87,8 @@ class Target:
     overhead_s: dict  # "op", "op:dtype" or "_default" -> fixed cost per executed op (seconds)
     sources: dict  # YAML field (e.g. "sram_kib", "efficiency.conv") -> (value as written, unit, source)
     deploy_runtimes: tuple[str, ...] = ()  # runtimes a deployment uses (optional field; empty: not named)
+    energy_per_sop_j: float | None = None  # spiking nets: one synaptic operation (a spike reaching a synapse)
+    energy_per_neuron_update_j: float | None = None  # spiking nets: one neuron's state update in one time step
 
     def lookup(self, table: dict, op: str, dtype: str) -> float:
         """Per-op factor: `op:dtype`, then `op` (depthwise falls back to conv), then `_default:dtype`, `_default`."""
@@ -165,6 +168,8 @@ def parse(raw: object, path: str = "<target>") -> Target:
     """Validate a target mapping (as read from YAML) and build the Target."""
     if not isinstance(raw, dict):
         _fail(path, "top level", "must be a mapping of fields")
+    if raw.get("kind") == "neuromorphic":
+        return _parse_neuromorphic(raw, path)
     for field in TEXT_FIELDS | LIST_FIELDS | TABLE_FIELDS | {"sparsity_accelerated"}:
         if field not in raw:
             _fail(path, field, "missing required field")
@@ -233,3 +238,36 @@ def parse(raw: object, path: str = "<target>") -> Target:
                   lanes={d: int(v) for d, v in lanes.items()}, sparse_speedup_max=sparse.get("sparse", 1.0) if raw["sparsity_accelerated"] else 1.0,
                   efficiency=efficiency, overhead_s=overhead, sources={**sources, **eff_src, **ovh_src},
                   deploy_runtimes=tuple(deploy))
+                  efficiency=efficiency, overhead_s=overhead, sources={**sources, **eff_src, **ovh_src})
+
+
+def _parse_neuromorphic(raw: dict, path: str) -> Target:
+    """A neuromorphic energy profile: energy per synaptic operation and per neuron update (what a spiking net's
+    measured activity is priced with), and optionally energy_<dtype>_pj_per_mac of a same-process ANN.
+    It has no roofline numbers, so hwai.cost cannot predict latency on it."""
+    text = {}
+    for field in ("name", "description", "kind", "runtime"):
+        if field not in raw:
+            _fail(path, field, "missing required field")
+        if not isinstance(raw[field], str) or not raw[field].strip():
+            _fail(path, field, "must be non-empty text")
+        text[field] = raw[field].strip()
+    spike, e_mac, sources = {}, {}, {}
+    for key, entry in raw.items():
+        if key in text:
+            continue
+        m = _E_SPIKE.fullmatch(str(key)) or _E_MAC.fullmatch(str(key))
+        if m is None:
+            _fail(path, key, "unknown field for kind neuromorphic (energy_sop_pj, energy_neuron_update_pj, "
+                             "energy_<dtype>_pj_per_mac)")
+        value, source = _number(path, key, entry)
+        (spike if m.re is _E_SPIKE else e_mac)[m[1]] = value * 1e-12
+        sources[key] = (value, "pJ", source)
+    for what in ("sop", "neuron_update"):
+        if what not in spike:
+            _fail(path, f"energy_{what}_pj", "missing required field (kind neuromorphic)")
+    return Target(name=text["name"], kind="neuromorphic", description=text["description"], runtime=text["runtime"],
+                  path=path, dtypes=tuple(d for d in DTYPES if d in e_mac), ops=(), sparsity_accelerated=False,
+                  weights_in="sram", peak_ops={}, capacity_bytes={}, bandwidth_bps={}, energy_per_mac_j=e_mac,
+                  energy_per_byte_j={}, lanes={}, sparse_speedup_max=1.0, efficiency={}, overhead_s={},
+                  sources=sources, energy_per_sop_j=spike["sop"], energy_per_neuron_update_j=spike["neuron_update"])
