@@ -238,7 +238,6 @@ def parse(raw: object, path: str = "<target>") -> Target:
                   lanes={d: int(v) for d, v in lanes.items()}, sparse_speedup_max=sparse.get("sparse", 1.0) if raw["sparsity_accelerated"] else 1.0,
                   efficiency=efficiency, overhead_s=overhead, sources={**sources, **eff_src, **ovh_src},
                   deploy_runtimes=tuple(deploy))
-                  efficiency=efficiency, overhead_s=overhead, sources={**sources, **eff_src, **ovh_src})
 
 
 def _parse_neuromorphic(raw: dict, path: str) -> Target:
