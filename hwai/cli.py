@@ -389,6 +389,10 @@ def optimize(
     study: Optional[str] = typer.Option(None, help="study name in --storage (default: the run directory's name)"),
     timeout_s: Optional[float] = typer.Option(None, help="stop starting new trials after this many seconds"),
     storage_retry_s: float = typer.Option(60.0, help="how long to retry a lost storage connection before stopping"),
+    space: str = typer.Option("zoo", help="zoo: width/depth/kernel/resolution of --model, trained per trial; "
+                              "supernet: subnets of a weight-sharing supernet (hwai nas) with inherited weights"),
+    supernet: Optional[str] = typer.Option(None, help="--space supernet: a `hwai nas` run directory or its "
+                                           "supernet.pt (default: train one in the run directory)"),
 ) -> None:
     """The co-design loop: constrained multi-objective search over architectures and compression policies."""
     import time
@@ -400,7 +404,8 @@ def optimize(
                          target=None if target.lower() == "none" else target,
                          host_target=None if host_target.lower() == "none" else host_target,
                          constraints=Constraints(max_latency_ms, max_size_kb, max_sram_kb, max_accuracy_drop),
-                         trials=trials, baseline_epochs=baseline_epochs, sampler=sampler, seed=seed, threads=threads)
+                         trials=trials, baseline_epochs=baseline_epochs, sampler=sampler, seed=seed, threads=threads,
+                         space_kind=space, supernet=supernet)
     run = run or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     start = time.perf_counter()
     try:

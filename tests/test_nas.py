@@ -299,3 +299,46 @@ def test_cli_end_to_end_resumes_and_exports(tmp_path):
     assert prof.returncode == 0, prof.stderr
     r = run_cli(*args[:-2], "--epochs", "2", "--run", run)
     assert r.returncode == 2 and "other settings" in r.stderr
+
+
+def test_optimize_space_supernet_searches_subnets_with_inherited_weights(tmp_path, digits):
+    """`hwai optimize --space supernet`: the baseline is the largest subnet, every trial a subnet whose weights
+    come from the supernet (then its compression policy), resumable, best exported."""
+    from hwai.nas.training import subnet
+    from hwai.search import Constraints, OptimizeConfig, SpaceConfig, optimize
+    from hwai.train import evaluate, load_checkpoint
+
+    space = tiny("resnet")
+    data = training.at_resolution(digits, 12)
+    net, _ = training.train_supernet(space, data, training.SupernetConfig(epochs=2, lr=1e-2),
+                                     tmp_path / "nas" / "supernet.pt", False)
+    policies = SpaceConfig(prune_ratios=(0.0, 0.25), bits=(32, 8), per_layer_bits=False, fuse=(True,),
+                           finetune_epochs=(0,), patch_stages=(0.0,))
+    cfg = OptimizeConfig(data="digits", space_kind="supernet", supernet=str(tmp_path / "nas"), trials=3,
+                         target="stm32h743", host_target=None, space=policies, measure_seconds=0.2,
+                         constraints=Constraints(max_accuracy_drop=0.9))
+    run = tmp_path / "run"
+    results = optimize(cfg, run, progress=False)
+    largest = space.arch(space.largest())
+    baseline, meta = load_checkpoint(run / "baseline" / "model.pt")
+    assert meta["model"]["name"] == "nas_resnet" and meta["metrics"]["arch"] == largest
+    assert results["baseline"]["accuracy"] == pytest.approx(evaluate(subnet(net, largest, data)[0], data, "val"))
+    done = [t for t in results["trials"] if t["state"] == "COMPLETE"]
+    assert len(done) == 3
+    for t in done:
+        cand = t["candidate"] if "candidate" in t else json.loads(
+            (run / "trials" / str(t["number"]) / "metrics.json").read_text())
+        genes = {k[4:]: v for k, v in t["params"].items() if k.startswith("nas.")}
+        assert len(genes) == len(space.genes())
+        model, _ = load_checkpoint(run / "trials" / str(t["number"]) / "model.pt")
+        inherited, view = subnet(net, space.arch(space.index(genes)), data)
+        if not any(k.startswith("prune.") and v for k, v in t["params"].items()):  # no epochs: the inherited weights
+            for a, b in zip(model.state_dict().values(), inherited.state_dict().values()):
+                assert torch.equal(a, b)
+        assert t["description"].startswith("supernet subnet ")
+    assert results["best"]["trial"] is not None and results["best"]["parity"]["ok"]
+    again = optimize(OptimizeConfig(**{**cfg.to_dict(), "trials": 4, "space": policies,
+                                       "constraints": cfg.constraints}), run, progress=False)
+    assert len([t for t in again["trials"] if t["state"] == "COMPLETE"]) == 4
+    r = run_cli("optimize", "--space", "nosuch", "--run", tmp_path / "bad")
+    assert r.returncode == 2 and "unknown search space" in r.stderr

@@ -98,12 +98,16 @@ def predict(graph: hgraph.Graph, targets: list, cand: Candidate) -> dict:
 
 
 def realize(cand: Candidate, baseline: nn.Module, base_spec: ModelSpec, data: DataBundle,
-            seed: int = 0) -> tuple[nn.Module, nn.Module]:
+            seed: int = 0, start: nn.Module | None = None) -> tuple[nn.Module, nn.Module]:
     """Build, prune, train with distillation from `baseline`, fuse and quantize the candidate.
-    Returns (the trained float model, before fusion and quantization; the final candidate)."""
+    `start`: the weights it starts from (a supernet's subnet); default the baseline's for the same architecture,
+    else a fresh init. Returns (the trained float model, before fusion and quantization; the final candidate)."""
     bundle = data_at(data, cand.spec)
     example = bundle.example(2)
-    model = copy.deepcopy(baseline) if cand.same_architecture else build(cand.spec)
+    if start is not None:
+        model = copy.deepcopy(start)
+    else:
+        model = copy.deepcopy(baseline) if cand.same_architecture else build(cand.spec)
     model = _prune(model, cand, example)
     teacher = AtResolution(baseline, base_spec.input_size) if data.image_size else baseline
     cfg = TrainConfig(epochs=cand.epochs, lr=FINETUNE_LR if cand.same_architecture else None,

@@ -34,6 +34,7 @@ class Context:
     mcfg: measure.MeasureConfig = field(default_factory=measure.MeasureConfig)
     baseline: dict = field(default_factory=dict)  # baseline metrics, as stored in the study
     screen: Any = None  # hwai.search.screen.Screen over `targets`
+    supernet: Any = None  # --space supernet: the trained hwai.nas supernet whose subnets the trials inherit from
 
     @property
     def targets(self) -> list:
@@ -105,23 +106,71 @@ def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[
     return model.eval(), spec
 
 
+def _supernet(cfg, run_dir: Path, progress: bool):
+    """(--space supernet) the trained supernet and the data at its largest resolution: loaded from
+    `cfg.supernet`, else trained (resumably) in RUN/supernet/supernet.pt with `hwai nas`'s defaults."""
+    from hwai import data as hdata
+    from hwai.errors import UserError
+
+    if cfg.supernet:
+        from hwai.nas.trial import load_supernet
+
+        net = load_supernet(cfg.supernet)
+        return net, hdata.load(cfg.data, input_size=max(net.space.resolutions))
+    from hwai.nas.run import NasConfig
+    from hwai.nas.training import SupernetConfig, train_supernet
+
+    family = "resnet" if cfg.model.startswith("resnet") else "mobilenetv2"
+    ncfg = NasConfig(data=cfg.data, family=family, input_size=cfg.input_size or 32,
+                     supernet=SupernetConfig(seed=cfg.seed))
+    bundle = hdata.load(cfg.data, input_size=ncfg.input_size)
+    if bundle.image_size is None:
+        raise UserError(f"--space supernet needs images; data {cfg.data!r} holds feature vectors")
+    net, _ = train_supernet(ncfg.space, bundle, ncfg.supernet, run_dir / "supernet" / "supernet.pt", progress)
+    return net, bundle
+
+
+def _largest_subnet(supernet, data: DataBundle, path: Path) -> tuple[nn.Module, ModelSpec]:
+    """The baseline (and distillation teacher) of --space supernet: the largest subnet, BatchNorm recalibrated."""
+    from hwai.nas import supernet as hsn
+    from hwai.nas.training import subnet
+    from hwai.train import load_checkpoint, save_checkpoint
+
+    if path.is_file():
+        model, meta = load_checkpoint(path)
+        return model, ModelSpec.from_dict(meta["model"])
+    arch = supernet.space.arch(supernet.space.largest())
+    model, view = subnet(supernet, arch, data)
+    spec = hsn.spec(supernet, arch)
+    save_checkpoint(path, model, spec, view.describe(), {"kind": "baseline: the supernet's largest subnet",
+                                                         "arch": arch})
+    return model.eval(), spec
+
+
 def prepare(cfg, run_dir: Path, progress: bool = True) -> Context:
     """Load data and targets, train (or load) the baseline: the same in every process of a run."""
     from hwai import data as hdata
     from hwai.train import checkpoint_data, seed_everything
 
     seed_everything(cfg.seed)
-    stored = checkpoint_data(cfg.model)  # a user's checkpoint: its input size and preprocessing
-    bundle = hdata.load(cfg.data, input_size=cfg.input_size or stored.get("input_size"), deskew=stored.get("deskew"))
+    supernet = None
+    if getattr(cfg, "space_kind", "zoo") == "supernet":
+        supernet, bundle = _supernet(cfg, run_dir, progress)
+    else:
+        stored = checkpoint_data(cfg.model)  # a user's checkpoint: its input size and preprocessing
+        bundle = hdata.load(cfg.data, input_size=cfg.input_size or stored.get("input_size"), deskew=stored.get("deskew"))
     target = host = None
     if cfg.target or cfg.host_target:
         from hwai import targets
 
         target = targets.load(cfg.target) if cfg.target else None
         host = targets.load(cfg.host_target) if cfg.host_target else None
-    model, spec = _train_baseline(cfg, bundle, run_dir / "baseline" / "model.pt", progress)
+    if supernet is not None:
+        model, spec = _largest_subnet(supernet, bundle, run_dir / "baseline" / "model.pt")
+    else:
+        model, spec = _train_baseline(cfg, bundle, run_dir / "baseline" / "model.pt", progress)
     mcfg = measure.MeasureConfig(threads=cfg.threads or measure.physical_cores(), max_seconds=cfg.measure_seconds)
-    ctx = Context(cfg, run_dir, bundle, spec, model, target, host, mcfg)
+    ctx = Context(cfg, run_dir, bundle, spec, model, target, host, mcfg, supernet=supernet)
     ctx.screen = Screen(ctx.targets, bundle)
     return ctx
 

@@ -26,7 +26,7 @@ from hwai.search import study as hstudy
 from hwai.search.constraints import Constraints, check
 from hwai.search.context import Context, baseline_metrics, prepare
 from hwai.search.feedback import Correction, fit, pairs
-from hwai.search.space import SpaceConfig, sample, warm_start
+from hwai.search.space import SpaceConfig, policy, sample, supernet_warm_start, warm_start
 from hwai.search.study import RETRY_S, SearchStopped
 
 STUDY_NAME = "hwai-optimize"
@@ -53,8 +53,16 @@ class OptimizeConfig:
     train_threads: int = 1  # torch threads while training candidates (small models: 1 avoids contention)
     threads: int | None = None  # ONNX Runtime threads for host latency; None: physical cores (as calibrate, profile)
     measure_seconds: float = 1.0  # time cap per latency measurement
+    space_kind: str = "zoo"  # "zoo": architecture knobs of `model`, trained per trial; "supernet": subnets of a
+    # weight-sharing supernet (hwai.nas), inherited weights fine-tuned per trial, the largest subnet the baseline
+    supernet: str | None = None  # --space supernet: a `hwai nas` run directory or supernet.pt; None: train one
+    # in the run directory (family from `model`: resnet* -> resnet, else mobilenetv2; largest side `input_size`)
 
     def __post_init__(self) -> None:
+        if self.space_kind not in ("zoo", "supernet"):
+            raise UserError(f"unknown search space {self.space_kind!r}: use zoo or supernet")
+        if self.supernet is not None and self.space_kind != "supernet":
+            raise UserError("--supernet is for --space supernet")
         if self.trials < 1 or self.baseline_epochs < 0:
             raise UserError(f"trials must be >= 1 and baseline epochs >= 0, got {self.trials}, {self.baseline_epochs}")
         if self.sampler not in ("nsga2", "tpe"):
@@ -160,7 +168,15 @@ class Objective:
         from hwai.train import save_checkpoint
 
         ctx, cfg = self.ctx, self.ctx.cfg
-        cand = sample(trial, cfg.space, ctx.base_spec, mcu=ctx.target is not None and ctx.target.kind == "mcu")
+        mcu = ctx.target is not None and ctx.target.kind == "mcu"
+        start = None
+        if ctx.supernet is not None:  # a subnet with inherited weights (BatchNorm recalibrated), then its policy
+            from hwai.nas.trial import sample_subnet
+
+            start, spec, _ = sample_subnet(trial, ctx.supernet, ctx.data)
+            cand = policy(trial, cfg.space, spec, True, mcu, subnet=trial.user_attrs["nas_arch"])
+        else:
+            cand = sample(trial, cfg.space, ctx.base_spec, mcu=mcu)
         trial.set_user_attr("description", cand.describe())
         trial.set_user_attr("candidate", cand.to_dict())
         bundle = hc.data_at(ctx.data, cand.spec)
@@ -186,7 +202,7 @@ class Objective:
             if why:
                 self._record(trial, folder, metrics, why, values, started, screened=True)
                 raise optuna.TrialPruned("screened out by the cost model: " + "; ".join(why))
-        model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=cfg.seed)
+        model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=cfg.seed, start=start)
         onnx_path = folder / "model.onnx"
         host, _ = hc.measure_host(model, bundle, onnx_path, ctx.mcfg, int8=cand.quantized)
         metrics.update(host)  # 2. measured on this machine
@@ -298,7 +314,8 @@ def optimize(cfg: OptimizeConfig = OptimizeConfig(), run_dir: str | Path | None 
             study.set_user_attr("baseline", baseline_metrics(ctx))
         ctx.baseline = study.user_attrs["baseline"]
         if "warm_start" not in study.user_attrs and not study.trials:
-            policies = warm_start(cfg.space, ctx.base_spec)[:max(1, cfg.trials // 4)]
+            policies = (supernet_warm_start(cfg.space, ctx.base_spec, ctx.supernet.space) if ctx.supernet is not None
+                        else warm_start(cfg.space, ctx.base_spec))[:max(1, cfg.trials // 4)]
             for params in policies:
                 study.enqueue_trial(params, user_attrs={"warm_start": True})
             study.set_user_attr("warm_start", len(policies))

@@ -169,7 +169,8 @@ def export_best(ctx, best: dict) -> tuple[dict, dict]:
 
     rec = best["candidate"]
     cand = Candidate(ModelSpec.from_dict(rec["spec"]), rec["same_architecture"], rec["prune"],
-                     {k: int(v) for k, v in rec["bits"].items()}, rec["fuse"], rec["epochs"])
+                     {k: int(v) for k, v in rec["bits"].items()}, rec["fuse"], rec["epochs"],
+                     tuple(rec["patch"]) if rec.get("patch") else None, rec.get("subnet"))
     bundle = hc.data_at(ctx.data, cand.spec)
     trial_dir = ctx.run_dir / "trials" / str(best["trial"])
     folder = ctx.run_dir / "best"
@@ -180,7 +181,13 @@ def export_best(ctx, best: dict) -> tuple[dict, dict]:
         io.atomic_write(onnx_path, lambda tmp: shutil.copyfile(trial_dir / "model.onnx", tmp))
         source = f"trials/{best['trial']}/model.onnx"
     else:  # trained by a worker on another machine: train it again (same seed)
-        model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=ctx.cfg.seed)
+        start = None
+        if cand.subnet is not None:  # the subnet's inherited weights, extracted as the trial did
+            from hwai.nas.training import subnet
+
+            start = subnet(ctx.supernet, cand.subnet, ctx.data)[0]
+        model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=ctx.cfg.seed,
+                                        start=start)
         hc.export_onnx(model, bundle.example(1), onnx_path, bundle, int8=cand.quantized)
         source = "rebuilt by this process (the trial ran elsewhere)"
     save_checkpoint(folder / "model.pt", model_float, cand.spec, bundle.describe(),

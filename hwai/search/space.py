@@ -80,6 +80,7 @@ class Candidate:
     fuse: bool = False  # fold Conv+BN(+ReLU) before quantization and export
     epochs: int = 1  # fine-tune / training epochs, with distillation from the baseline
     patch: tuple[float, int] | None = None  # MCU deployment: (how far into the split points, grid); None: none
+    subnet: dict | None = None  # --space supernet: the genes of the subnet whose weights it inherits (hwai.nas)
 
     @property
     def quantized(self) -> bool:
@@ -90,8 +91,13 @@ class Candidate:
         return {name: BITS_DTYPE[b] for name, b in self.bits.items()}
 
     def describe(self) -> str:
-        parts = [f"{self.spec.name} width {self.spec.width:g}", f"input {self.spec.input_size[0]}x{self.spec.input_size[1]}"]
-        parts += [f"{k} {v}" for k, v in sorted(self.spec.options.items())]
+        if self.subnet is not None:
+            from hwai.nas.run import describe
+
+            parts = [f"supernet subnet {describe(self.subnet)}"]
+        else:
+            parts = [f"{self.spec.name} width {self.spec.width:g}", f"input {self.spec.input_size[0]}x{self.spec.input_size[1]}"]
+            parts += [f"{k} {v}" for k, v in sorted(self.spec.options.items())]
         if self.prune:
             parts.append("prune " + "/".join(f"{r:.0%}" for r in dict.fromkeys(self.prune.values())) + " structured")
         if self.quantized:
@@ -104,7 +110,7 @@ class Candidate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "same_architecture": self.same_architecture, "prune": self.prune,
-                "bits": self.bits, "fuse": self.fuse, "epochs": self.epochs, "patch": self.patch}
+                "bits": self.bits, "fuse": self.fuse, "epochs": self.epochs, "patch": self.patch, "subnet": self.subnet}
 
 
 def _pick(trial, name: str, choices: tuple) -> Any:
@@ -142,7 +148,13 @@ def sample(trial, space: SpaceConfig, base: ModelSpec, mcu: bool = False) -> Can
     """Sample a candidate (define-by-run: the layers known after the architecture is sampled); `mcu`: the target
     is a microcontroller, so patch-based inference of the first stage is a knob too."""
     spec = sample_architecture(trial, space, base)
-    same = _same(spec, base)
+    return policy(trial, space, spec, _same(spec, base), mcu)
+
+
+def policy(trial, space: SpaceConfig, spec: ModelSpec, same: bool, mcu: bool = False,
+           subnet: dict | None = None) -> Candidate:
+    """The compression and training policy over the layers of the architecture `spec` (sampled already: by
+    `sample_architecture`, or as a supernet's subnet, `subnet` its genes, whose inherited weights are fine-tuned)."""
     layers = weighted_layers(build(spec))
     prune: dict[str, float] = {}
     for g, members in enumerate(prune_groups(space, layers)):
@@ -160,7 +172,7 @@ def sample(trial, space: SpaceConfig, base: ModelSpec, mcu: bool = False) -> Can
     if mcu and images(spec):
         stage = _pick(trial, "patch.stage", space.patch_stages)
         patch = (stage, _pick(trial, "patch.grid", space.patch_grids)) if stage > 0 else None
-    return Candidate(spec, same, prune, bits, fuse, epochs, patch)
+    return Candidate(spec, same, prune, bits, fuse, epochs, patch, subnet)
 
 
 def images(spec: ModelSpec) -> bool:
@@ -226,6 +238,25 @@ def warm_start(space: SpaceConfig, base: ModelSpec) -> list[dict[str, Any]]:
     out = int8 + [p for policy in int8 for p in _smaller_input(space, base, policy)] + \
         ([pruned(lightest)] if lightest is not None and groups else [])
     return [p for p in out if p]
+
+
+def supernet_warm_start(space: SpaceConfig, base: ModelSpec, nas_space) -> list[dict[str, Any]]:
+    """`warm_start`'s policies for `--space supernet`: on the largest subnet (the baseline), then on the largest
+    subnet at the next smaller resolution (its weights are shared: no retraining)."""
+    from hwai.nas.search import PREFIX
+
+    genes = nas_space.genes()
+    largest = {PREFIX + name: choices[i] for (name, choices), i in zip(genes, nas_space.largest())}
+    arch_knobs = {"width", "resolution", "kernel_size", "depth"}
+    out: list[dict[str, Any]] = []
+    for p in warm_start(space, base):
+        p = {**{k: v for k, v in p.items() if k not in arch_knobs}, **largest}
+        if p not in out:
+            out.append(p)
+    resolutions = dict(genes)["resolution"]
+    if out and len(resolutions) > 1:
+        out.insert(1, {**out[0], PREFIX + "resolution": resolutions[-2]})
+    return out
 
 
 def _smaller_input(space: SpaceConfig, base: ModelSpec, policy: dict[str, Any]) -> list[dict[str, Any]]:
