@@ -2,7 +2,7 @@
 
 `import hwai` stays lean: submodules (and torch, onnxruntime, optuna) load on first use.
 """
-from importlib import import_module
+from hwai.lazy import exports
 
 __version__ = "0.1.0"
 
@@ -40,16 +40,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'hwai' has no attribute {name!r}")
-    module, attr = _LAZY[name]
-    value = import_module(module)
-    if attr is not None:
-        value = getattr(value, attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = exports("hwai", _LAZY, globals())

@@ -6,7 +6,7 @@ The cost model uses `lifetimes`, `best_order`, `timeline` and `Lifetimes`; `plan
 peak an MCU runtime plans for (see the README's memory section). Submodules load on first use, so the CLI
 can import `hwai.memory.cli` without torch.
 """
-from importlib import import_module
+from hwai.lazy import exports
 
 # public name -> (module, attribute)
 _LAZY = {
@@ -19,14 +19,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'hwai.memory' has no attribute {name!r}")
-    module, attr = _LAZY[name]
-    value = getattr(import_module(module), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = exports("hwai.memory", _LAZY, globals())

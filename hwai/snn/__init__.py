@@ -12,6 +12,7 @@ until a function needs it, so `import hwai.snn` stays lean.
 from importlib import import_module
 
 from hwai.errors import UserError
+from hwai.lazy import exports
 
 EXTRA = "pip install --no-deps 'snntorch==1.0.0' (the hwai[snn] extra)"
 
@@ -42,14 +43,4 @@ def require_snntorch():
         raise UserError(f"spiking networks need snnTorch, which is not installed: {EXTRA}") from None
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'hwai.snn' has no attribute {name!r}")
-    module, attr = _LAZY[name]
-    value = getattr(import_module(module), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = exports("hwai.snn", _LAZY, globals())
