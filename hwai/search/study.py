@@ -249,7 +249,11 @@ def run_one(study: optuna.Study, objective: Callable, retry_s: float = RETRY_S) 
         return None
     patiently(lambda: study.tell(trial, values if state == TrialState.COMPLETE else None, state=state,
                                  skip_if_finished=True), retry_s)
-    return patiently(lambda: study._storage.get_trial(trial._trial_id), retry_s)
+    try:
+        return patiently(lambda: study._storage.get_trial(trial._trial_id), retry_s)
+    except StorageLost as exc:  # lost right after the result was stored: it counts among the safe ones
+        exc.told = state
+        raise
 
 
 def run_trials(study: optuna.Study, objective: Callable, n_trials: int, wait: bool, timeout_s: float | None = None,
@@ -279,5 +283,6 @@ def run_trials(study: optuna.Study, objective: Callable, n_trials: int, wait: bo
             if finished is not None and on_trial is not None:
                 patiently(lambda: on_trial(study, finished), retry_s)
     except StorageLost as exc:
-        exc.complete = complete
+        told = getattr(exc, "told", None) == TrialState.COMPLETE  # stored by run_one just before the loss
+        exc.complete = None if complete is None else complete + told
         raise
