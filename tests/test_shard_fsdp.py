@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -124,3 +125,19 @@ def test_fsdp_two_ranks_match_one_process_with_half_the_state(tiny, tmp_path):
     ranks = metrics["ranks_memory"]
     assert len(ranks) == 2 and all(sum(r_["state"].values()) <= 0.55 * one for r_ in ranks)
     assert all(r_["rss"]["rss_peak"] > 0 for r_ in ranks)
+
+
+def test_memory_budget_checkpoints_without_changing_the_losses(tiny):
+    """--shard with --memory-budget-mb: activation checkpoints planned and applied; the same losses."""
+    _, digits = tiny
+    spec = ModelSpec(**SPEC)
+    plain = fsdp.train_sharded(_model(), spec, digits, _cfg(digits), progress=False)
+    from hwai.memory import checkpoint
+
+    lowest = checkpoint.plan(_model(), digits.example(64, "train"))  # no budget: the lowest reachable peak
+    budget_mb = (lowest.peak_bytes + lowest.baseline_bytes) / 2 / 2**20
+    cfg = dataclasses.replace(_cfg(digits), memory_budget_mb=budget_mb)
+    budgeted = fsdp.train_sharded(_model(), spec, digits, cfg, progress=False)
+    assert plain.memory_plan is None and budgeted.memory_plan["modules"]
+    assert budgeted.memory_plan["peak_bytes"] < budgeted.memory_plan["baseline_bytes"]
+    assert budgeted.losses == pytest.approx(plain.losses, abs=1e-5)

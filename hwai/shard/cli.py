@@ -289,6 +289,11 @@ def _train_rank(shard, model, data, input_size, width, seed, out, train_config, 
     if result.resumed_from:
         console.print(f"resumed from epoch {result.resumed_from} ({escape(str(dcp_dir(out)))})", highlight=False)
     show.memory(result, sum(p.numel() * p.element_size() for p in net.parameters()))
+    if result.memory_plan is not None:
+        mp = result.memory_plan
+        console.print(f"activation checkpoints on {len(mp['modules'])} submodule(s) for the "
+                      f"{cfg.memory_budget_mb:g} MiB budget: {mp['baseline_bytes'] / 2**20:.1f} -> "
+                      f"{mp['peak_bytes'] / 2**20:.1f} MiB per rank (predicted)", highlight=False)
     console.print(f"test accuracy [bold]{result.test_accuracy:.2%}[/] (measured), val {result.val_accuracy:.2%}; "
                   f"training took {result.wall_s:.1f} s (measured wall time)")
     console.print(f"checkpoint: {escape(str(out))} (ordinary, for hwai profile/compress); sharded: "

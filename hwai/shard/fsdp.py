@@ -169,6 +169,7 @@ class ShardedResult:
     test_accuracy: float | None = None
     val_accuracy: float | None = None
     ranks: list[dict] = field(default_factory=list)  # rank 0: every rank's {state, peak_state_bytes, rss}
+    memory_plan: dict | None = None  # with a memory budget: the activation checkpoints (hwai.memory.checkpoint)
 
 
 class _PeakSampler:
@@ -353,7 +354,8 @@ def train_sharded(model: nn.Module, spec: ModelSpec, data: DataBundle, cfg: Trai
                                     {"epochs_done": epoch + 1, "train_loss": loss_sum / seen, "sharded_ranks": world})
                 _save_sharded(folder, _state(model, opt, sched, batches.generator, epoch + 1), meta)
     result = ShardedResult(losses, state, sampler.peak, {"rss_start": rss_start, **_rss()}, cfg.epochs,
-                           time.perf_counter() - begin, start_epoch)
+                           time.perf_counter() - begin, start_epoch,
+                           memory_plan=memory_plan.to_dict() if memory_plan is not None else None)
     mine = {"rank": rank, "state": result.state, "peak_state_bytes": result.peak_state_bytes, "rss": result.rss}
     gathered = [None] * world if rank == 0 else None
     if dist:
