@@ -137,8 +137,9 @@ def attention(args) -> float:
                     rss.append(peak_rss(lambda: model(x)))
                     times.append(time.perf_counter() - start)
             peaks[tokens, mode] = statistics.median(rss)
-            ratio = peaks[tokens, "naive"] / peaks[tokens, mode] if peaks[tokens, mode] else float("nan")
-            rows.append([tokens, mode, f"{peaks[tokens, mode] / MIB:.2f}", f"{planned / MIB:.2f}", f"{ratio:.1f}x",
+            ratio = f"{peaks[tokens, 'naive'] / peaks[tokens, mode]:.1f}x" if peaks[tokens, mode] else \
+                "- (no growth)"  # the forward grew resident memory by less than a page: no ratio to give
+            rows.append([tokens, mode, f"{peaks[tokens, mode] / MIB:.2f}", f"{planned / MIB:.2f}", ratio,
                          f"{1e3 * statistics.median(times):.1f}"])
     _table(["tokens", "attention", "peak RSS MiB", "planned MiB", "naive / this", "forward ms"], rows)
     return peaks[1024, "naive"] / peaks[1024, "sdpa"]
