@@ -68,3 +68,16 @@ def test_mistakes_are_user_errors():
         prune(model, PruneConfig())
     with pytest.raises(UserError, match="matches no layer"):
         prune(model, PruneConfig(per_layer={"nosuch": 0.5}), torch.randn(1, 1, 16, 16))
+
+
+def test_a_frozen_model_is_pruned_too_and_stays_frozen():
+    """A model whose parameters do not require grad (a teacher after distillation, a user's frozen backbone)
+    is pruned as configured; its copy keeps the flags; the model itself is untouched."""
+    model = models.create("resnet8", 10, 1, 16, width=0.5)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    example = torch.randn(2, 1, 16, 16)
+    pruned = prune(model, PruneConfig(ratio=0.5, structured=True), example)
+    assert _params(pruned) < 0.4 * _params(model)
+    assert not any(p.requires_grad for p in pruned.parameters())
+    assert not any(p.requires_grad for p in model.parameters())

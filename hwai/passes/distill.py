@@ -31,10 +31,15 @@ class DistillConfig:
 def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, cfg: DistillConfig = DistillConfig(),
             progress: bool = True, measure_test: bool = True) -> TrainResult:
     """Fine-tune `student` in place from `teacher` (kept frozen, eval mode); returns measured accuracies."""
-    for p in teacher.parameters():
+    flags = [(p, p.requires_grad) for p in teacher.parameters()]
+    for p, _ in flags:
         p.requires_grad_(False)
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.augment,
                        seed=cfg.seed, warmup_epochs=min(0.5, cfg.epochs / 4), distill_alpha=cfg.alpha,
                        distill_temperature=cfg.temperature)
-    return train(student, data, tcfg, teacher=teacher.eval(), progress=progress, description="distill",
-                 measure_test=measure_test)
+    try:
+        return train(student, data, tcfg, teacher=teacher.eval(), progress=progress, description="distill",
+                     measure_test=measure_test)
+    finally:  # the teacher is the caller's model: left as it was given (trainable where it was)
+        for p, flag in flags:
+            p.requires_grad_(flag)

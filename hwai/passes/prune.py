@@ -123,6 +123,9 @@ def prune(model: nn.Module, cfg: PruneConfig = PruneConfig(), example: torch.Ten
     if example is None:
         raise UserError("pruning needs an example input (e.g. data.example(1))")
     pruned = copy.deepcopy(model).eval()
+    frozen = {name for name, p in pruned.named_parameters() if not p.requires_grad}
+    for name, p in pruned.named_parameters():  # Torch-Pruning traces dependencies through autograd: a frozen
+        p.requires_grad_(True)  # model would be left unpruned
     skip = _output_layer(pruned, example)
     layers = _layers(pruned, skip)
     policy.check(cfg.per_layer, list(layers), "prune per_layer")
@@ -132,6 +135,9 @@ def prune(model: nn.Module, cfg: PruneConfig = PruneConfig(), example: torch.Ten
         _unstructured(pruned, cfg, layers)
     with torch.no_grad():
         pruned(example)  # shapes still valid
+    for name, p in pruned.named_parameters():  # what was frozen stays frozen
+        if name in frozen:
+            p.requires_grad_(False)
     return pruned.eval()
 
 
