@@ -330,6 +330,8 @@ def compress(
     qat_epochs: int = typer.Option(0, min=0, help="quantization-aware fine-tuning epochs (0: post-training)"),
     distill: bool = typer.Option(False, "--distill", help="fine-tune from the original model's logits"),
     finetune_epochs: int = typer.Option(2, min=0, help="fine-tuning epochs after pruning"),
+    finetune_lr: float = typer.Option(1e-3, help="peak learning rate of that fine-tuning (heavy pruning of a small "
+                                      "model may need 1e-2)"),
     max_accuracy_drop: float = typer.Option(0.02, help="allowed validation-accuracy loss (0.02 = 2 points)"),
     force: bool = typer.Option(False, "--force", help="keep steps that break the limits"),
     threads: Optional[int] = typer.Option(None, min=1, help="intra-op threads for every measurement (default: physical cores)"),
@@ -347,8 +349,8 @@ def compress(
 
     cfg = hcompress.CompressConfig(fuse=fuse, prune=prune, structured=structured, quantize=quantize,
                                    quant_method=quant_method, qat_epochs=qat_epochs, distill=distill,
-                                   finetune_epochs=finetune_epochs, max_accuracy_drop=max_accuracy_drop, force=force,
-                                   measure=MeasureConfig(threads=threads, max_seconds=2.0), runtime=runtime)
+                                   finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
+                                   max_accuracy_drop=max_accuracy_drop, force=force, measure=MeasureConfig(threads=threads, max_seconds=2.0), runtime=runtime)
     stored = htrain.checkpoint_data(model)
     bundle = _load_data(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
     net, spec = htrain.resolve_model(model, bundle, width=width)
