@@ -81,6 +81,18 @@ class Graph:
         raise KeyError(name)
 
 
+def run_hooked(model: nn.Module, example: torch.Tensor, modules, hook) -> None:
+    """One eval-mode forward of `model` on `example` without gradients, with `hook(module, inputs, output)` as a
+    forward hook on each of `modules` for that call only."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 

@@ -38,15 +38,11 @@ class PruneConfig:
 
 def _output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module | None:
     """The Conv/Linear whose output is the model's output (the classifier): never pruned."""
+    from hwai.graph import run_hooked
+
     seen: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append(mod))
-             for m in model.modules() if isinstance(m, PRUNABLE)]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example, [m for m in model.modules() if isinstance(m, PRUNABLE)],
+               lambda mod, i, o: seen.append(mod))
     return seen[-1] if seen else None
 
 

@@ -169,14 +169,12 @@ def _swap_modules(model: nn.Module, make: Callable[[str], nn.Module], example: t
     if not made:
         raise UserError(f"{type(model).__name__} has no nn.ReLU module to turn into spiking neurons "
                         "(and torch.fx could not trace it to find functional relu calls)")
+    from hwai.graph import run_hooked
+
     calls = {name: 0 for name, _ in made}  # a module called twice per step would mix two layers' membranes
-    hooks = [m.register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1)) for name, m in made]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    names = {id(m): name for name, m in made}
+    run_hooked(model, example, [m for _, m in made], lambda mod, i, o: calls.__setitem__(names[id(mod)],
+                                                                                        calls[names[id(mod)]] + 1))
     shared = [n for n, c in calls.items() if c > 1]
     if shared:
         raise UserError(f"ReLU module {shared[0]!r} is used {calls[shared[0]]} times per forward: give each use its "
