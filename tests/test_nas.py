@@ -342,3 +342,5 @@ def test_optimize_space_supernet_searches_subnets_with_inherited_weights(tmp_pat
     assert len([t for t in again["trials"] if t["state"] == "COMPLETE"]) == 4
     r = run_cli("optimize", "--space", "nosuch", "--run", tmp_path / "bad")
     assert r.returncode == 2 and "unknown search space" in r.stderr
+    r = run_cli("optimize", "--space", "supernet", "--supernet", tmp_path / "none", "--run", tmp_path / "bad")
+    assert r.returncode == 2 and "no supernet at" in r.stderr and not (tmp_path / "bad").exists()

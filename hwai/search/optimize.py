@@ -63,6 +63,8 @@ class OptimizeConfig:
             raise UserError(f"unknown search space {self.space_kind!r}: use zoo or supernet")
         if self.supernet is not None and self.space_kind != "supernet":
             raise UserError("--supernet is for --space supernet")
+        if self.supernet is not None and not Path(self.supernet).exists():
+            raise UserError(f"no supernet at {self.supernet}: give a `hwai nas` run directory or its supernet.pt")
         if self.trials < 1 or self.baseline_epochs < 0:
             raise UserError(f"trials must be >= 1 and baseline epochs >= 0, got {self.trials}, {self.baseline_epochs}")
         if self.sampler not in ("nsga2", "tpe"):
