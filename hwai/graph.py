@@ -82,12 +82,12 @@ class Graph:
 
 
 def run_hooked(model: nn.Module, example: torch.Tensor, modules, hook) -> None:
-    """One eval-mode forward of `model` on `example` without gradients, with `hook(module, inputs, output)` as a
-    forward hook on each of `modules` for that call only."""
+    """One forward of `model` on `example` without gradients (in the mode the model is in), with
+    `hook(module, inputs, output)` as a forward hook on each of `modules` for that call only."""
     handles = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
-            model.eval()(example)
+            model(example)
     finally:
         for h in handles:
             h.remove()
@@ -208,17 +208,9 @@ def fx_labels(gm) -> dict[str, str]:
 
 def _capture_hooks(model: nn.Module, example: torch.Tensor) -> list[Node]:
     records: list[tuple[str, nn.Module, list[torch.Tensor], object]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if len(list(module.children())) == 0:
-            handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: records.append((name, m, _tensors(i), o))))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
+    names = {id(module): name for name, module in model.named_modules() if len(list(module.children())) == 0}
+    leaves = [module for module in model.modules() if id(module) in names]
+    run_hooked(model, example, leaves, lambda m, i, o: records.append((names[id(m)], m, _tensors(i), o)))
     nodes, seen, previous = [], set(), []
     for name, module, inputs, output in records:
         op = MODULE_OPS.get(type(module), "other")

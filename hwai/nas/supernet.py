@@ -221,15 +221,10 @@ _ELASTIC = (ElasticConv2d, ElasticBatchNorm2d, ElasticLinear)
 
 def _call_order(model: nn.Module, kinds: tuple[type, ...], example: torch.Tensor) -> list[nn.Module]:
     """Modules of the given kinds in the order a forward pass calls them."""
+    from hwai.graph import run_hooked
+
     order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules()
-             if isinstance(m, kinds)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, example, [m for m in model.modules() if isinstance(m, kinds)], lambda mod, i, o: order.append(mod))
     return order
 
 

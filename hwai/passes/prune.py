@@ -41,7 +41,7 @@ def _output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module | None:
     from hwai.graph import run_hooked
 
     seen: list[nn.Module] = []
-    run_hooked(model, example, [m for m in model.modules() if isinstance(m, PRUNABLE)],
+    run_hooked(model.eval(), example, [m for m in model.modules() if isinstance(m, PRUNABLE)],
                lambda mod, i, o: seen.append(mod))
     return seen[-1] if seen else None
 

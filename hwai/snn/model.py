@@ -171,10 +171,9 @@ def _swap_modules(model: nn.Module, make: Callable[[str], nn.Module], example: t
                         "(and torch.fx could not trace it to find functional relu calls)")
     from hwai.graph import run_hooked
 
-    calls = {name: 0 for name, _ in made}  # a module called twice per step would mix two layers' membranes
-    names = {id(m): name for name, m in made}
-    run_hooked(model, example, [m for _, m in made], lambda mod, i, o: calls.__setitem__(names[id(mod)],
-                                                                                        calls[names[id(mod)]] + 1))
+    called: list[nn.Module] = []  # a module called twice per step would mix two layers' membranes
+    run_hooked(model.eval(), example, [m for _, m in made], lambda mod, i, o: called.append(mod))
+    calls = {name: sum(c is m for c in called) for name, m in made}
     shared = [n for n, c in calls.items() if c > 1]
     if shared:
         raise UserError(f"ReLU module {shared[0]!r} is used {calls[shared[0]]} times per forward: give each use its "
