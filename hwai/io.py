@@ -38,6 +38,17 @@ def torch_save(path: str | Path, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def torch_read(path: str | Path) -> tuple[Any, str | None]:
+    """(what `torch.save` stored at `path`, None), read without running code (weights_only), onto the CPU; or
+    (None, the exception's class name) when the file cannot be read that way."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as exc:
+        return None, exc.__class__.__name__
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         return value.tolist()

@@ -246,10 +246,9 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable hwai checkpoint ({exc.__class__.__name__})") from None
+    ckpt, error = io.torch_read(path)
+    if error:
+        raise UserError(f"{path} is not a readable hwai checkpoint ({error})")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not an hwai checkpoint (train one with `hwai train --out {path.name}`)")
     spec = ModelSpec.from_dict(ckpt["model"])
@@ -267,10 +266,10 @@ def checkpoint_data(model: str) -> dict:
     Empty for anything that is not a readable checkpoint."""
     if not model.endswith((".pt", ".pth")) or not Path(model).is_file():
         return {}
-    try:
-        stored = torch.load(model, map_location="cpu", weights_only=True).get("data", {})
-    except Exception:
+    ckpt, _ = io.torch_read(model)
+    if not isinstance(ckpt, dict):
         return {}  # resolve_model reports unreadable checkpoints
+    stored = ckpt.get("data", {})
     size = stored.get("input_size")
     return {"input_size": int(size[0]) if size else None, "deskew": bool(stored.get("deskew", False))}
 

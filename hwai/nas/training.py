@@ -124,10 +124,9 @@ def _checkpoint(supernet: hsn.Supernet, opt, sched, step: int, total: int, spent
 def load(path: str | Path) -> tuple[hsn.Supernet, dict]:
     """A supernet checkpoint: (the supernet in eval mode, its metadata: step, total_steps, wall_s, ...)."""
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable supernet checkpoint ({exc.__class__.__name__})") from None
+    ckpt, error = io.torch_read(path)
+    if error:
+        raise UserError(f"{path} is not a readable supernet checkpoint ({error})")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"{path} is not an hwai supernet checkpoint")
     net = hsn.build(NasSpace.from_dict(ckpt["space"]), ckpt["num_classes"], ckpt["in_channels"])

@@ -224,10 +224,7 @@ def save_checkpoint(path: str | Path, net: SpikingNet, spec: ModelSpec, data: Da
 
 
 def _read(path: Path) -> dict | None:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
+    ckpt, _ = io.torch_read(path)
     return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else None
 
 
