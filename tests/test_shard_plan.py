@@ -175,3 +175,25 @@ def test_cli_plan_prints_table_and_writes_report(tmp_path, skipnet_file):
     bars = figures["shard-plot"]["data"]
     assert {b["type"] for b in bars} == {"bar"} and len(bars[0]["x"]) == len(data["options"])
     assert figures["shard-plot"]["layout"]["barmode"] == "stack"
+
+
+def test_each_part_pays_the_learned_models_per_inference_overhead_once(tmp_path):
+    """A calibrated target's learned model charges a per-inference overhead no layer carries: each device's part is
+    one inference, so it pays it once (the stages of `hwai shard run` are measured that way)."""
+    import shutil
+
+    from test_cost_learned import FIT, write_measurements
+
+    shutil.copyfile(targets.load("host").path, tmp_path / "host.yaml")
+    write_measurements(tmp_path / "host.measurements.csv", FIT)
+    host = targets.load(tmp_path / "host.yaml")
+    g = _graph("resnet8", 16, 1)
+    whole = cost.predict(g, host)
+    overhead = whole.latency_ms - sum(layer.latency_ms for layer in whole.layers)
+    assert whole.model == "learned" and overhead > 0.001
+    planner = Planner(g, [Device(host), Device(host)], [link.load("loopback")])
+    n = len(g.nodes)
+    assert planner.part(0, 0, n).latency_ms == pytest.approx(whole.latency_ms, rel=1e-9)
+    for k in cut_positions(g)[1:-1]:  # a part is not the sum of its layers in the whole (kernels fuse across
+        # a cut differently), but every part pays the overhead: even the last, the classifier alone
+        assert planner.part(0, 0, k).latency_ms > overhead and planner.part(1, k, n).latency_ms > overhead
