@@ -96,6 +96,40 @@ def test_untraceable_model_with_a_shared_relu_is_refused_clearly(digits):
         spiking(_Untraceable(), digits, SNNConfig(steps=2))
 
 
+def test_learned_beta_and_threshold_train_and_survive_a_checkpoint(digits, tmp_path):
+    from hwai.snn.model import create, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    net, spec = create("cnn", digits, SNNConfig(steps=3, learn=True, threshold=0.5), width=0.25)
+    fixed = spiking(_UserNet(), digits, SNNConfig(steps=3, threshold=0.5))
+    lifs = [m for _, m in net.lif_layers()]
+    assert all(isinstance(m.neuron.beta, nn.Parameter) and isinstance(m.neuron.threshold, nn.Parameter) for m in lifs)
+    assert not any(isinstance(m.neuron.beta, nn.Parameter) for _, m in fixed.lif_layers())
+    x, y = digits.example(32), digits.train[1][:32]
+    F.cross_entropy(net(x), y).backward()
+    grads = [(m.neuron.beta.grad, m.neuron.threshold.grad) for m in lifs]
+    assert all(g is not None and torch.isfinite(g) for pair in grads for g in pair)
+    assert any(float(t.abs()) > 0 for _, t in grads)  # the surrogate carries a gradient to the threshold
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        lifs[0].neuron.threshold.fill_(-2.0)  # a threshold pushed below zero is clamped before the next run
+    net(x)
+    assert lifs[0].neuron.threshold.item() == pytest.approx(1e-3)
+    learned = {n: (m.neuron.beta.item(), m.neuron.threshold.item()) for n, m in net.lif_layers()}
+    assert any(t != pytest.approx(0.5) for _, t in learned.values())
+    path = save_checkpoint(tmp_path / "snn.pt", net.eval(), spec, digits)
+    back, _, meta = load_checkpoint(path)
+    assert meta["snn"]["learn"] is True
+    restored = {n: (m.neuron.beta.item(), m.neuron.threshold.item()) for n, m in back.lif_layers()}
+    assert restored.keys() == learned.keys()
+    assert all(restored[n] == pytest.approx(learned[n]) for n in learned)
+    assert torch.allclose(back(x), net(x), atol=1e-5)
+
+
 def test_sop_count_is_spikes_times_fan_out_exact_at_borders():
     conv = nn.Conv2d(2, 5, 3, padding=1)
     mask = (torch.rand(2, 2, 6, 6, generator=torch.Generator().manual_seed(0)) < 0.3).float()
@@ -208,7 +242,7 @@ def test_missing_snntorch_is_one_line_naming_the_extra(tmp_path):
 def test_cli_train_profile_and_report(tmp_path):
     out = tmp_path / "run [1] é"
     r = run_cli("snn", "train", "--model", "mlp", "--data", "digits", "--width", "0.25", "--epochs", "2",
-                "--steps", "4", "--out", out)
+                "--steps", "4", "--learn-neurons", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "spikes/neuron" in r.stdout and "predicted" in r.stdout and "measured" in r.stdout
     assert "than the ANN" in r.stdout or "different from the ANN" in r.stdout
@@ -222,8 +256,9 @@ def test_cli_train_profile_and_report(tmp_path):
     html = (out / "report.html").read_text()
     for part in ("snn-raster", "snn-rates", "Spiking activity and energy", "energy SNN / ANN"):
         assert part in html
-    assert math.isclose(torch.load(out / "model.pt", weights_only=True)["metrics"]["test_accuracy"],
-                        snn["activity"]["accuracy"])
+    stored = torch.load(out / "model.pt", weights_only=True)
+    assert math.isclose(stored["metrics"]["test_accuracy"], snn["activity"]["accuracy"])
+    assert stored["snn"]["learn"] is True and any(k.endswith("neuron.threshold") for k in stored["state_dict"])
     r = run_cli("profile", "--model", out / "model.pt", "--data", "digits", "--target", "stm32h743")
     assert r.returncode == 0, r.stderr
     assert "SOPs" in r.stdout and "ANN MACs" in r.stdout and "stm32h743" in r.stdout

@@ -91,11 +91,11 @@ def _write(prof, command: str, out: Path, extra: dict | None = None) -> None:
     report(out)
 
 
-def _config(steps, beta, threshold, surrogate, slope, coding, reset):
+def _config(steps, beta, threshold, surrogate, slope, coding, reset, learn=False):
     from hwai.snn.config import SNNConfig
 
     return SNNConfig(steps=steps, beta=beta, threshold=threshold, surrogate=surrogate, slope=slope, coding=coding,
-                     reset=reset)
+                     reset=reset, learn=learn)
 
 
 @app.command()
@@ -109,6 +109,8 @@ def train(
     slope: Optional[float] = typer.Option(None, help="surrogate sharpness (default 25 fast sigmoid, 2 atan)"),
     coding: str = typer.Option("direct", help="input coding: direct, rate or latency"),
     reset: str = typer.Option("subtract", help="after a spike: subtract or zero"),
+    learn_neurons: bool = typer.Option(False, "--learn-neurons", help="train each layer's beta and threshold with "
+                                                                      "the weights (parametric LIF)"),
     epochs: int = typer.Option(10, min=0, help="passes over the training split"),
     batch_size: int = typer.Option(128, min=1),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-3, AdamW)"),
@@ -127,7 +129,7 @@ def train(
     from hwai.snn import require_snntorch
 
     require_snntorch()
-    cfg = _config(steps, beta, threshold, surrogate, slope, coding, reset)
+    cfg = _config(steps, beta, threshold, surrogate, slope, coding, reset, learn_neurons)
     from hwai import data as hdata
     from hwai import train as htrain
     from hwai.snn.model import create, save_checkpoint

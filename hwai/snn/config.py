@@ -21,6 +21,8 @@ class SNNConfig:
     slope: float | None = None  # surrogate sharpness; None: 25 (fast sigmoid slope), 2 (atan alpha)
     coding: str = "direct"  # input: direct (the image as a current every step), rate (Bernoulli spikes), latency
     reset: str = "subtract"  # after a spike: subtract the threshold, or reset the membrane to zero
+    learn: bool = False  # train each layer's beta and threshold with the weights (one scalar each per layer;
+    # parametric LIF, Fang et al., ICCV 2021); beta stays clamped to [0, 1] and the threshold positive
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -36,7 +36,8 @@ class LIF(nn.Module):
     S[t] = 1 when U[t] > threshold; spikes carry `amplitude` (1 unless converted)."""
 
     def __init__(self, beta: float = 0.9, threshold: float = 1.0, surrogate: str = "fast_sigmoid",
-                 slope: float | None = None, reset: str = "subtract", amplitude: float = 1.0) -> None:
+                 slope: float | None = None, reset: str = "subtract", amplitude: float = 1.0,
+                 learn: bool = False) -> None:
         super().__init__()
         snn = require_snntorch()
         from snntorch import surrogate as surrogates
@@ -44,7 +45,8 @@ class LIF(nn.Module):
         cfg = SNNConfig(beta=beta, threshold=threshold, surrogate=surrogate, slope=slope, reset=reset)
         self.neuron = snn.Leaky(beta=beta, threshold=threshold, reset_mechanism=reset,
                                 spike_grad=getattr(surrogates, surrogate)(cfg.sharpness),
-                                graded_spikes_factor=amplitude)
+                                graded_spikes_factor=amplitude, learn_beta=learn, learn_threshold=learn)
+        self.learn = learn
         # snnTorch lists every neuron globally for its init_hidden mode; we keep the state here, and the list
         # would keep each layer (and its last membrane) alive for the life of the process
         snn.SpikingNeuron.instances.remove(self.neuron)
@@ -53,6 +55,9 @@ class LIF(nn.Module):
 
     def forward(self, current: torch.Tensor) -> torch.Tensor:
         steps = current.view(self.steps, -1, *current.shape[1:])
+        if self.learn:  # a trained threshold stays positive (a neuron with threshold <= 0 would fire always)
+            with torch.no_grad():
+                self.neuron.threshold.clamp_(min=1e-3)
         mem = torch.zeros_like(steps[0])
         spikes = []
         for t in range(self.steps):
@@ -64,7 +69,7 @@ class LIF(nn.Module):
 
     def extra_repr(self) -> str:
         n = self.neuron
-        return f"beta={float(n.beta):g}, threshold={float(n.threshold):g}, amplitude={float(n.graded_spikes_factor):g}"
+        return f"beta={n.beta.item():g}, threshold={n.threshold.item():g}, amplitude={float(n.graded_spikes_factor):g}"
 
 
 class SpikingNet(nn.Module):
@@ -184,7 +189,7 @@ def _swap_modules(model: nn.Module, make: Callable[[str], nn.Module], example: t
 def build_spiking(model: nn.Module, cfg: SNNConfig, mean: torch.Tensor, std: torch.Tensor, example: torch.Tensor,
                   make: Callable[[str], nn.Module] | None = None) -> SpikingNet:
     """The spiking version of `model` (not modified); `make(name)` builds each neuron layer (default: LIF per cfg)."""
-    make = make or (lambda name: LIF(cfg.beta, cfg.threshold, cfg.surrogate, cfg.slope, cfg.reset))
+    make = make or (lambda name: LIF(cfg.beta, cfg.threshold, cfg.surrogate, cfg.slope, cfg.reset, learn=cfg.learn))
     body, notice = replace_relus(model, make, example)
     return SpikingNet(body, cfg, mean, std, notice)
 

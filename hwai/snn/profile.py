@@ -61,7 +61,8 @@ def profile(net: SpikingNet, spec: ModelSpec, data: DataBundle, targets: tuple[s
 
     same_shape = (ann if ann is not None else build(spec)).eval()
     params = sum(p.numel() for p in same_shape.parameters())
-    if params != sum(p.numel() for p in net.body.parameters()):
+    neuron_params = {id(p) for _, lif in net.lif_layers() for p in lif.parameters()}  # learned beta / threshold
+    if params != sum(p.numel() for p in net.body.parameters() if id(p) not in neuron_params):
         raise UserError(f"the ANN to compare with ({params:,} parameters) is not the spiking net's architecture "
                         f"({sum(p.numel() for p in net.body.parameters()):,} parameters)")
     activity = measure_activity(net, data, "test", limit=limit)
