@@ -176,12 +176,18 @@ def main() -> None:
         run = run_pipeline(name, cut, host, work, args.repeats)
         f = fsdp_compare(name, work)
         table = Table("stage", "layers", "predicted ms (host, 1 input)", "measured ms (onnxruntime, median ± IQR)", "error",
+                      "measured alone ms", "error alone",
                       title=f"{name}: {run['choice']}; cut after {', '.join(run['option']['cut_after'])}")
         for s in run["stages"]:
             table.add_row(f"{s['rank']} ({s['device']})", f"{s['first']} … {s['last']} ({s['layers']})",
                           f"{s['predicted_host_ms']:.2f}", f"{s['measured']['median_ms']:.2f} ± {s['measured']['iqr_ms']:.2f}",
-                          f"{100 * s['error']:+.0f}%")
+                          f"{100 * s['error']:+.0f}%",
+                          f"{s['measured_alone']['median_ms']:.2f} ± {s['measured_alone']['iqr_ms']:.2f}",
+                          f"{100 * s['error_alone']:+.0f}%")
         console.print(table)
+        console.print(f"  stage times: within ±{100 * run['max_stage_error']:.0f}% of predicted in the pipeline (two "
+                      f"processes computing and talking at once on this host), ±{100 * run['max_stage_error_alone']:.0f}% "
+                      "when each stage is timed by itself (the others waiting: a device of its own)", highlight=False)
         console.print(f"  plan: {chosen.describe()} {chosen.latency_ms:.2f} ms; all on {A} {p['singles'][0].latency_ms:.2f} ms; "
                       f"all on {B} (input over {LINK}) {p['singles'][1].latency_ms:.2f} ms (predicted); pipeline output "
                       f"max |delta| {run['max_abs_delta']:.1e}; FSDP: state per rank {[round(s / 1024) for s in f['rank_states']]} "

@@ -79,7 +79,11 @@ def test_pipeline_processes_reproduce_the_model_and_measure(tmp_path, skipnet_fi
     assert hop["received_bytes"] == hop["bytes_per_microbatch"] == 4 * 4 * (2 * 8 * 16 * 16 + 16 * 16)
     for s in res["stages"]:
         assert s["measured"]["samples"] == 2 * 2 and s["measured"]["median_ms"] > 0 and s["predicted_host_ms"] > 0
-    assert "stage times within" in r.stdout and "max |delta|" in r.stdout
+        alone = s["measured_alone"]  # each stage by itself: repeats x micro-batches calls
+        assert alone["samples"] == 2 * 2 and alone["median_ms"] > 0
+        assert s["error_alone"] == pytest.approx(alone["median_ms"] / s["predicted_host_ms"] - 1)
+    assert res["max_stage_error_alone"] == pytest.approx(max(abs(s["error_alone"]) for s in res["stages"]))
+    assert "stage times within" in r.stdout and "timed alone" in r.stdout and "max |delta|" in r.stdout
 
 
 def _children(pid: int) -> dict[int, int]:

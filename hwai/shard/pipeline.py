@@ -169,6 +169,27 @@ def _ping(rank: int, planner: Planner, positions: tuple[int, ...], micro: int, c
     return out
 
 
+def _alone(rank: int, world: int, module: nn.Module, args: tuple, cfg: RunConfig) -> dict:
+    """Each stage timed by itself on its input of one micro-batch, the ranks taking turns while the others wait at
+    a barrier: its time on a device of its own, without the other stages computing and communicating beside it
+    on this host (as they do in the pipeline)."""
+    import torch.distributed as dist
+
+    times = []
+    for turn in range(world):
+        dist.barrier()
+        if turn != rank:
+            continue
+        with torch.no_grad():
+            for i in range(cfg.warmup + cfg.repeats * cfg.microbatches):
+                t0 = time.perf_counter()
+                module(*args)
+                if i >= cfg.warmup:
+                    times.append(time.perf_counter() - t0)
+    dist.barrier()
+    return _stats(times)
+
+
 def run_stage(model: nn.Module, example: torch.Tensor, devices: list[Device], links: list[Link], objective: str,
               cuts: list[str] | None, cfg: RunConfig, host: Target, host_link: Link, name: str = "",
               log: Callable[[str], None] | None = None) -> dict | None:
@@ -211,8 +232,10 @@ def run_stage(model: nn.Module, example: torch.Tensor, devices: list[Device], li
             delta = float((output - whole(example)).abs().max())
         else:
             delta = None
+    compute = _stats(timer.seconds)
+    alone = _alone(rank, world, stage.submod, _stage_inputs(pipe, rank, example[:cfg.micro]), cfg)
     hops = _ping(rank, planner, positions, cfg.micro, cfg)
-    mine = {"rank": rank, "compute": _stats(timer.seconds), "received_bytes": int(np.median(timer.received)),
+    mine = {"rank": rank, "compute": compute, "alone": alone, "received_bytes": int(np.median(timer.received)),
             "step": _stats(steps), "hops": [h for h in hops if h["hop"] == rank], "max_abs_delta": delta}
     gathered = [None] * world if rank == 0 else None
     dist.gather_object(mine, gathered, dst=0)
@@ -229,11 +252,12 @@ def _results(name: str, option: Option, why: str, planner: Planner, host_planner
     stages = []
     for d, (part, got) in enumerate(zip(option.parts, ranks)):
         predicted = host_planner.part(d, bounds[d], bounds[d + 1]).latency_ms
-        measured = got["compute"]["median_ms"]
+        measured, alone = got["compute"]["median_ms"], got["alone"]["median_ms"]
         stages.append({"rank": d, "device": part.device, "first": planner.nodes[part.start].name,
                        "last": planner.label(part.stop), "layers": part.layers,
                        "predicted_device_ms": part.latency_ms, "predicted_host_ms": predicted,
                        "measured": got["compute"], "error": measured / predicted - 1 if predicted > 0 else None,
+                       "measured_alone": got["alone"], "error_alone": alone / predicted - 1 if predicted > 0 else None,
                        "received_bytes": got["received_bytes"]})
     hops = []
     for d, (hop, k) in enumerate(zip(option.hops, option.cuts)):
@@ -244,8 +268,10 @@ def _results(name: str, option: Option, why: str, planner: Planner, host_planner
                      "received_bytes": ranks[d + 1]["received_bytes"], "predicted_host_ms": on_host.latency_ms,
                      "measured": {k_: v for k_, v in measured.items() if k_ != "hop"}})
     errors = [abs(s["error"]) for s in stages if s["error"] is not None]
+    alone = [abs(s["error_alone"]) for s in stages if s["error_alone"] is not None]
     delta = ranks[-1]["max_abs_delta"]
     return {"kind": "measured and predicted", "model": name, "choice": why, "option": option.to_dict(),
             "config": asdict(cfg), "host_target": host.path, "host_link": host_link.path,
             "stages": stages, "hops": hops, "step": ranks[-1]["step"], "max_abs_delta": delta,
-            "parity_ok": delta <= PARITY_TOL, "max_stage_error": max(errors) if errors else None}
+            "parity_ok": delta <= PARITY_TOL, "max_stage_error": max(errors) if errors else None,
+            "max_stage_error_alone": max(alone) if alone else None}
