@@ -66,8 +66,7 @@ def retest_tau(run: Path, data_spec: str, input_size: int, subnets: int = 60, se
     from scipy.stats import kendalltau
 
     from hwai import data
-    from hwai.nas import supernet as hsn
-    from hwai.nas.training import at_resolution, recalibrate
+    from hwai.nas.training import subnet
     from hwai.nas.trial import load_supernet
     from hwai.train import evaluate
 
@@ -76,10 +75,8 @@ def retest_tau(run: Path, data_spec: str, input_size: int, subnets: int = 60, se
     supernet, bundle = load_supernet(run), data.load(data_spec, input_size=input_size)
     first, again = [], []
     for k in picked:
-        arch = records[k]["arch"]
-        view = at_resolution(bundle, arch["resolution"])
         first.append(records[k]["val_accuracy"])
-        again.append(evaluate(recalibrate(hsn.extract(supernet, arch), view, seed=1), view, "val"))
+        again.append(evaluate(*subnet(supernet, records[k]["arch"], bundle, seed=1), "val"))
     return float(kendalltau(first, again).statistic), len(picked)
 
 

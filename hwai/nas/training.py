@@ -216,7 +216,8 @@ def recalibrate(model: nn.Module, data: DataBundle, batches: int = RECALIBRATION
     return model.eval()
 
 
-def subnet(supernet: hsn.Supernet, arch: dict, data: DataBundle) -> tuple[nn.Module, DataBundle]:
-    """The plain subnet `arch` with recalibrated BatchNorm, and the data at its resolution."""
+def subnet(supernet: hsn.Supernet, arch: dict, data: DataBundle, seed: int = 0) -> tuple[nn.Module, DataBundle]:
+    """The plain subnet `arch` with BatchNorm recalibrated (on the training batches `seed` draws), and the data at
+    its resolution."""
     view = at_resolution(data, arch["resolution"])
-    return recalibrate(hsn.extract(supernet, arch), view), view
+    return recalibrate(hsn.extract(supernet, arch), view, seed=seed), view

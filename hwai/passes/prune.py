@@ -120,8 +120,8 @@ def prune(model: nn.Module, cfg: PruneConfig = PruneConfig(), example: torch.Ten
         raise UserError("pruning needs an example input (e.g. data.example(1))")
     pruned = copy.deepcopy(model).eval()
     frozen = {name for name, p in pruned.named_parameters() if not p.requires_grad}
-    for name, p in pruned.named_parameters():  # Torch-Pruning traces dependencies through autograd: a frozen
-        p.requires_grad_(True)  # model would be left unpruned
+    for p in pruned.parameters():  # Torch-Pruning traces dependencies through autograd: a frozen model would be
+        p.requires_grad_(True)  # left unpruned
     skip = _output_layer(pruned, example)
     layers = _layers(pruned, skip)
     policy.check(cfg.per_layer, list(layers), "prune per_layer")

@@ -210,8 +210,9 @@ def run_stage(model: nn.Module, example: torch.Tensor, devices: list[Device], li
     positions = option.cuts
     pipe = split(model, planner.graph, list(positions), example[:cfg.micro])
     stage = pipe.build_stage(rank, torch.device("cpu"))
+    inputs = _stage_inputs(pipe, rank, example[:cfg.micro])  # what this stage receives for one micro-batch
     if cfg.runtime == "onnxruntime":  # the stage module stays (pipelining reads its graph); ONNX Runtime computes
-        ort = OrtModule(stage.submod, _stage_inputs(pipe, rank, example[:cfg.micro]), cfg.threads)
+        ort = OrtModule(stage.submod, inputs, cfg.threads)
         stage.submod.forward = lambda *args: ort(*args)
     timer = _StageTimer(stage.submod)
     schedule = ScheduleGPipe(stage, cfg.microbatches)
@@ -233,7 +234,7 @@ def run_stage(model: nn.Module, example: torch.Tensor, devices: list[Device], li
         else:
             delta = None
     compute = _stats(timer.seconds)
-    alone = _alone(rank, world, stage.submod, _stage_inputs(pipe, rank, example[:cfg.micro]), cfg)
+    alone = _alone(rank, world, stage.submod, inputs, cfg)
     hops = _ping(rank, planner, positions, cfg.micro, cfg)
     mine = {"rank": rank, "compute": compute, "alone": alone, "received_bytes": int(np.median(timer.received)),
             "step": _stats(steps), "hops": [h for h in hops if h["hop"] == rank], "max_abs_delta": delta}
@@ -268,10 +269,10 @@ def _results(name: str, option: Option, why: str, planner: Planner, host_planner
                      "received_bytes": ranks[d + 1]["received_bytes"], "predicted_host_ms": on_host.latency_ms,
                      "measured": {k_: v for k_, v in measured.items() if k_ != "hop"}})
     errors = [abs(s["error"]) for s in stages if s["error"] is not None]
-    alone = [abs(s["error_alone"]) for s in stages if s["error_alone"] is not None]
+    alone_errors = [abs(s["error_alone"]) for s in stages if s["error_alone"] is not None]
     delta = ranks[-1]["max_abs_delta"]
     return {"kind": "measured and predicted", "model": name, "choice": why, "option": option.to_dict(),
             "config": asdict(cfg), "host_target": host.path, "host_link": host_link.path,
             "stages": stages, "hops": hops, "step": ranks[-1]["step"], "max_abs_delta": delta,
             "parity_ok": delta <= PARITY_TOL, "max_stage_error": max(errors) if errors else None,
-            "max_stage_error_alone": max(alone) if alone else None}
+            "max_stage_error_alone": max(alone_errors) if alone_errors else None}

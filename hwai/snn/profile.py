@@ -62,9 +62,10 @@ def profile(net: SpikingNet, spec: ModelSpec, data: DataBundle, targets: tuple[s
     same_shape = (ann if ann is not None else build(spec)).eval()
     params = sum(p.numel() for p in same_shape.parameters())
     neuron_params = {id(p) for _, lif in net.lif_layers() for p in lif.parameters()}  # learned beta / threshold
-    if params != sum(p.numel() for p in net.body.parameters() if id(p) not in neuron_params):
+    synapses = sum(p.numel() for p in net.body.parameters() if id(p) not in neuron_params)
+    if params != synapses:
         raise UserError(f"the ANN to compare with ({params:,} parameters) is not the spiking net's architecture "
-                        f"({sum(p.numel() for p in net.body.parameters()):,} parameters)")
+                        f"({synapses:,} parameters)")
     activity = measure_activity(net, data, "test", limit=limit)
     energies = [energy(activity, t) for t in targets]
     example = data.example(1)
