@@ -9,7 +9,7 @@ competent user would ship, on MNIST padded to 32x32, batch 1, the same threads f
 
 Everything is measured in this run: accuracy on the test split, artifact size, median latency (the best of
 3 rounds, each a pass over all variants, so a burst of load from another process does not pick a winner),
-and the hwai/peer ratio once more with interleaved runs and a bootstrap 95% interval (hwai.verdict).
+and the hwai/peer ratio once more with interleaved runs and a bootstrap 95% interval (hwai.measure.verdict).
 The run ends with one line per model, in the order of --models: `P1: hwai X.XXx faster than the fastest peer
 (NAME), Y.Yx smaller than FP32, Z.ZZ pt accuracy drop`.
 
@@ -36,11 +36,11 @@ from rich.table import Table
 from hwai import data as hdata
 from hwai import graph as hgraph
 from hwai import train as htrain
-from hwai.compress import CompressConfig, compress
-from hwai.export import CalibrationReader, quiet, to_onnx
 from hwai.measure import MeasureConfig, ort_session, physical_cores, time_callable
+from hwai.measure.verdict import compare
 from hwai.passes.quantize import dequantize
-from hwai.verdict import compare
+from hwai.runtimes.export import CalibrationReader, quiet, to_onnx
+from hwai.search.compress import CompressConfig, compress
 
 console = Console(width=150, markup=False)  # a full table also when the output is a file
 MODELS = {  # what hwai does to each model: the roadmap's pruning for resnet18, a milder one for the small resnet8,

@@ -32,10 +32,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from hwai import calibrate, cost, targets
-from hwai.calibrate import device
 from hwai.calibrate.cases import FAMILIES, Case, build, random_zoo
 from hwai.cost import measurements
 from hwai.cost.learned import METHODS, KernelModel, LearnedScorer
+from hwai.measure import ort_trace as device
 from hwai.measure import physical_cores
 
 

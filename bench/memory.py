@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from hwai import memory, models, targets
+from hwai import cost, memory, models, targets
 from hwai.measure import physical_cores
 from hwai.memory import checkpoint, executor
 from hwai.memory.rss import peak_rss, release_freed_memory
@@ -62,7 +62,7 @@ def mcu(name: str, width: float, size: int, channels: int, target, verify: bool)
     start = time.perf_counter()
     patched = memory.best_plan(graph, "int8")
     search_s = time.perf_counter() - start
-    base_ms, patch_ms = memory.predict_latency(graph, patched, target)
+    base_ms, patch_ms = cost.patch_latency(graph, patched, target)
     print(f"\n{name} w{width:g} {size}x{size}x{channels}, int8, input buffer counted ({plain.input_bytes / KIB:.1f} KiB); "
           f"predicted (hwai.memory planner; latency: hwai.cost roofline, {target.name} from {target.path})")
     rows = []

@@ -3,7 +3,7 @@ LiteRT), FP32 and INT8: accuracy (test split, executed by the runtime), top-1 ag
 against PyTorch, artifact size, median latency (batch 1, same threads, interleaved passes), all in one run.
 
 Models on MNIST padded to 32x32: resnet8, mobilenetv2 (trained here for --epochs unless a checkpoint is given)
-and resnet18 compressed by hwai.compress (fuse + 50% structured prune + distill + INT8). FP32 rows of the
+and resnet18 compressed by hwai.search.compress (fuse + 50% structured prune + distill + INT8). FP32 rows of the
 compressed resnet18 run its pruned, fused float model; INT8 rows its INT8 model (ONNX Runtime and OpenVINO keep
 hwai's scales; ExecuTorch and LiteRT calibrate their own PT2E scales on the same samples).
 
@@ -29,10 +29,10 @@ from hwai import data as hdata
 from hwai import io
 from hwai import runtimes as hrt
 from hwai import train as htrain
-from hwai.compress import CompressConfig, _environment, compress
-from hwai.measure import MeasureConfig, physical_cores
+from hwai.measure import MeasureConfig, environment, physical_cores
 from hwai.runtimes.common import float_model
-from hwai.runtimes.deployment import MIN_INT8_AGREEMENT, PASSES, versions
+from hwai.runtimes.deployment import MIN_INT8_AGREEMENT, PASSES
+from hwai.search.compress import CompressConfig, compress
 
 console = Console(width=150)  # a full table also when the output is a file
 
@@ -87,7 +87,7 @@ def main() -> None:
 
     results = {"schema": "hwai.results/1", "command": "bench-runtimes",
                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "environment": {**_environment(), **versions()},
+               "environment": environment(cfg.threads),
                "model": {"name": "resnet8, mobilenetv2, resnet18 (compressed)", "data": "mnist (32x32)"},
                "runtimes": hrt.section(rows, cfg, PASSES, choice)}
     io.write_json(args.out / "results.json", results)

@@ -24,15 +24,13 @@ import optuna
 import torch
 
 import hwai
-from hwai import cost
+from hwai import cost, targets
 from hwai import data as hdata
 from hwai import graph as hgraph
-from hwai import targets
-from hwai.measure import physical_cores
+from hwai.measure import environment, physical_cores
 from hwai.models import ModelSpec, build
 from hwai.search import OptimizeConfig, SpaceConfig, optimize
 from hwai.search.candidate import data_at, node_precision
-from hwai.search.results import environment
 from hwai.search.screen import Screen
 from hwai.search.space import sample
 

@@ -4,7 +4,7 @@ host, and, given a target, the cost model's predicted time and energy per layer.
 
 A torch model is profiled in eager torch (graph from hwai.graph) or, with runtime "onnxruntime", exported to a
 temporary ONNX file first; an .onnx file (e.g. the INT8 model `hwai compress` writes) is profiled in ONNX
-Runtime with its graph read from the file (hwai.onnx_graph), so FP32 and INT8 compare row by row.
+Runtime with its graph read from the file (hwai.graph.onnx), so FP32 and INT8 compare row by row.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def _measure_torch(model: torch.nn.Module, example: torch.Tensor, cfg: measure.M
 
 
 def _measure_onnx(path: Path, example: torch.Tensor, cfg: measure.MeasureConfig):
-    from hwai.onnx_graph import capture_onnx
+    from hwai.graph.onnx import capture_onnx
 
     g, aliases = capture_onnx(path, tuple(example.shape))
     session = measure.ort_session(path, cfg.threads)

@@ -102,14 +102,16 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                     reduction="batchmean", log_target=True) * t * t
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over the parameters that require gradients."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr or 0.05, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr or 2e-3, weight_decay=cfg.weight_decay)
 
 
-def _schedule(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def schedule(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_steps`, then cosine decay to zero at `total_steps`."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -117,6 +119,55 @@ def _schedule(opt: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -
         return 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def progress_bar(enabled: bool):
+    """The training progress bar: steps done of all, running loss and accuracy, time remaining."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from hwai.text import progress
+
+    return progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}"),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+# (loss summed over the global batch, correct predictions, samples) of one step whose backward has run
+Step = Callable[[torch.Tensor, torch.Tensor], tuple[float, int, int]]
+
+
+def fit(model: nn.Module, batches, opt: torch.optim.Optimizer, sched, step: Step, epochs: int,
+        start_epoch: int = 0, progress: bool = True, description: str = "train",
+        on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """The training loop every hwai trainer runs (one process, or one rank of a sharded run): epochs of
+    `step(x, y)` (forward and backward) + optimizer and schedule steps, with a progress bar. `on_epoch(epoch,
+    mean loss)` runs after each epoch (checkpoints: an interrupt loses at most one). Returns the mean loss of
+    every step. A model that fails on its very first batch is a UserError naming the batch's shape."""
+    losses: list[float] = []
+    with progress_bar(progress) as bar:
+        task = bar.add_task(description, completed=start_epoch * len(batches), total=epochs * len(batches),
+                            loss=float("nan"), acc=float("nan"))
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            seen = correct = 0
+            loss_sum = 0.0
+            for x, y in batches:
+                opt.zero_grad(set_to_none=True)  # before the forward: no stale gradients held through it
+                try:
+                    batch_loss, batch_correct, n = step(x, y)
+                except Exception as exc:
+                    if losses:  # it trained before: not a mistake in the model's code
+                        raise
+                    raise UserError(f"{description}: the model's first training step failed on a batch of shape "
+                                    f"{tuple(x.shape)}: {first_line(exc)}") from None
+                opt.step()
+                sched.step()
+                losses.append(batch_loss / n)
+                seen, correct, loss_sum = seen + n, correct + batch_correct, loss_sum + batch_loss
+                bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+            if on_epoch is not None:
+                on_epoch(epoch, loss_sum / max(seen, 1))
+    return losses
 
 
 def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), teacher: nn.Module | None = None,
@@ -130,9 +181,8 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), 
     """
     seed_everything(cfg.seed)
     batches = data.batches("train", cfg.batch_size, augment=cfg.augment, seed=cfg.seed, max_shift=cfg.max_shift)
-    opt = _optimizer(model, cfg)
-    total = cfg.epochs * len(batches)
-    sched = _schedule(opt, total, int(cfg.warmup_epochs * len(batches)))
+    opt = optimizer(model, cfg)
+    sched = schedule(opt, cfg.epochs * len(batches), int(cfg.warmup_epochs * len(batches)))
     if teacher is not None:
         teacher.eval()
     checkpoints, memory_plan = contextlib.ExitStack(), None
@@ -141,36 +191,27 @@ def train(model: nn.Module, data: DataBundle, cfg: TrainConfig = TrainConfig(), 
 
         memory_plan = checkpoint.plan(model, data.example(cfg.batch_size, "train"), round(cfg.memory_budget_mb * 2**20))
         checkpoints.enter_context(checkpoint.applied(model, memory_plan.modules))
-    loss_avg, start = float("nan"), time.perf_counter()
-    with checkpoints, _progress(progress) as bar:
-        task = bar.add_task(description, total=total, loss=float("nan"), acc=float("nan"))
-        for epoch in range(cfg.epochs):
-            model.train()
-            seen = correct = 0
-            loss_sum = 0.0
-            for x, y in batches:
-                try:
-                    logits, loss = _step_loss(model, teacher, x, y, cfg)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                except Exception as exc:
-                    if bar.tasks[task].completed:  # it trained before: not a mistake in the model's code
-                        raise
-                    raise UserError(f"{description}: the model's first training step failed on a batch of shape "
-                                    f"{tuple(x.shape)}: {first_line(exc)}") from None
-                opt.step()
-                sched.step()
-                seen += len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                loss_sum += loss.item() * len(y)
-                bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
-            loss_avg = loss_sum / max(seen, 1)
-            if on_epoch is not None:
-                on_epoch(epoch, model)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, int]:
+        logits, loss = _step_loss(model, teacher, x, y, cfg)
+        loss.backward()
+        return loss.item() * len(y), int((logits.argmax(1) == y).sum()), len(y)
+
+    epoch_losses: list[float] = []
+
+    def epoch_done(epoch: int, loss: float) -> None:
+        epoch_losses.append(loss)
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+
+    start = time.perf_counter()
+    with checkpoints:
+        fit(model, batches, opt, sched, step, cfg.epochs, progress=progress, description=description,
+            on_epoch=epoch_done)
     wall = time.perf_counter() - start
     test = evaluate(model, data, "test") if measure_test else None
-    return TrainResult(test, evaluate(model, data, "val"), loss_avg, cfg.epochs, wall,
-                       memory_plan.to_dict() if memory_plan else None)
+    return TrainResult(test, evaluate(model, data, "val"), epoch_losses[-1] if epoch_losses else float("nan"),
+                       cfg.epochs, wall, memory_plan.to_dict() if memory_plan else None)
 
 
 def _step_loss(model: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
@@ -184,14 +225,6 @@ def _step_loss(model: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: 
         kd = distillation_loss(logits, target, cfg.distill_temperature)
         loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
     return logits, loss
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.3f}"),
-                    TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -251,13 +284,27 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
         raise UserError(f"{path} is not a readable hwai checkpoint ({error})")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not an hwai checkpoint (train one with `hwai train --out {path.name}`)")
-    spec = ModelSpec.from_dict(ckpt["model"])
+    spec = _located(ModelSpec.from_dict(ckpt["model"]), path)
     model = build(spec)
     _materialize(model, spec)
     _fit_shapes(model, ckpt["state_dict"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, {k: v for k, v in ckpt.items() if k != "state_dict"}
+
+
+def _located(spec: ModelSpec, checkpoint: Path) -> ModelSpec:
+    """A user factory's file as stored (absolute), or, when that file is gone (the project moved), the file of the
+    same name next to the checkpoint; UserError naming both places when neither exists."""
+    file, sep, attr = spec.name.rpartition(":")
+    if not sep or not file.endswith(".py") or Path(file).is_file():
+        return spec
+    beside = checkpoint.parent / Path(file).name
+    if not beside.is_file():
+        raise UserError(f"{checkpoint} was made by {file}:{attr}, which does not exist; nor does {beside}: put the "
+                        "model file back or next to the checkpoint")
+    return ModelSpec(f"{beside.resolve()}:{attr}", spec.num_classes, spec.in_channels, spec.input_size, spec.width,
+                     spec.options)
 
 
 def checkpoint_data(model: str) -> dict:
@@ -281,6 +328,9 @@ def resolve_model(name: str, data: DataBundle, width: float = 1.0, **options) ->
         spec = ModelSpec.from_dict(meta["model"])
     else:
         size = data.image_size or (1, 1)
+        file, sep, attr = name.rpartition(":")
+        if sep and file.endswith(".py") and Path(file).expanduser().is_file():  # stored absolute: works from anywhere
+            name = f"{Path(file).expanduser().resolve()}:{attr}"
         spec = ModelSpec(name, data.num_classes, data.in_channels, size, width, options)
         model = create(name, spec.num_classes, spec.in_channels, size, width, **options)
     model.eval()
@@ -293,3 +343,57 @@ def resolve_model(name: str, data: DataBundle, width: float = 1.0, **options) ->
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise UserError(f"model {name!r} outputs {tuple(out.shape)}, but data {data.spec!r} has {data.num_classes} classes")
     return model, spec
+
+
+def prepare_data(model: str, data: str, input_size: int | None = None,
+                 log: Callable[[str], None] | None = None) -> DataBundle:
+    """`data` prepared as `model` expects it. A checkpoint's recorded input size and deskewing win; an explicit
+    `input_size` that differs is applied and said once through `log`. An ONNX file's declared input size sets
+    the data's. A zoo name or a factory takes `input_size` (None: the data's own size)."""
+    from hwai import data as hdata
+
+    stored = checkpoint_data(model)
+    trained = stored.get("input_size")
+    if model.endswith(".onnx"):
+        from hwai.graph.onnx import input_shape
+
+        shape = input_shape(model)
+        trained = shape[-1] if len(shape) == 4 and shape[-1] else None
+    if input_size is not None and trained is not None and input_size != trained and log is not None:
+        log(f"resizing the data to {input_size}x{input_size} as --input-size asks; {model} was made for "
+            f"{trained}x{trained} inputs")
+    bundle = hdata.load(data, input_size=input_size or trained, deskew=stored.get("deskew"))
+    for note in bundle.notes if log is not None else ():
+        log(f"note: {data}: {note}")
+    return bundle
+
+
+def resolve(model: str, data: str, width: float = 1.0, input_size: int | None = None,
+            log: Callable[[str], None] | None = None) -> tuple[nn.Module, ModelSpec, DataBundle]:
+    """The one way every command turns `--model` and `--data` into a model and its data (`prepare_data`, then
+    `resolve_model`): (model in eval mode, its spec, the data)."""
+    bundle = prepare_data(model, data, input_size, log)
+    net, spec = resolve_model(model, bundle, width=width)
+    return net, spec, bundle
+
+
+def train_to(out: str | Path, model: str, data: DataBundle, width: float = 1.0, augment: bool | None = None,
+             start: Callable[[nn.Module, ModelSpec], None] | None = None, progress: bool = True,
+             **options) -> tuple[TrainResult, nn.Module, ModelSpec, TrainConfig]:
+    """`hwai train` as one call: build `model` for `data` (seeded), train it with `TrainConfig(**options)` and the
+    model's default augmentation (`augment` overrides), checkpoint `out` after every epoch and, at the end, with
+    the measured metrics. `start(model, spec)` runs before training (to print what is trained)."""
+    seed_everything(options.get("seed", 0))
+    net, spec = resolve_model(model, data, width=width)
+    aug = default_augmentation(spec.name, data)
+    if augment is not None:
+        aug["augment"] = augment
+    cfg = TrainConfig(**options, **aug)
+    if start is not None:
+        start(net, spec)
+    result = train(net, data, cfg, progress=progress, on_epoch=lambda epoch, _: save_checkpoint(
+        out, net, spec, data.describe(), {"epochs_done": epoch + 1}))
+    save_checkpoint(out, net, spec, data.describe(), {
+        "test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy, "train_loss": result.train_loss,
+        "epochs_done": result.epochs, "train_wall_s": result.wall_s, "kind": "measured"})
+    return result, net, spec, cfg

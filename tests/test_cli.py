@@ -1,5 +1,4 @@
 import torch
-
 from conftest import run_cli
 
 

@@ -4,16 +4,16 @@ import re
 
 import pytest
 import torch
-
 from conftest import run_cli
-from hwai import compress as hcompress
+
 from hwai import models, train
-from hwai.compress import CompressConfig, compress
 from hwai.data import DataBundle
 from hwai.errors import UserError
 from hwai.measure import MeasureConfig
+from hwai.measure.verdict import Comparison
 from hwai.models import ModelSpec
-from hwai.verdict import Comparison
+from hwai.search import compress as hcompress
+from hwai.search.compress import CompressConfig, compress
 
 QUICK = MeasureConfig(warmup=2, min_repeats=5, max_repeats=50, max_seconds=0.3)
 

@@ -144,8 +144,9 @@ def test_peak_memory_and_fit_message():
 def test_pytorch_int8_and_its_exported_int8_onnx_predict_the_same_on_an_mcu(name, width, tmp_path):
     """Issue 11.6: an int8 runtime keeps int8 tensors and folds Quantize/Dequantize into its kernels, so the
     model with an int8 policy and its exported QDQ INT8 ONNX get the same peak SRAM and latency."""
-    from hwai import data, export
-    from hwai.onnx_graph import capture_onnx
+    from hwai import data
+    from hwai.graph.onnx import capture_onnx
+    from hwai.runtimes import export
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.random((64, 3, 32, 32), dtype=np.float32), y=rng.integers(0, 10, 64))

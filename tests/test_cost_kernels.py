@@ -10,10 +10,10 @@ from torch import nn
 
 from hwai import graph
 from hwai.calibrate.cases import Case, build, onnx_of
-from hwai.calibrate.device import kernel_op
 from hwai.cost.kernels import detect, listing, onnxruntime_cpu
 from hwai.cost.lowering import lower
 from hwai.measure import ort_session
+from hwai.measure.ort_trace import kernel_op
 
 
 def profiled(onnx_model: bytes, shape: tuple) -> list[tuple]:

@@ -7,13 +7,13 @@ import pytest
 
 from hwai import cost, targets
 from hwai.calibrate.cases import Case, build
-from hwai.calibrate.device import COLUMNS, FORMAT, META_KEYS
 from hwai.cost import features as F
 from hwai.cost import measurements
 from hwai.cost.kernels import detect, onnxruntime_cpu
 from hwai.cost.learned import KernelModel
 from hwai.cost.lowering import lower
 from hwai.errors import UserError
+from hwai.measure.ort_trace import COLUMNS, FORMAT, META_KEYS
 
 
 def run_cli(*args, target_dir):

@@ -1,11 +1,10 @@
 import onnx
 import pytest
-import torch
 
-from hwai import models, train
+from hwai import models
 from hwai.errors import UserError
-from hwai.export import parity, to_onnx, verified
 from hwai.passes.quantize import QuantConfig, quantize
+from hwai.runtimes.export import parity, to_onnx, verified
 
 
 def test_fp32_export_matches_pytorch_on_real_inputs(trained_resnet8, digits, tmp_path):

@@ -3,6 +3,7 @@ import torch
 
 from hwai import measure
 from hwai.errors import UserError
+from hwai.measure import layers
 
 
 def test_latency_stats_are_consistent():
@@ -41,17 +42,17 @@ def test_peak_memory_sees_a_temporary_allocation():
 
 def test_ort_kernel_names_map_to_nodes_by_longest_prefix():
     aliases = {"/conv1/Conv": "/conv1/Conv", "/relu/Relu": "/relu/Relu", "/relu/Relu_output_0": "/conv1/Conv"}
-    assert measure._owner("/conv1/Conv", aliases) == "/conv1/Conv"
-    assert measure._owner("/conv1/Conv_token_25", aliases) == "/conv1/Conv"
-    assert measure._owner("/relu/Relu_output_0_nchwc", aliases) == "/conv1/Conv"  # fused conv+relu kernel
-    assert measure._owner("Transpose_token_3", aliases) == measure.UNMAPPED
+    assert layers._owner("/conv1/Conv", aliases) == "/conv1/Conv"
+    assert layers._owner("/conv1/Conv_token_25", aliases) == "/conv1/Conv"
+    assert layers._owner("/relu/Relu_output_0_nchwc", aliases) == "/conv1/Conv"  # fused conv+relu kernel
+    assert layers._owner("Transpose_token_3", aliases) == layers.UNMAPPED
 
 
 def test_layer_times_average_typical_runs_so_they_add_up_to_a_run():
     spans = []
     for i, (a, b) in enumerate([(1.0, 1.0)] * 6 + [(9.0, 1.0), (1.0, 9.0)]):  # two preempted runs
         t = i * 100.0
-        spans += [(measure.RUN_LABEL, t, t + 30), ("a", t, t + a), ("b", t + 10, t + 10 + b)]
-    lt = measure._layer_times([(n, s * 1e3, e * 1e3) for n, s, e in spans], "test", [2.0])
+        spans += [(layers.RUN_LABEL, t, t + 30), ("a", t, t + a), ("b", t + 10, t + 10 + b)]
+    lt = layers._layer_times([(n, s * 1e3, e * 1e3) for n, s, e in spans], "test", [2.0])
     assert lt.layers == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)} and lt.runs == 8 and lt.typical == 6
     assert lt.profiled_ms == pytest.approx(30.0) and lt.interleaved_ms == 2.0 and lt.unmapped_ms == 0

@@ -4,11 +4,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 
 from hwai import models
 from hwai.errors import UserError
 from hwai.memory import checkpoint
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwai import memory, models, targets
+from hwai import cost, memory, models, targets
 from hwai.errors import UserError
 from hwai.memory import executor
 
@@ -195,7 +195,7 @@ def test_halo_macs_and_predicted_latency(mbv2):
     assert plan.extra_macs > 0 and plan.macs == g.macs + plan.extra_macs
     patched = memory.patched_graph(g, plan)
     assert patched.macs == pytest.approx(plan.macs, rel=1e-3)
-    base_ms, patch_ms = memory.predict_latency(g, plan, targets.load("stm32h743"))
+    base_ms, patch_ms = cost.patch_latency(g, plan, targets.load("stm32h743"))
     assert 0 < base_ms < patch_ms  # the same work plus the halo and one kernel call per patch
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_cli
+
 from hwai.nas import supernet as hsn
 from hwai.nas import training
 from hwai.nas.space import NasSpace
@@ -232,7 +232,7 @@ def test_nsga2_search_respects_the_latency_limit():
 
 def test_extracted_subnet_goes_through_passes_and_export(tmp_path, trained, digits):
     import hwai
-    from hwai import export
+    from hwai.runtimes import export
     from hwai.train import load_checkpoint, save_checkpoint
 
     net, space = trained[0], trained[0].space

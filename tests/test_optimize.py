@@ -5,7 +5,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -75,8 +74,8 @@ def test_int8_candidates_are_judged_by_the_artifact_and_feedback_is_checked(tmp_
     architecture; host predictions (here also the target's) carry the held-out-checked feedback; the
     measuring thread count is physical cores and recorded."""
     from hwai import cost
-    from hwai.export import ort_accuracy
     from hwai.measure import physical_cores
+    from hwai.runtimes.deployment import accuracy
     from hwai.search.context import prepare
 
     scorers = []
@@ -84,7 +83,8 @@ def test_int8_candidates_are_judged_by_the_artifact_and_feedback_is_checked(tmp_
     monkeypatch.setattr(cost, "prepare", lambda *a, **k: scorers.append(a[1].name) or real(*a, **k))
     space = SpaceConfig(widths=(0.5, 1.0), kernel_sizes=(3,), resolutions=(1.0,), prune_ratios=(0.0,), bits=(8, 32),
                         per_layer_bits=False, fuse=(True,), finetune_epochs=(1,), train_epochs=(1,))
-    cfg = tiny(trials=5, space=space, target="host", host_target="host")
+    cfg = tiny(trials=5, space=space, target="host", host_target="host", runtimes=("onnxruntime",),
+               threads=physical_cores())  # one deployment option: ONNX Runtime at all cores
     run = tmp_path / "run"
     results = optimize(cfg, run, progress=False)
     trials = [t for t in results["trials"] if t["state"] == "COMPLETE" and "duplicate_of" not in t["metrics"]]
@@ -96,7 +96,7 @@ def test_int8_candidates_are_judged_by_the_artifact_and_feedback_is_checked(tmp_
         assert m["host_threads"] == physical_cores() and "test_accuracy" not in m  # test: only after the choice
         if t in quantized:  # (one resolution in this space: the data as loaded)
             onnx = run / "trials" / str(t["number"]) / "model.onnx"
-            assert m["accuracy"] == ort_accuracy(onnx, data, m["host_threads"], split="val")
+            assert m["accuracy"] == accuracy("onnxruntime", onnx, data, m["host_threads"], split="val")
             assert 0 < m["accuracy_fake_quant"] <= 1
         assert m["target_latency_ms"] == pytest.approx(m["target_latency_raw_ms"] * m["host_correction"])
     best = results["best"]
@@ -117,7 +117,10 @@ def test_the_default_run_beats_its_baseline_on_the_target(tmp_path):
     import dataclasses
 
     default = OptimizeConfig()
-    assert (default.model, default.data, default.input_size, default.target) == ("resnet8", "mnist", 32, "stm32h743")
+    assert (default.model, default.data, default.input_size, default.target) == ("resnet8", "mnist", None, "stm32h743")
+    from hwai.search.context import ZOO_SIDE
+
+    assert ZOO_SIDE == 32  # a zoo baseline sees 32x32 images unless --input-size says otherwise
     cfg = dataclasses.replace(default, data="digits", input_size=16, trials=2, baseline_epochs=3, measure_seconds=0.2)
     results = optimize(cfg, tmp_path / "run", progress=False)
     best, base = results["best"], results["baseline"]
@@ -290,7 +293,7 @@ def test_a_run_whose_trials_all_failed_exits_non_zero_with_one_line(user_models,
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr
-    assert re.match(r"hwai: error: all (\d+) trials failed; the first \(trial 0\): train: the model's first "
+    assert re.match(r"hwai: error: all (\d+) trials failed; the first \(trial 0\): distill: the model's first "
                     r"training step failed on a batch of shape \(\d+, 1, 8, 8\): RuntimeError: boom", lines[0])
     results = json.loads((run / "results.json").read_text())
     counts = results["counts"]

@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
-
 from conftest import run_cli
+
 from hwai.errors import UserError
 from hwai.report import report
 from hwai.report.run import fmt

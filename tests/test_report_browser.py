@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_report import _lookup, synthetic_results, write_run
 
 from hwai.report import report
-from test_report import _lookup, synthetic_results, write_run
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
          "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",

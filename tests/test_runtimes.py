@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from hwai import runtimes as hrt
 from hwai.errors import UserError
@@ -139,7 +138,7 @@ def test_missing_extra_is_one_line_naming_it(tmp_path):
 
 def test_fastest_needs_a_significant_difference():
     def dep(name: str, medians: list[float]) -> hrt.Deployment:
-        from hwai.export import Parity
+        from hwai.runtimes.export import Parity
 
         stats = LatencyStats(name, 2, 20, float(np.median(medians)), 0.01, min(medians), float(np.mean(medians)), 1)
         return hrt.Deployment(name, "int8", None, 1.0, Parity(0.0, 1.0, True), 0.99, stats, medians)
@@ -184,7 +183,10 @@ def test_target_deploy_runtimes():
     raw = yaml.safe_load(Path(targets.load("rpi4").path).read_text())
     assert targets.parse({k: v for k, v in raw.items() if k != "deploy_runtimes"}).deploy_runtimes == ()
     with pytest.raises(UserError, match="deploy_runtimes"):
-        targets.parse({**raw, "deploy_runtimes": ["tvm"]})
+        targets.parse({**raw, "deploy_runtimes": ["onnxruntime", "onnxruntime"]})
+    assert hrt.for_target(targets.load("rpi4")) == ("executorch", "litert")
+    with pytest.raises(UserError, match="deploy_runtimes: unknown runtime 'tvm'"):  # names: the registry's
+        hrt.for_target(targets.parse({**raw, "deploy_runtimes": ["tvm"]}))
 
 
 def test_import_stays_light():

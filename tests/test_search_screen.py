@@ -3,10 +3,9 @@ same numbers for one candidate or many, and the exact prediction of a built cand
 import optuna
 import pytest
 
-from hwai import cost
+from hwai import cost, targets
 from hwai import data as hdata
 from hwai import graph as hgraph
-from hwai import targets
 from hwai.models import ModelSpec, build
 from hwai.search import candidate as hc
 from hwai.search.screen import Screen, kept_channels
@@ -36,7 +35,7 @@ def test_a_built_candidate_scores_as_the_cost_model_predicts_its_graph(setup):
     screen = Screen(tgts, bundle)
     for cand in _candidates("resnet8", 2):  # residual adds couple pruned channels
         x = hc.data_at(bundle, cand.spec).example(2)
-        pruned = hc._prune(build(cand.spec).eval(), cand, x)
+        pruned = hc.structure(cand, x)
         graph = hgraph.capture(pruned, x[:1])
         scored = screen.score([cand], [kept_channels(pruned)])[0]
         for t in tgts:

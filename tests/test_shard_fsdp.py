@@ -7,7 +7,7 @@ import torch
 
 from hwai import data, models, train
 from hwai.models import ModelSpec
-from hwai.shard import fsdp
+from hwai.shard import batchnorm, fsdp
 from tests.conftest import run_cli
 
 SPEC = dict(name="resnet8", num_classes=10, in_channels=1, input_size=(8, 8), width=0.5)
@@ -57,9 +57,9 @@ def test_blocks_are_the_parameter_holding_units():
 def test_global_batch_layers_keep_the_state_and_the_function():
     model = torch.nn.Sequential(_model(), torch.nn.Dropout(0.3))
     plain = copy.deepcopy(model)
-    fsdp.global_batch(model)
-    assert any(isinstance(m, fsdp.GlobalBatchNorm) for m in model.modules())
-    assert isinstance(model[1], fsdp.GlobalDropout) and model[1].p == 0.3
+    batchnorm.global_batch(model)
+    assert any(isinstance(m, batchnorm.GlobalBatchNorm) for m in model.modules())
+    assert isinstance(model[1], batchnorm.GlobalDropout) and model[1].p == 0.3
     assert model.state_dict().keys() == plain.state_dict().keys()
     x = torch.randn(16, 1, 8, 8)
     model.train(), plain.train()

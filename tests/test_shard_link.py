@@ -74,7 +74,7 @@ def test_bad_link_or_target_spec_is_one_line_exit_2(tmp_path):
     ("esp32s3,rpi4", "lora", "unknown link 'lora'"),
 ])
 def test_chain_options_are_checked(targets, links, message):
-    from hwai.shard.cli import _chain
+    from hwai.cli.shard import _chain
 
     with pytest.raises(UserError, match=message):
         _chain(targets, links, "int8", None)

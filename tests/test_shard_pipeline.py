@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from hwai import graph, models
+from hwai.shard import link
 from hwai.shard.plan import Device, Planner, cut_positions
 from hwai.shard.split import split
 from hwai.targets import load as load_target
-from hwai.shard import link
 from tests.conftest import run_cli
 from tests.test_shard_plan import skipnet_file  # noqa: F401  (fixture)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import run_cli
 from torch import nn
 
-from conftest import run_cli
 from hwai import targets
 from hwai.errors import UserError
 

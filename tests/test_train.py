@@ -112,3 +112,31 @@ def test_data_is_prepared_as_the_checkpoint_was_trained(tmp_path):
     assert train.checkpoint_data(str(new)) == {"input_size": 32, "deskew": True}
     assert train.checkpoint_data(str(old)) == {"input_size": None, "deskew": False}  # trained before deskewing
     assert train.checkpoint_data("cnn") == {} and train.checkpoint_data(str(tmp_path / "missing.pt")) == {}
+
+
+def test_a_factory_checkpoint_finds_its_model_file_after_a_move(tmp_path, monkeypatch):
+    """The factory path is stored absolute (a checkpoint works from any folder); when the project moved, the file
+    of the same name next to the checkpoint is used; neither: one line naming both places."""
+    import shutil
+
+    from hwai import data
+    from hwai.errors import UserError
+
+    project = tmp_path / "my project [v1]"
+    project.mkdir()
+    (project / "mynet.py").write_text("import torch\n\ndef make(num_classes, in_channels, input_size):\n"
+                                      "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear("
+                                      "in_channels * input_size[0] * input_size[1], num_classes))\n")
+    monkeypatch.chdir(project)
+    bundle = data.load("digits")
+    model, spec = train.resolve_model("mynet.py:make", bundle)
+    assert spec.name == f"{(project / 'mynet.py').resolve()}:make"
+    train.save_checkpoint(project / "ckpt.pt", model, spec, bundle.describe())
+    monkeypatch.chdir(tmp_path)
+    assert train.load_checkpoint(project / "ckpt.pt")[0](bundle.example(2)).shape == (2, 10)
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    assert train.load_checkpoint(moved / "ckpt.pt")[0](bundle.example(2)).shape == (2, 10)
+    (moved / "mynet.py").unlink()
+    with pytest.raises(UserError, match=r"mynet\.py:make, which does not exist; nor does .*moved/mynet\.py"):
+        train.load_checkpoint(moved / "ckpt.pt")

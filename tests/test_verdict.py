@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from hwai.measure import MeasureConfig
-from hwai.verdict import bootstrap_ratio, compare, verdict_of
+from hwai.measure.verdict import bootstrap_ratio, compare, verdict_of
 
 
 def test_bootstrap_interval_decides_only_when_it_excludes_one():

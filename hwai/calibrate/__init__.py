@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from hwai import targets
-from hwai.calibrate import device
 from hwai.calibrate.cases import FAMILIES, Case, build, sample
-from hwai.calibrate.device import cpu_name as cpu_model
 from hwai.calibrate.kit import export_kit, import_measurements, write_kit
 from hwai.errors import UserError
-from hwai.measure import physical_cores
+from hwai.measure import ort_trace, physical_cores
+from hwai.measure.ort_trace import cpu_name as cpu_model
 
 __all__ = ["CalibrateConfig", "CalibrationResult", "Case", "build", "calibrate", "calibrate_from", "choose_method",
            "cpu_model", "cross_validate", "export_kit", "import_measurements", "write_kit"]
@@ -126,8 +125,9 @@ def detection_agreement(meas, graphs: dict[str, object]) -> tuple[int, int]:
 def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progress: bool = True) -> CalibrationResult:
     """Measure this machine's kernels and write a host target file to `out` (.yaml) with the measurements
     next to it (`<name>.measurements.csv`)."""
+    # long: one calibration recipe (measure, detect kernels, fit, cross-validate, write), read top to bottom
     import yaml
-    from rich.progress import Progress
+    from hwai.text import progress as progress_bar
 
     from hwai import io as hio
     from hwai.calibrate import roofline
@@ -143,7 +143,7 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
     cases = list(cfg.cases())
     zoo = [c for c in cases if c.model != "synthetic"]
     fit_on = zoo[:: max(1, len(zoo) // cfg.roofline_cases)][: cfg.roofline_cases]
-    with Progress(disable=not progress, transient=False) as bar, tempfile.TemporaryDirectory() as tmp:
+    with progress_bar(disable=not progress, transient=False) as bar, tempfile.TemporaryDirectory() as tmp:
         task = bar.add_task("microbenchmarks", total=len(cases) * (cfg.rounds + 1) + len(fit_on) + 3)
 
         def advance(label: str) -> None:
@@ -161,7 +161,7 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
                 done[0] = i
             bar.update(task, description=label[:60])
 
-        device.measure(Path(tmp) / "kit", csv, threads, cfg.rounds, cfg.profiled_runs, cfg.min_runs, cfg.max_seconds,
+        ort_trace.measure(Path(tmp) / "kit", csv, threads, cfg.rounds, cfg.profiled_runs, cfg.min_runs, cfg.max_seconds,
                        progress=measured)
         bar.update(task, advance=len(cases) * cfg.rounds - done[0])
         advance("microbenchmarks again")

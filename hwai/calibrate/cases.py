@@ -1,7 +1,7 @@
 """What calibration measures: zoo models at many widths and resolutions, and small random networks that
 sample kernel configurations no zoo model has (odd channel counts, 5x5 and strided depthwise convs, pooling,
 MLP blocks), each exported to ONNX as FP32 and as INT8 QDQ (ONNX Runtime's static quantizer, per-channel,
-U8 activations / S8 weights: what `hwai.export` writes).
+U8 activations / S8 weights: what `hwai.runtimes.export` writes).
 """
 from __future__ import annotations
 
@@ -167,9 +167,14 @@ def export_onnx(model, example) -> bytes:
 
 def quantize_int8(onnx_model: bytes, example, samples: int = 4) -> bytes:
     """Static INT8 QDQ quantization with onnxruntime.quantization (random calibration inputs: timing only)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
-    from hwai.export import quiet
+    from hwai.runtimes.export import quiet
 
     class Reader(CalibrationDataReader):
         def __init__(self):

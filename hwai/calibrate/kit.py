@@ -13,9 +13,9 @@ import json
 import shutil
 from pathlib import Path
 
-from hwai.calibrate import device
 from hwai.calibrate.cases import Case, onnx_of
 from hwai.errors import UserError
+from hwai.measure import ort_trace
 
 ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Add", "Sum")
 
@@ -76,7 +76,7 @@ def write_kit(cases: list[Case], folder: Path, progress=lambda label: None) -> P
                        "family": case.model, "dtype": case.dtype,
                        "input": [1, case.channels, case.input_size, case.input_size],
                        "aliases": aliases, "nodes": nodes})
-    spec = {"format": device.KIT_FORMAT, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+    spec = {"format": ort_trace.KIT_FORMAT, "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "models": models}
     (folder / "kit.json").write_text(json.dumps(spec))
     return folder
@@ -103,7 +103,7 @@ def export_kit(cases: list[Case], folder: Path, progress=lambda label: None) -> 
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"{folder} is not empty; --export-kit needs a new or empty folder")
     write_kit(cases, folder, progress)
-    shutil.copyfile(device.__file__, folder / "measure_kernels.py")
+    shutil.copyfile(ort_trace.__file__, folder / "measure_kernels.py")
     (folder / "README.txt").write_text(README.format(n=len(cases)))
     return folder
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from hwai import targets
-from hwai.calibrate.device import cpu_name
 from hwai.measure import ort_session
+from hwai.measure.ort_trace import cpu_name
 
 CLASSES = ("conv", "depthwise", "linear", "_default")  # efficiency / overhead groups the fit can identify
 FIT_DTYPES = ("fp32", "int8")

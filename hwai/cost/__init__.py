@@ -17,14 +17,24 @@ fitted to a search's own measurements (per op key for the roofline).
 """
 from __future__ import annotations
 
-from hwai.cost.roofline import (BITS, BatchScores, LayerPrediction, Prediction, Scorer, candidate_inputs,
-                                fit_message, notes, op_key, resolve_dtype)
+from hwai.cost.roofline import (
+    BITS,
+    BatchScores,
+    LayerPrediction,
+    Prediction,
+    Scorer,
+    candidate_inputs,
+    fit_message,
+    notes,
+    op_key,
+    resolve_dtype,
+)
 from hwai.errors import UserError
 from hwai.graph import Graph
 from hwai.targets import Target
 
 __all__ = ["BITS", "BatchScores", "LayerPrediction", "MODELS", "Prediction", "Scorer", "activation_timeline",
-           "learned_model", "op_key", "predict", "prepare", "resolve_dtype"]
+           "learned_model", "op_key", "patch_latency", "predict", "prepare", "resolve_dtype"]
 MODELS = ("auto", "learned", "roofline")
 
 
@@ -100,3 +110,14 @@ def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None
                       notes(roof, bits, bool(sparsity)) + t.get("notes", []),
                       model="learned" if learned else "roofline",
                       model_source=scorer.model.describe() if learned else "")
+
+
+def patch_latency(graph: Graph, patch_plan, target: Target) -> tuple[float, float]:
+    """Predicted latency (ms) on `target` of the plain schedule and of `patch_plan`'s patch schedule
+    (hwai.memory.patched_graph: each patch's box, weights read again in every patch)."""
+    from hwai.memory import patched_graph
+
+    base = predict(graph, target, patch_plan.precision)
+    patched = patched_graph(graph, patch_plan)
+    per = {n.name: patch_plan.precision[s.node] for n, s in zip(patched.nodes, patch_plan.steps)}
+    return base.latency_ms, predict(patched, target, per).latency_ms

@@ -1,7 +1,7 @@
 """A hwai Graph as the ONNX exporter writes it: one `Op` per ONNX operator, with BatchNorm after a conv folded
 into it, Dropout/Identity removed, Linear as Gemm (with bias) or MatMul (without), ReLU6/Hardtanh as Clip,
 adaptive average pooling to 1x1 as GlobalAveragePool. Both torch-captured graphs (hwai.graph) and ONNX-captured
-ones (hwai.onnx_graph) lower to the same ops, so a model and its exported ONNX detect the same kernels.
+ones (hwai.graph.onnx) lower to the same ops, so a model and its exported ONNX detect the same kernels.
 
 Candidate-independent: channel counts and dtypes per candidate enter only in hwai.cost.kernels.
 """
@@ -99,6 +99,7 @@ def _kind(node: Node) -> tuple[str, str]:
 
 def lower(graph: Graph) -> Program:
     """The ops the exporter writes for `graph`."""
+    # long: one pass over the graph's nodes with one branch per op kind
     index = {n.name: i for i, n in enumerate(graph.nodes)}
     consumers: dict[str, list[str]] = {}
     for n in graph.nodes:

@@ -1,5 +1,5 @@
 """Stored kernel measurements of a target: `<target>.measurements.csv` next to its YAML file, written by
-`hwai calibrate` or imported with `hwai calibrate --from FILE` (format: hwai.calibrate.device).
+`hwai calibrate` or imported with `hwai calibrate --from FILE` (format: hwai.measure.ort_trace).
 
 A file that is not one (another CSV, a truncated or edited file) is refused with one line naming the file
 and the first problem.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hwai.calibrate.device import COLUMNS, FORMAT, META_KEYS
 from hwai.errors import UserError
+from hwai.measure.ort_trace import COLUMNS, FORMAT, META_KEYS
 
 SUFFIX = ".measurements.csv"
 NUMERIC = ("stride", "groups", "cin", "cout", "inputs", "us", "spread_us", "runs")
@@ -65,6 +65,7 @@ def _fail(path: Path, msg: str):
 def read(path: str | Path, kernels_needed: bool = True) -> Measurements:
     """Parse and validate a measurement file; UserError (one line) if it is not one (`kernels_needed` False:
     whole-model timings only, as hwai's benchmarks write them)."""
+    # long: one validation pass over a file's header, columns and rows; each check names its line
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -12,9 +12,9 @@ from hwai.lazy import exports
 _LAZY = {
     **{name: ("hwai.memory.liveness", name)
        for name in ("ALIAS_OPS", "Lifetimes", "best_order", "lifetimes", "peak_bytes", "timeline")},
-    **{name: ("hwai.memory.planner", name) for name in ("Buffer", "Plan", "Step", "plan")},
+    **{name: ("hwai.memory.planner", name) for name in ("Buffer", "Plan", "Step")},
     **{name: ("hwai.memory.patch", name)
-       for name in ("best_plan", "capture", "patched_graph", "predict_latency", "report", "split_points")},
+       for name in ("best_plan", "capture", "patched_graph", "plan", "report", "split_points")},
 }
 __all__ = sorted(_LAZY)
 

@@ -35,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 from hwai.errors import UserError
-from hwai.graph import _tensors
+from hwai.graph import tensors
 from hwai.memory.rss import peak_rss
 
 
@@ -146,7 +146,7 @@ def profile(model: nn.Module, example: torch.Tensor, runs: int = 2) -> tuple[_Sa
         stack: list[float] = []
 
         def pre(m, args, saved=saved, calls=calls, stack=stack):
-            calls.setdefault(names[m], []).append([len(saved.order), None, _tensors(args)])
+            calls.setdefault(names[m], []).append([len(saved.order), None, tensors(args)])
             stack.append(time.perf_counter())
 
         def post(m, args, out, saved=saved, calls=calls, stack=stack):
@@ -293,7 +293,7 @@ class _Recomputed(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in _tensors(out):
+        for t in tensors(out):
             storage = t.untyped_storage()
             ptr = storage.data_ptr()
             if ptr not in self.saved.exclude and ptr not in self.made:

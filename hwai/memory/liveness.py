@@ -33,7 +33,7 @@ class Lifetimes:
         return sizes @ self.live.T
 
 
-def _aliases(node: Node, fused: bool) -> bool:
+def is_alias(node: Node, fused: bool) -> bool:
     return (node.op in ALIAS_OPS and node.output_bytes == 0) or (fused and node.fused_into is not None)
 
 
@@ -49,7 +49,7 @@ def lifetimes(graph: Graph, order: list[str] | None = None, fused: bool = True) 
         reads = [buffer_of[p] for p in node.inputs if p in buffer_of] or ([0] if not node.inputs else [])
         for b in reads:
             last[b] = max(last[b], step)
-        if _aliases(node, fused) and reads:
+        if is_alias(node, fused) and reads:
             buffer_of[name] = reads[0]
             continue
         buffer_of[name] = len(makers)
@@ -97,7 +97,7 @@ def best_order(graph: Graph, fused: bool = True) -> list[str]:
         def cost(n: Node) -> tuple:
             freed = sum(nodes[p].output_bytes for p in n.inputs
                         if p in nodes and readers[p] - done - {n.name} == set())
-            grow = 0 if _aliases(n, fused) else n.output_bytes
+            grow = 0 if is_alias(n, fused) else n.output_bytes
             return (grow - freed, rank[n.name])
 
         pick = min(ready, key=cost)

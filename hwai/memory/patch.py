@@ -17,16 +17,31 @@ import operator
 from dataclasses import replace
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hwai.errors import UserError
-from hwai.graph import Graph, Node, capture as capture_graph, fx_labels
-from hwai.memory.liveness import _aliases, best_order
-from hwai.memory.planner import (BITS, INPUT, Plan, Step, allocate, graph_outputs, inplace_candidates, input_size,
-                                 nbytes, node_steps, plan, reads_input, resolve_precision)
+from hwai.graph import Graph, Node, fx_labels
+from hwai.graph import capture as capture_graph
+from hwai.memory.liveness import best_order, is_alias
+from hwai.memory.planner import (
+    BITS,
+    INPUT,
+    Buffer,
+    Plan,
+    Step,
+    allocate,
+    arena,
+    graph_outputs,
+    inplace_candidates,
+    input_size,
+    layer_by_layer_bytes,
+    nbytes,
+    node_steps,
+    reads_input,
+    resolve_precision,
+)
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1 (half-open) of a (N, C, H, W) tensor
 
@@ -222,7 +237,7 @@ class _Stage:
             plane = (boxes[v][1] - boxes[v][0]) * (boxes[v][3] - boxes[v][2])
             scratch = nbytes(plane, dtype) if candidates and node.op == "conv" else 0
             protos.append((Step(key, v, key, reads, nbytes(counts[key], dtype), BITS[dtype] / 8, (r, c), boxes[v],
-                                _aliases(node, fused), scratch_bytes=scratch, fills=self.split if v == self.split else None),
+                                is_alias(node, fused), scratch_bytes=scratch, fills=self.split if v == self.split else None),
                            candidates))
         return protos
 
@@ -244,6 +259,39 @@ def steps(graph: Graph, order: list[str], prec: dict[str, str], split: str, grid
     rest = order[len(stage.names):]
     return (protos + node_steps(graph, rest, prec, fused, inplace, None),
             stage.macs(rows, cols) + sum(stage.nodes[v].macs for v in rest))
+
+
+def schedule(graph: Graph, prec: dict[str, str], order: list[str], inplace: bool = True, split: str | None = None,
+             grid: int = 1, fused: bool = True, count_input: bool = True) -> tuple[list[Step], list[Buffer], np.ndarray, int]:
+    """Steps, buffers (no offsets), live bytes per step and total MACs of one schedule."""
+    if split is None:
+        protos = node_steps(graph, order, prec, fused, inplace, input_size(graph, prec, order, count_input))
+        macs = graph.macs
+    else:
+        protos, macs = steps(graph, order, prec, split, grid, fused, inplace, count_input)
+    scheduled, buffers, live = allocate(protos, graph_outputs(graph))
+    return scheduled, buffers, live, macs
+
+
+def plan(graph: Graph, precision: str | dict[str, str] | None = None, inplace: bool = True, split: str | None = None,
+         grid: int = 1, order: list[str] | None = None, fused: bool = True, count_input: bool = True) -> Plan:
+    """Plan the activation memory of `graph` as an MCU runtime would (see the module docstring).
+
+    precision: one of fp32/fp16/int8/int4 for every node, or {node_name: dtype} (others keep their captured
+    dtype), as `hwai.cost.predict` takes it. split/grid: the first stage, up to node `split`, runs in grid x grid
+    patches (`split_points` lists the legal splits; the graph needs `hwai.memory.capture`).
+    order: execution order (default `best_order`). count_input=False: the input buffer takes no memory (an input
+    decoded piece by piece, as MCUNetV2's figures assume); by default it is counted.
+    """
+    prec = resolve_precision(graph, precision)
+    order = order or best_order(graph, fused)
+    scheduled, buffers, live, macs = schedule(graph, prec, order, inplace, split, grid, fused, count_input)
+    placed, size = arena(buffers)
+    return Plan(tuple(scheduled), tuple(placed), tuple(int(b) for b in live), size, int(live.max(initial=0)),
+                sum(b.nbytes for b in buffers), layer_by_layer_bytes(graph, prec, order, fused, count_input),
+                next(b.nbytes for b in buffers if INPUT in b.values), tuple(graph.input_shape), prec, int(macs), split,
+                graph[split].output_shape if split else None, grid if split else 1, int(macs - graph.macs),
+                count_input)
 
 
 def _screen(graph: Graph, prec: dict[str, str], order: list[str], split: str, grids: tuple[int, ...], fused: bool,
@@ -330,16 +378,6 @@ def patched_graph(graph: Graph, patch_plan: Plan) -> Graph:
                         [p + suffix for p in node.inputs], node.fusion,
                         node.fused_into + suffix if node.fused_into else None, dict(node.attrs)))
     return Graph(out, graph.method, graph.input_shape, graph.notice)
-
-
-def predict_latency(graph: Graph, patch_plan: Plan, target) -> tuple[float, float]:
-    """Predicted latency (ms, `hwai.cost.predict`) on `target` of the plain schedule and of the patch schedule."""
-    from hwai import cost
-
-    base = cost.predict(graph, target, patch_plan.precision)
-    patched = patched_graph(graph, patch_plan)
-    per = {n.name: patch_plan.precision[s.node] for n, s in zip(patched.nodes, patch_plan.steps)}
-    return base.latency_ms, cost.predict(patched, target, per).latency_ms
 
 
 def report(graph: Graph, precision: str | dict[str, str] | None = None, sram_bytes: int | None = None) -> dict:

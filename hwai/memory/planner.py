@@ -24,7 +24,7 @@ import numpy as np
 
 from hwai.errors import UserError
 from hwai.graph import Graph, Node
-from hwai.memory.liveness import _aliases, best_order
+from hwai.memory.liveness import is_alias
 
 BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 _CAPTURED = {"float32": "fp32", "float16": "fp16", "bfloat16": "fp16", "int8": "int8", "uint8": "int8",
@@ -167,7 +167,7 @@ def node_steps(graph: Graph, names: list[str], prec: dict[str, str], fused: bool
         count, dtype = numel(node), prec[name]
         candidates = inplace_candidates(node, reads, count, lambda r: numel(nodes[r])) if inplace else ()
         scratch = nbytes(math.prod(node.output_shape[-2:]), dtype) if depthwise(node) else 0
-        step = Step(name, name, name, reads, nbytes(count, dtype), BITS[dtype] / 8, alias=_aliases(node, fused),
+        step = Step(name, name, name, reads, nbytes(count, dtype), BITS[dtype] / 8, alias=is_alias(node, fused),
                     scratch_bytes=scratch)
         protos.append((step, candidates))
     if input_bytes is not None and protos:
@@ -249,38 +249,3 @@ def layer_by_layer_bytes(graph: Graph, prec: dict[str, str], order: list[str], f
     steps = node_steps(graph, order, prec, fused, False, input_size(graph, prec, order, count_input))
     _, _, live = allocate(steps, graph_outputs(graph))
     return int(live.max(initial=0))
-
-
-def schedule(graph: Graph, prec: dict[str, str], order: list[str], inplace: bool = True, split: str | None = None,
-             grid: int = 1, fused: bool = True, count_input: bool = True) -> tuple[list[Step], list[Buffer], np.ndarray, int]:
-    """Steps, buffers (no offsets), live bytes per step and total MACs of one schedule."""
-    if split is None:
-        protos = node_steps(graph, order, prec, fused, inplace, input_size(graph, prec, order, count_input))
-        macs = graph.macs
-    else:
-        from hwai.memory import patch
-
-        protos, macs = patch.steps(graph, order, prec, split, grid, fused, inplace, count_input)
-    steps, buffers, live = allocate(protos, graph_outputs(graph))
-    return steps, buffers, live, macs
-
-
-def plan(graph: Graph, precision: str | dict[str, str] | None = None, inplace: bool = True, split: str | None = None,
-         grid: int = 1, order: list[str] | None = None, fused: bool = True, count_input: bool = True) -> Plan:
-    """Plan the activation memory of `graph` as an MCU runtime would (see the module docstring).
-
-    precision: one of fp32/fp16/int8/int4 for every node, or {node_name: dtype} (others keep their captured
-    dtype), as `hwai.cost.predict` takes it. split/grid: the first stage, up to node `split`, runs in grid x grid
-    patches (`hwai.memory.patch.split_points` lists the legal splits; the graph needs `hwai.memory.capture`).
-    order: execution order (default `best_order`). count_input=False: the input buffer takes no memory (an input
-    decoded piece by piece, as MCUNetV2's figures assume); by default it is counted.
-    """
-    prec = resolve_precision(graph, precision)
-    order = order or best_order(graph, fused)
-    steps, buffers, live, macs = schedule(graph, prec, order, inplace, split, grid, fused, count_input)
-    placed, size = arena(buffers)
-    return Plan(tuple(steps), tuple(placed), tuple(int(b) for b in live), size, int(live.max(initial=0)),
-                sum(b.nbytes for b in buffers), layer_by_layer_bytes(graph, prec, order, fused, count_input),
-                next(b.nbytes for b in buffers if INPUT in b.values), tuple(graph.input_shape), prec, int(macs), split,
-                graph[split].output_shape if split else None, grid if split else 1, int(macs - graph.macs),
-                count_input)

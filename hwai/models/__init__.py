@@ -16,8 +16,8 @@ from hwai.models.dscnn import dscnn
 from hwai.models.mlp import mlp
 from hwai.models.mobilenetv2 import mobilenetv2
 from hwai.models.resnet import resnet8, resnet18
+from hwai.models.subnet import nas_mobilenetv2, nas_resnet
 from hwai.models.vit import vit
-from hwai.nas.subnet import nas_mobilenetv2, nas_resnet
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,

@@ -3,5 +3,5 @@ rule and in-place distillation, subnet extraction to plain modules, an accuracy 
 cost lookup table that score many subnets per second, and an Optuna NSGA-II search on those predictions
 (`hwai nas`).
 
-Kept light: the zoo imports `hwai.nas.subnet` (plain subnet factories); the rest loads on use.
+The plain subnets an extracted subnet becomes are zoo models (hwai.models.subnet).
 """

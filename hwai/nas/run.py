@@ -8,16 +8,15 @@ candidates/N/{metrics.json, model.pt}, best/{model.onnx, model.pt}, results.json
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from hwai import io
 from hwai.errors import UserError
+from hwai.measure import environment
 from hwai.nas.search import SearchConfig
 from hwai.nas.space import NasSpace
 from hwai.nas.training import SupernetConfig
@@ -143,12 +142,18 @@ def describe(arch: dict) -> str:
 
 def _candidate(run_dir: Path, n: int, row: list[int], cfg: NasConfig, supernet, data, target, scorer) -> dict:
     """Extract, fine-tune, (quantize,) measure and save one picked subnet."""
-    import hwai
-    from hwai import cost, export, measure
+    from hwai import cost, measure
     from hwai import graph as hgraph
     from hwai.nas import supernet as hsn
     from hwai.nas.training import subnet
-    from hwai.train import TrainConfig, default_augmentation, evaluate, save_checkpoint, train
+    from hwai.runtimes import export
+    from hwai.train import (
+        TrainConfig,
+        default_augmentation,
+        evaluate,
+        save_checkpoint,
+        train,
+    )
 
     folder = run_dir / "candidates" / str(n)
     if (folder / "metrics.json").is_file():
@@ -171,7 +176,9 @@ def _candidate(run_dir: Path, n: int, row: list[int], cfg: NasConfig, supernet, 
     p = cost.predict(graph, target, precision=cfg.precision)
     final = model
     if cfg.precision == "int8":
-        final = hwai.quantize(model, hwai.QuantConfig(bits=8), calib=view, example=view.example(2), progress=False)
+        from hwai.passes.quantize import QuantConfig, quantize
+
+        final = quantize(model, QuantConfig(bits=8), calib=view, example=view.example(2), progress=False)
     onnx_path = export.to_onnx(final, example, folder / "model.onnx", int8=cfg.precision == "int8", calib=view)
     stats = measure.latency(onnx_path, example, measure.MeasureConfig(threads=1, max_seconds=cfg.measure_seconds),
                             runtime="onnxruntime")
@@ -219,27 +226,16 @@ def scorer(run_dir: str | Path):
     return predictor.Scorer(predictor.fit(table.space, records, cfg["supernet"]["seed"])[0], table)
 
 
-def _environment() -> dict:
-    versions = {}
-    for pkg in ("torch", "optuna", "scikit-learn", "onnxruntime", "hwai"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    import torch
-
-    return {"machine": platform.machine(), "python": platform.python_version(), "torch_threads":
-            torch.get_num_threads(), **versions}
-
-
 def nas(cfg: NasConfig = NasConfig(), run_dir: str | Path | None = None, progress: bool = True,
         log=print) -> dict:
     """Run (or resume) the whole search; returns the results dict (also written to results.json)."""
+    # long: the search's stages in order, each resumable from the run directory
     from hwai import data as hdata
-    from hwai import export, targets
+    from hwai import targets
     from hwai.nas import predictor
     from hwai.nas.search import front_mask
     from hwai.nas.training import at_resolution, progress_bar, train_supernet
+    from hwai.runtimes.deployment import accuracy
 
     run_dir = Path(run_dir or Path("runs") / time.strftime("nas-%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -280,7 +276,7 @@ def nas(cfg: NasConfig = NasConfig(), run_dir: str | Path | None = None, progres
             content = (src / name).read_bytes()
             io.atomic_write(run_dir / "best" / name, lambda tmp, b=content: Path(tmp).write_bytes(b))
         view = at_resolution(data, best["arch"]["resolution"])
-        best_out = {**best, "test_accuracy": export.ort_accuracy(run_dir / "best" / "model.onnx", view, 1, "test"),
+        best_out = {**best, "test_accuracy": accuracy("onnxruntime", run_dir / "best" / "model.onnx", view, 1, "test"),
                     "onnx": "best/model.onnx", "model": "best/model.pt",
                     "reason": "the highest measured validation accuracy among the measured candidates that meet every "
                               "limit (predicted latency and SRAM by cost.predict on the whole subnet, target "
@@ -293,7 +289,8 @@ def nas(cfg: NasConfig = NasConfig(), run_dir: str | Path | None = None, progres
                             "cpu_s": sum(c["cpu_s"] for c in candidates)}}
     results = {
         "schema": "hwai.nas/1", "command": "nas", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "environment": _environment(), "config": json.loads(json.dumps(cfg.to_dict())),
+        "environment": environment(1),  # candidates are timed at 1 thread (_measure_candidate)
+        "config": json.loads(json.dumps(cfg.to_dict())),
         "space": {**cfg.space.to_dict(), "subnets": cfg.space.size()},
         "target": {"name": target.name, "file": str(target.path)},
         "supernet": {k: trained[k] for k in ("step", "total_steps", "wall_s", "cpu_s")} |

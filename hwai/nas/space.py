@@ -13,14 +13,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from hwai.errors import UserError
+from hwai.models.subnet import channels
 
 FAMILIES = ("mobilenetv2", "resnet")
-CHANNEL_DIVISOR = 4  # channel counts are multiples of this (SIMD lanes of MCU kernels; fine steps for small nets)
-
-
-def channels(base: int, width: float) -> int:
-    """Channels of a layer with `base` channels at width 1, scaled by `width` (rounded to the divisor)."""
-    return max(CHANNEL_DIVISOR, int(base * width + CHANNEL_DIVISOR / 2) // CHANNEL_DIVISOR * CHANNEL_DIVISOR)
 
 
 @dataclass(frozen=True)
@@ -172,7 +167,7 @@ class NasSpace:
         return [channels(c, arch[f"width.{s}"]) for s, (c, _) in enumerate(self.stages)]
 
     def subnet_options(self, arch: dict) -> tuple[str, dict]:
-        """The zoo factory name and keyword options that build `arch` as a plain model (hwai.nas.subnet)."""
+        """The zoo factory name and keyword options that build `arch` as a plain model (hwai.models.subnet)."""
         couts = self.stage_channels(arch)
         if self.family == "resnet":
             return "nas_resnet", {"depths": [arch[f"depth.{s}"] for s in range(len(self.stages))],

@@ -7,7 +7,7 @@
 - depth: a stage runs its first `depth` blocks.
 
 `set_arch(arch)` selects a subnet; `extract(supernet, arch)` copies it into a plain model built by the
-zoo factory (hwai.nas.subnet) with the same weights and BatchNorm statistics.
+zoo factory (hwai.models.subnet) with the same weights and BatchNorm statistics.
 """
 from __future__ import annotations
 

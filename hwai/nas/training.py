@@ -27,7 +27,8 @@ from hwai.data import DataBundle, augment
 from hwai.errors import UserError
 from hwai.nas import supernet as hsn
 from hwai.nas.space import NasSpace
-from hwai.train import _progress, _schedule, distillation_loss
+from hwai.train import distillation_loss, schedule
+from hwai.train import progress_bar as loss_bar
 
 FORMAT = "hwai.supernet/1"
 RECALIBRATION_BATCHES = 16  # of 64 training samples (1,024): fewer leave subnet accuracies noisy (harder to rank)
@@ -59,9 +60,11 @@ class SupernetConfig:
 
 def progress_bar(enabled: bool):
     """A rich progress bar with a free-text status field (`status=`)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    from hwai.text import progress
+
+    return progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[status]}"), TimeRemainingColumn(), disable=not enabled)
 
 
@@ -148,7 +151,7 @@ def train_supernet(space: NasSpace, data: DataBundle, cfg: SupernetConfig = Supe
     steps_per_epoch = -(-len(data.train[1]) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     opt = torch.optim.AdamW(supernet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = _schedule(opt, total, int(cfg.warmup_epochs * steps_per_epoch))
+    sched = schedule(opt, total, int(cfg.warmup_epochs * steps_per_epoch))
     step, spent, history = 0, {"wall_s": 0.0, "cpu_s": 0.0}, []
     path = Path(path) if path is not None else None
     if path is not None and path.is_file():
@@ -175,7 +178,7 @@ def train_supernet(space: NasSpace, data: DataBundle, cfg: SupernetConfig = Supe
             io.torch_save(path, _checkpoint(supernet, opt, sched, step, total, spent, data, cfg, history))
         last_save = time.monotonic()
 
-    with _progress(progress) as bar:
+    with loss_bar(progress) as bar:
         task = bar.add_task("supernet", total=total, completed=step, loss=float("nan"), acc=float("nan"))
         while step < total:
             raw, y = _step_batch(data, cfg, step, steps_per_epoch)

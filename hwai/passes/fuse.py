@@ -6,6 +6,7 @@ QDQ graph the activation is absorbed into the output quantization range.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -16,6 +17,12 @@ from hwai.errors import UserError
 RTOL = 1e-5  # fused vs unfused logits: max |delta| <= RTOL * max |logit| (float32 rounding of the fold)
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _BN = nn.modules.batchnorm._BatchNorm
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    """Fold Conv/Linear+BatchNorm pairs (nothing to choose: the fold is exact up to float rounding, checked
+    against the unfused model on an example within RTOL)."""
 
 
 def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:

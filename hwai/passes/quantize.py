@@ -1,7 +1,7 @@
 """Quantization: INT8 / INT4 weights (per-channel, symmetric) and INT8 activations (per-tensor,
 calibrated: min-max, percentile or entropy), simulated in PyTorch with fake-quant modules whose
 straight-through gradients make QAT a plain fine-tune (hwai.train.train). Real INT8 execution comes
-from hwai.export.to_onnx(..., int8=True): ONNX Runtime QDQ with the same bit widths.
+from hwai.runtimes.export.to_onnx(..., int8=True): ONNX Runtime QDQ with the same bit widths.
 """
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def _wrap(model: nn.Module, cfg: QuantConfig) -> None:
 def quantize(model: nn.Module, cfg: QuantConfig = QuantConfig(), calib: DataBundle | None = None,
              example: torch.Tensor | None = None, progress: bool = True) -> nn.Module:
     """Return a fused copy of `model` with fake-quantized Conv/Linear layers, calibrated on `calib`
-    (and QAT-fine-tuned for `cfg.qat_epochs`). Export it with hwai.export.to_onnx(..., int8=True)."""
+    (and QAT-fine-tuned for `cfg.qat_epochs`). Export it with hwai.runtimes.export.to_onnx(..., int8=True)."""
     from hwai.train import TrainConfig, train
 
     if calib is None:
@@ -182,7 +182,7 @@ def quantize(model: nn.Module, cfg: QuantConfig = QuantConfig(), calib: DataBund
         train(qmodel, calib, tcfg, teacher=teacher if cfg.qat_distill else None, progress=progress,
               description="QAT", measure_test=False)
     qmodel.eval()
-    qmodel.hwai_quant = cfg  # read by hwai.export (calibration method and sample count for ONNX Runtime)
+    qmodel.hwai_quant = cfg  # read by hwai.runtimes.export (calibration method and sample count for ONNX Runtime)
     return qmodel
 
 

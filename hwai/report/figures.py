@@ -5,15 +5,21 @@ legends say measured / predicted (from the run's `kinds`); dashed red lines are 
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
+from hwai.report import style as look
 from hwai.report.run import Run, fmt, label, number
-
-FONT = dict(family="Inter, 'Segoe UI', system-ui, -apple-system, sans-serif", size=13, color="#1f2937")
-GREY, BLUE, DARK, ORANGE, RED, GREEN = "#c4c9d2", "#9ec5fe", "#1d4ed8", "#f97316", "#dc2626", "#16a34a"
-PRECISION_COLORS = {"fp32": "#2563eb", "fp16": "#7c3aed", "int8": "#f97316", "int4": "#db2777"}
+from hwai.report.style import (
+    BLUE,
+    DARK,
+    GREEN,
+    GREY,
+    ORANGE,
+    PRECISION_COLORS,
+    RED,
+    plain,
+)
 
 
 def figures(run: Run) -> dict[str, dict[str, Any]]:
@@ -21,7 +27,7 @@ def figures(run: Run) -> dict[str, dict[str, Any]]:
     from hwai.report import snn
 
     built = {"pareto-plot": pareto(run), "layers-plot": layers(run), "memory-plot": memory(run)}
-    return {**{key: _plain(fig) for key, fig in built.items() if fig is not None}, **snn.figures(run)}
+    return {**{key: plain(fig) for key, fig in built.items() if fig is not None}, **snn.figures(run)}
 
 
 def pareto(run: Run):
@@ -73,7 +79,7 @@ def pareto(run: Run):
         _constraint_lines(fig, run, metric, col)
         fig.update_xaxes(title_text=f"{label(metric)} (ms, {run.kind(metric)})", rangemode="tozero", row=1, col=col)
     fig.update_yaxes(title_text=f"accuracy ({run.kind('accuracy')})", tickformat=".1%", row=1, col=1)
-    _style(fig, height=460, legend=dict(orientation="h", y=-0.18, x=0))
+    look.style(fig, height=460, legend=dict(orientation="h", y=-0.18, x=0))
     return fig
 
 
@@ -103,7 +109,7 @@ def layers(run: Run):
     for i, _ in enumerate(panels, start=1):
         fig.update_yaxes(title_text="ms", row=i, col=1)
     fig.update_xaxes(tickangle=-45, row=len(panels), col=1)
-    _style(fig, height=260 + 200 * len(panels), legend=dict(orientation="h", y=1.06, x=0, yanchor="bottom"),
+    look.style(fig, height=260 + 200 * len(panels), legend=dict(orientation="h", y=1.06, x=0, yanchor="bottom"),
            barmode="group")
     return fig
 
@@ -154,7 +160,7 @@ def memory(run: Run):
                      ticktext=[nodes[i] for i in ticks], tickangle=-45, showgrid=False)
     fig.update_yaxes(title_text="live activation memory (KiB" + (", log scale)" if log else ")"),
                      type="log" if log else "linear", dtick=1 if log else None, rangemode="tozero")
-    _style(fig, height=400, showlegend=bool(planned or peaks), legend=dict(orientation="h", y=1.08, x=0))
+    look.style(fig, height=400, showlegend=bool(planned or peaks), legend=dict(orientation="h", y=1.08, x=0))
     return fig
 
 
@@ -244,15 +250,3 @@ def _series_label(key: str) -> str:
     for p in PRECISION_COLORS:
         words = words.replace(p, p.upper())
     return words
-
-
-def _style(fig, **layout: Any) -> None:
-    fig.update_layout(template="plotly_white", font=FONT, margin=dict(l=60, r=30, t=50, b=40),
-                      hoverlabel=dict(bgcolor="white", font_size=12), **layout)
-
-
-def _plain(fig) -> dict[str, Any]:
-    """The figure as plain JSON types (plotly's encoder handles numpy arrays and the like)."""
-    import plotly.io as pio
-
-    return json.loads(pio.to_json(fig, validate=False))

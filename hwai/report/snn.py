@@ -7,8 +7,7 @@ from html import escape
 from typing import Any
 
 from hwai.report.run import Run, number
-
-LAYER_COLORS = ["#2563eb", "#f97316", "#16a34a", "#db2777", "#7c3aed", "#0891b2", "#ca8a04", "#dc2626"]
+from hwai.report.style import DARK, LAYER_COLORS, RED, plain, style
 
 
 def _snn(run: Run) -> dict[str, Any]:
@@ -41,14 +40,13 @@ def _raster(snn: dict):
                         hovertemplate="step %{x}<br>neuron row %{y}<extra>" + escape(str(layer["name"])) + "</extra>")
         ticks.append((offset + layer.get("shown", 0) / 2, str(layer["name"])))
         offset += int(layer.get("shown", 0)) + 4
-    from hwai.report.figures import _style
 
     steps = int(raster.get("steps") or 1)
     fig.update_xaxes(title_text="time step", range=[-0.5, steps - 0.5], dtick=max(1, steps // 16))
     fig.update_yaxes(title_text="neurons (a random subset of each layer)", tickmode="array",
                      tickvals=[t[0] for t in ticks], ticktext=[t[1] for t in ticks], autorange="reversed")
-    _style(fig, height=min(900, 260 + 2 * offset), legend=dict(orientation="h", y=-0.15, x=0))
-    return _plain(fig)
+    style(fig, height=min(900, 260 + 2 * offset), legend=dict(orientation="h", y=-0.15, x=0))
+    return plain(fig)
 
 
 def _rates(snn: dict):
@@ -57,7 +55,6 @@ def _rates(snn: dict):
     rows = [r for r in snn.get("layers") or [] if isinstance(r, dict) and r.get("op") == "lif"]
     if not rows:
         return None
-    from hwai.report.figures import DARK, _style
 
     fig = go.Figure(go.Bar(x=[str(r["name"]) for r in rows], y=[number(r.get("firing_rate")) for r in rows],
                            customdata=[[number(r.get("spikes_per_neuron")), r.get("neurons")] for r in rows],
@@ -66,8 +63,8 @@ def _rates(snn: dict):
                                          "spikes/neuron/inference<br>%{customdata[1]:,} neurons<extra></extra>"))
     fig.update_yaxes(title_text="spikes per neuron per step (measured)", rangemode="tozero")
     fig.update_xaxes(title_text="LIF layer", tickangle=-30)
-    _style(fig, height=360, showlegend=False)
-    return _plain(fig)
+    style(fig, height=360, showlegend=False)
+    return plain(fig)
 
 
 def _conversion(snn: dict):
@@ -76,7 +73,6 @@ def _conversion(snn: dict):
     sweep = [s for s in (snn.get("conversion") or {}).get("sweep") or [] if isinstance(s, dict)]
     if not sweep:
         return None
-    from hwai.report.figures import DARK, RED, _style
 
     fig = go.Figure(go.Scatter(x=[s["steps"] for s in sweep], y=[s["accuracy"] for s in sweep], mode="lines+markers",
                                name="SNN test accuracy (measured)", line=dict(color=DARK, width=2.5)))
@@ -86,13 +82,7 @@ def _conversion(snn: dict):
                       annotation_position="bottom right")
     fig.update_xaxes(title_text="time steps", type="log", tickvals=[s["steps"] for s in sweep])
     fig.update_yaxes(title_text="test accuracy (measured)", tickformat=".1%")
-    _style(fig, height=360, showlegend=False)
-    return _plain(fig)
-
-
-def _plain(fig) -> dict[str, Any]:
-    from hwai.report.figures import _plain as plain
-
+    style(fig, height=360, showlegend=False)
     return plain(fig)
 
 

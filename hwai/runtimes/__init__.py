@@ -19,39 +19,20 @@ One small module per runtime, all with the same interface (no base class, no reg
 """
 from __future__ import annotations
 
-from types import ModuleType
+from hwai.runtimes.deployment import (
+                                     Choice,
+                                     Deployment,
+                                     accuracy,
+                                     deploy,
+                                     document,
+                                     fastest,
+                                     latency,
+                                     measure_all,
+                                     parity,
+                                     ready,
+                                     section,
+)
+from hwai.runtimes.registry import RUNTIMES, available, for_target, get
 
-from hwai.errors import UserError
-from hwai.runtimes import executorch, litert, onnxruntime, openvino, tensorrt, tflm
-from hwai.runtimes.deployment import (Choice, Deployment, accuracy, deploy, document, fastest, latency, measure_all,
-                                  parity, ready, section)
-
-RUNTIMES: dict[str, ModuleType] = {"onnxruntime": onnxruntime, "openvino": openvino, "executorch": executorch,
-                                   "litert": litert, "tensorrt": tensorrt, "tflm": tflm}
-
-__all__ = ["RUNTIMES", "get", "available", "Deployment", "Choice", "deploy", "measure_all", "fastest", "latency",
-           "parity", "accuracy", "ready", "section", "document"]
-
-
-def get(name: str, installed: bool = True) -> ModuleType:
-    """The runtime module for `name`; UserError on an unknown name or (installed=True) a missing extra."""
-    if name not in RUNTIMES:
-        raise UserError(f"unknown runtime {name!r}: use one of {', '.join(RUNTIMES)} or auto")
-    module = RUNTIMES[name]
-    if installed:
-        module.check()
-    return module
-
-
-def available(host_only: bool = True) -> list[str]:
-    """Runtimes whose packages import here (host_only: only those whose latency here is meaningful)."""
-    found = []
-    for name, module in RUNTIMES.items():
-        if host_only and not module.HOST:
-            continue
-        try:
-            module.check()
-        except UserError:
-            continue
-        found.append(name)
-    return found
+__all__ = ["RUNTIMES", "get", "available", "for_target", "Deployment", "Choice", "deploy", "measure_all", "fastest",
+           "latency", "parity", "accuracy", "ready", "section", "document"]

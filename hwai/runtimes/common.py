@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from hwai.data import DataBundle
 
-CALIB_BATCH = 64  # calibration batch (hwai.export's ONNX Runtime calibration reads batches of 64 too)
+CALIB_BATCH = 64  # calibration batch (hwai.runtimes.export's ONNX Runtime calibration reads batches of 64 too)
 
 
 @functools.cache
@@ -75,7 +75,7 @@ def calib_samples(model: nn.Module) -> int:
 
 
 def calib_batches(model: nn.Module, calib: DataBundle | None) -> Iterator[torch.Tensor]:
-    """Normalised training-split inputs for INT8 calibration (the same samples hwai.export calibrates on)."""
+    """Normalised training-split inputs for INT8 calibration (the same samples hwai.runtimes.export calibrates on)."""
     if calib is None:
         raise UserError("INT8 export needs calibration data (calib=hwai.data.load(...))")
     for x, _ in calib.batches("train", CALIB_BATCH, shuffle=False, limit=calib_samples(model)):
@@ -123,10 +123,10 @@ def per_row(call: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], 
 @contextlib.contextmanager
 def silenced():
     """Converters log on the root logger, print progress on stdout and banners on file descriptor 2."""
-    from hwai.export import quiet
-    from hwai.measure import _quiet_stderr
+    from hwai.measure import quiet_stderr
+    from hwai.runtimes.export import quiet
 
-    with quiet(), _quiet_stderr():
+    with quiet(), quiet_stderr():
         yield
 
 

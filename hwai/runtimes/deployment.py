@@ -9,17 +9,16 @@ from typing import TYPE_CHECKING, Callable
 from hwai.errors import UserError
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
     from torch import nn
 
     from hwai.data import DataBundle
-    from hwai.export import Parity
     from hwai.measure import LatencyStats, MeasureConfig
+    from hwai.runtimes.export import Parity
 
 PASSES = 5  # interleaved timing passes when comparing runtimes (5 vs 5 lets Mann-Whitney reach p < 0.01)
 SIGNIFICANCE = 0.05
-MIN_INT8_AGREEMENT = 0.99  # what bench/runtimes.py requires of every INT8 artifact (Parity.ok uses hwai.export's)
+MIN_INT8_AGREEMENT = 0.99  # what bench/runtimes.py requires of every INT8 artifact (Parity.ok uses hwai.runtimes.export's)
 
 
 @dataclass
@@ -52,7 +51,7 @@ def parity(name: str, model: nn.Module, artifact: str | Path, inputs: torch.Tens
            threads: int | None = None) -> Parity:
     """Logits of `artifact` run by runtime `name` against `model`'s (the fake-quant model for hwai-quantized
     INT8; the float model otherwise) on `inputs` (real samples)."""
-    from hwai.runtimes import get
+    from hwai.runtimes.registry import get
 
     return _parity(get(name).load(artifact, threads), model, inputs, int8)
 
@@ -60,8 +59,8 @@ def parity(name: str, model: nn.Module, artifact: str | Path, inputs: torch.Tens
 def _parity(run: Callable, model: nn.Module, inputs: torch.Tensor, int8: bool) -> Parity:
     import torch
 
-    from hwai.export import agreement
     from hwai.runtimes.common import float_model
+    from hwai.runtimes.export import agreement
 
     with torch.no_grad():
         ref = (model.eval() if int8 else float_model(model))(inputs).numpy()
@@ -71,7 +70,7 @@ def _parity(run: Callable, model: nn.Module, inputs: torch.Tensor, int8: bool) -
 def latency(name: str, artifact: str | Path, example: torch.Tensor, cfg: MeasureConfig | None = None) -> LatencyStats:
     """hwai.measure.time_callable over runtime `name`'s runner: same warm-up, repeats, median and IQR."""
     from hwai.measure import MeasureConfig, physical_cores
-    from hwai.runtimes import get
+    from hwai.runtimes.registry import get
 
     cfg = cfg or MeasureConfig()
     threads = cfg.threads or physical_cores()
@@ -87,7 +86,7 @@ def _time(name: str, run: Callable, example: torch.Tensor, cfg: MeasureConfig, t
 
 def accuracy(name: str, artifact: str | Path, data: DataBundle, threads: int | None = None, split: str = "test") -> float:
     """Top-1 accuracy of `artifact` executed by runtime `name`."""
-    from hwai.runtimes import get
+    from hwai.runtimes.registry import get
 
     return _accuracy(get(name).load(artifact, threads), data, split)
 
@@ -110,7 +109,7 @@ def _prepare(name: str, model: nn.Module, data: DataBundle, out_dir: Path, int8:
              parity_samples: int, strict: bool, split: str = "test") -> tuple[Deployment, Callable | None]:
     """Export, then (where the runtime runs here) load, check parity and measure accuracy on `split`; an artifact
     that disagrees with PyTorch is refused (strict: UserError; else recorded, untimed, with the reason)."""
-    from hwai.runtimes import get
+    from hwai.runtimes.registry import get
 
     module = get(name, installed=False)
     precision = "int8" if int8 else "fp32"
@@ -163,7 +162,7 @@ def measure_all(model: nn.Module, data: DataBundle, out_dir: str | Path, int8: b
     them in `passes` interleaved passes at the same thread count (batch 1). strict: a runtime that cannot
     export, or whose artifact disagrees with PyTorch, raises UserError; otherwise it is recorded with a note."""
     from hwai.measure import MeasureConfig, physical_cores
-    from hwai.runtimes import available
+    from hwai.runtimes.registry import available
 
     cfg = cfg or MeasureConfig()
     threads = cfg.threads or physical_cores()
@@ -260,24 +259,10 @@ def document(deployments: list[Deployment], cfg: MeasureConfig, model: str, data
     """A results.json (schema hwai.results/1) for `hwai export`: `hwai report DIR` renders its runtimes table."""
     import time
 
-    from hwai.compress import _environment
+    from hwai.measure import environment
 
     return {"schema": "hwai.results/1", "command": "export",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "environment": {**_environment(), **versions()}, "model": {"name": model, "data": data},
+            "environment": environment(cfg.threads), "model": {"name": model, "data": data},
             "target": {"name": target} if target else None,
             "runtimes": section([d.to_dict() for d in deployments], cfg, passes, choice)}
-
-
-def versions() -> dict:
-    """Installed versions of the runtime packages (absent ones are left out)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("onnxruntime", "openvino", "nncf", "executorch", "torchao", "litert-torch", "ai-edge-litert",
-                    "tflite-micro"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return found

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hwai import io
-from hwai.runtimes.common import artifact_name, float_model, one_input, per_row, pt2e_int8, require, silenced
+from hwai.runtimes.common import (
+    artifact_name,
+    float_model,
+    one_input,
+    per_row,
+    pt2e_int8,
+    require,
+    silenced,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,7 +70,6 @@ def interpreter(artifact: str | Path, threads: int | None = None, delegates: boo
 
 
 def load(artifact: str | Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    import numpy as np
 
     it = interpreter(artifact, threads)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]

@@ -24,8 +24,8 @@ def check() -> None:
 
 def export(model: nn.Module, example: torch.Tensor, out_dir: str | Path, int8: bool = False,
            calib: DataBundle | None = None) -> Path:
-    """hwai.export.to_onnx: FP32 (a hwai-quantized model's float weights) or QDQ INT8 (hwai's scales)."""
-    from hwai.export import to_onnx
+    """hwai.runtimes.export.to_onnx: FP32 (a hwai-quantized model's float weights) or QDQ INT8 (hwai's scales)."""
+    from hwai.runtimes.export import to_onnx
 
     return to_onnx(model, example, Path(out_dir) / artifact_name(int8, SUFFIX), int8=int8, calib=calib)
 

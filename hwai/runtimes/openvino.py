@@ -8,8 +8,17 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from hwai.runtimes.common import (artifact_name, calib_batches, float_model, is_hwai_quantized, one_input, per_row,
-                                  require, silenced, staging)
+from hwai.runtimes.common import (
+    artifact_name,
+    calib_batches,
+    float_model,
+    is_hwai_quantized,
+    one_input,
+    per_row,
+    require,
+    silenced,
+    staging,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,7 +47,7 @@ def export(model: nn.Module, example: torch.Tensor, out_dir: str | Path, int8: b
     path = out_dir / artifact_name(int8, SUFFIX)
     with staging(out_dir) as tmp, silenced():
         if int8 and is_hwai_quantized(model):
-            from hwai.export import to_onnx
+            from hwai.runtimes.export import to_onnx
 
             ir = ov.convert_model(str(to_onnx(model, example, tmp / "qdq.onnx", int8=True, calib=calib)))
             ir.reshape(list(example.shape))

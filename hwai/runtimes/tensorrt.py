@@ -35,7 +35,7 @@ def command(onnx: Path, example_shape: tuple[int, ...]) -> str:
 def export(model: nn.Module, example: torch.Tensor, out_dir: str | Path, int8: bool = False,
            calib: DataBundle | None = None) -> Path:
     """model.onnx (FP32) and trtexec.sh, labelled not run here."""
-    from hwai.export import to_onnx
+    from hwai.runtimes.export import to_onnx
 
     if int8:
         raise UserError("tensorrt: INT8 engines need symmetric (zero-point 0) Q/DQ activations and hwai's QDQ ONNX "

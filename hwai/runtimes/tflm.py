@@ -108,7 +108,7 @@ def export(model: nn.Module, example: torch.Tensor, out_dir: str | Path, int8: b
     try:
         litert.check()
     except UserError as exc:
-        from hwai.export import to_onnx
+        from hwai.runtimes.export import to_onnx
 
         onnx = to_onnx(model, example[:1], out_dir / artifact_name(True, ".onnx"), int8=True, calib=calib)
         meta = {"model": onnx.name, "converter": None, "arena_planned_bytes": planned, "arena_measured_bytes": None,
@@ -143,7 +143,7 @@ def _readme(meta: dict, example: torch.Tensor) -> str:
                                                       f"the host (reference kernels); hwai.memory plans {planned:,} bytes of activations (TFLite Micro adds "
                                                       "tensor metadata and kernel buffers)"
                                                       if measured else
-                                                      f"planned by hwai.memory (peak live int8 activations; predicted, "
+                                                      "planned by hwai.memory (peak live int8 activations; predicted, "
                                                       "not measured)"),
              "- optimized kernels (CMSIS-NN, ESP-NN) may request extra scratch: check with "
              "`tflite::RecordingMicroInterpreter` on the device"]

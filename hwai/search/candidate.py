@@ -20,10 +20,19 @@ from hwai import graph as hgraph
 from hwai import measure
 from hwai.data import DataBundle
 from hwai.models import ModelSpec, build
+from hwai.passes import (
+    DistillConfig,
+    FuseConfig,
+    PassContext,
+    PruneConfig,
+    QuantConfig,
+    apply,
+    in_order,
+)
 from hwai.search.space import BITS_DTYPE, Candidate
-from hwai.train import TrainConfig, default_augmentation, train
+from hwai.train import default_augmentation
 
-PARITY_SAMPLES = 256  # real inputs on which the exported ONNX must agree with PyTorch (hwai.export.parity)
+PARITY_SAMPLES = 256  # real inputs on which the exported ONNX must agree with PyTorch (hwai.runtimes.export.parity)
 FINETUNE_LR = 5e-4  # fine-tuning from the baseline's weights: a quarter of AdamW's default peak rate
 
 
@@ -47,34 +56,19 @@ def data_at(bundle: DataBundle, spec: ModelSpec) -> DataBundle:
     return dataclasses.replace(bundle, input_size=tuple(spec.input_size))
 
 
-def _prune(model: nn.Module, cand: Candidate, example: torch.Tensor) -> nn.Module:
-    if not cand.prune:
-        return model
-    import hwai
-
-    return hwai.prune(model, hwai.PruneConfig(ratio=0.0, structured=True, per_layer=dict(cand.prune)), example)
+def _prune_config(cand: Candidate) -> list:
+    return [PruneConfig(ratio=0.0, structured=True, per_layer=dict(cand.prune))] if cand.prune else []
 
 
-def _fuse(model: nn.Module, cand: Candidate, example: torch.Tensor) -> nn.Module:
-    if not cand.fuse:
-        return model
-    import hwai
-
-    return hwai.fuse(model, example)
-
-
-def _quantize(model: nn.Module, cand: Candidate, calib: DataBundle, example: torch.Tensor) -> nn.Module:
-    if not cand.quantized:
-        return model
-    import hwai
-
-    cfg = hwai.QuantConfig(bits=8, per_layer=dict(cand.bits))
-    return hwai.quantize(model, cfg, calib=calib, example=example, progress=False)
+def finish_configs(cand: Candidate) -> list:
+    """The post-training passes of a candidate, in pipeline order: fuse, then quantize."""
+    return in_order(([FuseConfig()] if cand.fuse else [])
+                    + ([QuantConfig(bits=8, per_layer=dict(cand.bits))] if cand.quantized else []))
 
 
 def structure(cand: Candidate, example: torch.Tensor) -> nn.Module:
     """The candidate's shapes on untrained weights (its pruned architecture): enough to plan its memory."""
-    return _prune(build(cand.spec).eval(), cand, example).eval()
+    return apply(build(cand.spec).eval(), _prune_config(cand), PassContext(None, example)).eval()
 
 
 def node_precision(graph: hgraph.Graph, bits: dict[str, int]) -> dict[str, str]:
@@ -108,26 +102,22 @@ def realize(cand: Candidate, baseline: nn.Module, base_spec: ModelSpec, data: Da
         model = copy.deepcopy(start)
     else:
         model = copy.deepcopy(baseline) if cand.same_architecture else build(cand.spec)
-    model = _prune(model, cand, example)
     teacher = AtResolution(baseline, base_spec.input_size) if data.image_size else baseline
-    cfg = TrainConfig(epochs=cand.epochs, lr=FINETUNE_LR if cand.same_architecture else None,
-                      warmup_epochs=0.0 if cand.same_architecture else 0.5,
-                      seed=seed, **default_augmentation(cand.spec.name, bundle))
-    if cand.epochs:
-        train(model, bundle, cfg, teacher=teacher, progress=False)
-    model.eval()
+    tune = DistillConfig(epochs=cand.epochs, lr=FINETUNE_LR if cand.same_architecture else None,
+                         warmup_epochs=0.0 if cand.same_architecture else 0.5, seed=seed, alpha=0.7, temperature=4.0,
+                         **default_augmentation(cand.spec.name, bundle))
+    model = apply(model, _prune_config(cand) + [tune], PassContext(bundle, example, teacher=teacher))
     return model, finish(copy.deepcopy(model), cand, bundle)
 
 
 def finish(model: nn.Module, cand: Candidate, bundle: DataBundle) -> nn.Module:
-    """The post-training passes: fuse, then quantize (calibrated on `bundle`)."""
-    example = bundle.example(2)
-    return _quantize(_fuse(model.eval(), cand, example), cand, bundle, example).eval()
+    """The post-training passes (fuse, then quantize calibrated on `bundle`) on the trained float model."""
+    return apply(model.eval(), finish_configs(cand), PassContext(bundle, bundle.example(2))).eval()
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, calib: DataBundle, int8: bool = False) -> Path:
     """The candidate as ONNX (atomically): FP32, or INT8 QDQ (INT4 weights where asked) when quantized."""
-    from hwai import export
+    from hwai.runtimes import export
 
     return export.to_onnx(model, example, path, int8=int8, calib=calib if int8 else None)
 
@@ -141,26 +131,30 @@ def measure_host(model: nn.Module, bundle: DataBundle, path: Path, cfg: measure.
     stats = measure.latency(path, example, cfg, runtime="onnxruntime")
     check = parity(model, path, bundle.example(PARITY_SAMPLES, split="val"))
     return {"host_latency_ms": stats.median_ms, "host_latency_iqr_ms": stats.iqr_ms, "host_threads": stats.threads,
+            "host_runtime": "onnxruntime", "host_feedback_ms": stats.median_ms,
             "size_kb": path.stat().st_size / 1024, "parity_ok": check["ok"], "parity_reason": check["reason"],
             "parity_top1_agreement": check["top1_agreement"]}, stats
 
 
-def val_accuracy(model: nn.Module, onnx_path: Path, bundle: DataBundle, quantized: bool, threads: int) -> dict:
-    """Validation accuracy of what ships: a quantized candidate's exported INT8 ONNX model on ONNX Runtime
-    (its PyTorch fake-quant accuracy kept beside it), a float candidate's PyTorch model."""
-    from hwai.export import ort_accuracy
+def val_accuracy(model: nn.Module, onnx_path: Path, bundle: DataBundle, quantized: bool, threads: int,
+                 runtime: str = "onnxruntime", artifact: Path | None = None) -> dict:
+    """Validation accuracy of what ships: a quantized candidate's exported INT8 artifact on the runtime it ships
+    on (ONNX Runtime unless the deployment search chose another; its PyTorch fake-quant accuracy kept beside it),
+    a float candidate's PyTorch model (every artifact agrees with it within the parity check)."""
+    from hwai.runtimes.deployment import accuracy
     from hwai.train import evaluate
 
     simulated = evaluate(model, bundle, "val")
     if not quantized:
         return {"accuracy": simulated, "accuracy_source": "pytorch"}
-    return {"accuracy": ort_accuracy(onnx_path, bundle, threads, split="val"), "accuracy_fake_quant": simulated,
-            "accuracy_source": "onnxruntime (exported INT8 model)"}
+    shipped = artifact if artifact is not None and runtime != "onnxruntime" else onnx_path
+    return {"accuracy": accuracy(runtime, shipped, bundle, threads, split="val"), "accuracy_fake_quant": simulated,
+            "accuracy_source": f"{runtime} (exported INT8 model)"}
 
 
 def parity(model: nn.Module, onnx_path: Path, inputs: torch.Tensor) -> dict:
-    """ONNX Runtime vs PyTorch on real inputs (hwai.export.parity): max |logit diff|, top-1 agreement, ok."""
-    from hwai import export
+    """ONNX Runtime vs PyTorch on real inputs (hwai.runtimes.export.parity): max |logit diff|, top-1 agreement, ok."""
+    from hwai.runtimes import export
 
     with torch.inference_mode():
         return export.parity(model, onnx_path, inputs).to_dict()
@@ -189,7 +183,7 @@ def planned_memory(cand: Candidate, model: nn.Module, example: torch.Tensor, tar
     plan = memory.plan(graph, precision, split=split, grid=grid)
     latency = latency_ms
     if split is not None:
-        plain_ms, patched_ms = memory.predict_latency(graph, plan, target)
+        plain_ms, patched_ms = cost.patch_latency(graph, plan, target)
         latency *= patched_ms / plain_ms
     weights = weight_bytes
     sram = plan.arena_bytes + (weights if target.weights_in == "sram" else 0)

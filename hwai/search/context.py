@@ -15,7 +15,8 @@ from hwai.search.feedback import Correction
 from hwai.search.screen import Screen
 
 KINDS = {"accuracy": "measured", "accuracy_fake_quant": "measured", "test_accuracy": "measured",
-         "host_latency_ms": "measured", "host_latency_iqr_ms": "measured", "size_kb": "measured",
+         "host_latency_ms": "measured", "host_latency_iqr_ms": "measured", "host_feedback_ms": "measured",
+         "size_kb": "measured",
          "target_latency_ms": "predicted", "target_latency_raw_ms": "predicted", "energy_mj": "predicted",
          "peak_sram_kb": "predicted", "fits": "predicted", "host_predicted_ms": "predicted",
          "host_predicted_raw_ms": "predicted", "parity_top1_agreement": "measured",
@@ -35,6 +36,8 @@ class Context:
     baseline: dict = field(default_factory=dict)  # baseline metrics, as stored in the study
     screen: Any = None  # hwai.search.screen.Screen over `targets`
     supernet: Any = None  # --space supernet: the trained hwai.nas supernet whose subnets the trials inherit from
+    deploy: list = field(default_factory=list)  # --target host: the (runtime, threads) options a candidate may ship
+    # on (hwai.search.deploy); empty: the host is measured on ONNX Runtime at mcfg.threads only
 
     @property
     def targets(self) -> list:
@@ -62,14 +65,27 @@ class Context:
                        host_correction_pairs=correction.pairs)
         return out
 
+    def deployed(self, model: nn.Module, bundle: DataBundle, folder: Path, int8: bool, onnx_path: Path) -> dict:
+        """The deployment options measured on `model` and the fastest of them (hwai.search.deploy); {} without
+        options (the host measurement then stays ONNX Runtime's at mcfg.threads)."""
+        if not self.deploy:
+            return {}
+        from hwai.search import deploy
+
+        return deploy.measure(model, bundle, folder, int8, self.deploy, self.mcfg, onnx_path)
+
     def kinds(self) -> dict[str, str]:
         return dict(KINDS)
 
     def measurement(self) -> str:
         c = self.mcfg
+        deploy = ("; every candidate measured on each deployment option (" + ", ".join(o.label() for o in self.deploy)
+                  + ") in 3 interleaved rounds, shipped on the fastest (host_runtime, host_threads; the ONNX Runtime "
+                  f"figure at {c.threads} thread(s), which the host cost model predicts, kept as host_feedback_ms)"
+                  if self.deploy else "")
         return (f"host latency measured with ONNX Runtime (CPU), batch 1, {c.threads} thread(s), {c.warmup} warm-up runs, "
                 f"{c.min_repeats}..{c.max_repeats} repeats until the median is stable within {c.rel_tol:.0%} or "
-                f"{c.max_seconds:g} s; median and IQR reported. Accuracy measured on the validation split: a quantized "
+                f"{c.max_seconds:g} s; median and IQR reported{deploy}. Accuracy measured on the validation split: a quantized "
                 "candidate's is its exported INT8 ONNX model run by ONNX Runtime (the PyTorch fake-quant figure is kept "
                 "as accuracy_fake_quant), a float candidate's its PyTorch model (the same as its exported ONNX within "
                 "the parity check); the test split is measured once, for the baseline and the chosen model, after the "
@@ -92,8 +108,14 @@ class Context:
 
 
 def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[nn.Module, ModelSpec]:
-    from hwai.train import (TrainConfig, default_augmentation, load_checkpoint, resolve_model, save_checkpoint,
-                            train)
+    from hwai.train import (
+        TrainConfig,
+        default_augmentation,
+        load_checkpoint,
+        resolve_model,
+        save_checkpoint,
+        train,
+    )
 
     if path.is_file():
         model, meta = load_checkpoint(path)
@@ -147,18 +169,24 @@ def _largest_subnet(supernet, data: DataBundle, path: Path) -> tuple[nn.Module, 
     return model.eval(), spec
 
 
-def prepare(cfg, run_dir: Path, progress: bool = True) -> Context:
-    """Load data and targets, train (or load) the baseline: the same in every process of a run."""
-    from hwai import data as hdata
-    from hwai.train import checkpoint_data, seed_everything
+ZOO_SIDE = 32  # a baseline built here (zoo name or factory) sees images of this side unless --input-size says
+
+
+def prepare(cfg, run_dir: Path, progress: bool = True, log=None) -> Context:
+    """Load data and targets, train (or load) the baseline: the same in every process of a run. A checkpoint's
+    input size and preprocessing win over the defaults (hwai.train.prepare_data); `log` hears when an explicit
+    --input-size overrides them."""
+    from hwai.train import prepare_data, seed_everything
 
     seed_everything(cfg.seed)
     supernet = None
     if getattr(cfg, "space_kind", "zoo") == "supernet":
         supernet, bundle = _supernet(cfg, run_dir, progress)
     else:
-        stored = checkpoint_data(cfg.model)  # a user's checkpoint: its input size and preprocessing
-        bundle = hdata.load(cfg.data, input_size=cfg.input_size or stored.get("input_size"), deskew=stored.get("deskew"))
+        side = cfg.input_size
+        if side is None and not cfg.model.endswith((".pt", ".pth")):
+            side = ZOO_SIDE
+        bundle = prepare_data(cfg.model, cfg.data, side or None, log)
     target = host = None
     if cfg.target or cfg.host_target:
         from hwai import targets
@@ -171,8 +199,22 @@ def prepare(cfg, run_dir: Path, progress: bool = True) -> Context:
         model, spec = _train_baseline(cfg, bundle, run_dir / "baseline" / "model.pt", progress)
     mcfg = measure.MeasureConfig(threads=cfg.threads or measure.physical_cores(), max_seconds=cfg.measure_seconds)
     ctx = Context(cfg, run_dir, bundle, spec, model, target, host, mcfg, supernet=supernet)
+    ctx.deploy = _deploy_options(cfg, ctx.target_is_host or target is None)
     ctx.screen = Screen(ctx.targets, bundle)
     return ctx
+
+
+def _deploy_options(cfg, on_host: bool) -> list:
+    """--target host: every runtime (default: ONNX Runtime and OpenVINO, where installed) x thread count (--threads,
+    else 1 and all physical cores): the deployment knobs of the search."""
+    if not on_host:
+        return []
+    from hwai.runtimes import available
+    from hwai.search import deploy
+
+    runtimes = cfg.runtimes or tuple(r for r in ("onnxruntime", "openvino") if r in available())
+    threads = (cfg.threads,) if cfg.threads else (1, measure.physical_cores())
+    return deploy.options(runtimes, threads)
 
 
 def baseline_metrics(ctx: Context) -> dict:
@@ -184,8 +226,10 @@ def baseline_metrics(ctx: Context) -> dict:
     from hwai.train import evaluate
 
     metrics = {"accuracy": evaluate(ctx.baseline_model, ctx.data, "val"), "accuracy_source": "pytorch"}
-    host, _ = measure_host(ctx.baseline_model, ctx.data, ctx.run_dir / "baseline" / "model.onnx", ctx.mcfg)
+    onnx_path = ctx.run_dir / "baseline" / "model.onnx"
+    host, _ = measure_host(ctx.baseline_model, ctx.data, onnx_path, ctx.mcfg)
     metrics.update(host)
+    metrics.update(ctx.deployed(ctx.baseline_model, ctx.data, onnx_path.parent, False, onnx_path))
     if ctx.targets:
         base = Candidate(ctx.base_spec, True, {}, {n: 32 for n in weighted_layers(ctx.baseline_model)}, False, 0)
         scores = ctx.screen.score([base], [kept_channels(ctx.baseline_model)])[0]

@@ -23,8 +23,8 @@ def pareto_table(results: dict) -> list:
     title = Text(f"Pareto front: {len(results['pareto'])} of {len(results['trials'])} trials (feasible, "
                  f"non-dominated); target = {target}; trials: {summary(results['counts'])}")
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for col in ("trial", "accuracy\n(m)", "host ms\n(m)", "IQR ms\n(m)", "target ms\n(p)", "size KB\n(m)",
-                "energy mJ\n(p)", "SRAM KB\n(p)"):
+    for col in ("trial", "accuracy\n(m)", "host ms\n(m)", "IQR ms\n(m)", "runtime,\nthreads", "target ms\n(p)",
+                "size KB\n(m)", "energy mJ\n(p)", "SRAM KB\n(p)"):
         table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.splitlines())))
     best = results["best"].get("trial")
     rows = [{**results["baseline"], "_name": "base", "_desc": f"{results['model']['name']} (the baseline)"}]
@@ -32,10 +32,13 @@ def pareto_table(results: dict) -> list:
              for r in results["trials"] if r["number"] in results["pareto"]]
     for m in rows:
         table.add_row(m["_name"], _fmt(m.get("accuracy"), ".2%"), _fmt(m.get("host_latency_ms"), ".3f"),
-                      _fmt(m.get("host_latency_iqr_ms"), ".3f"), _fmt(m.get("target_latency_ms"), ".3f"),
+                      _fmt(m.get("host_latency_iqr_ms"), ".3f"),
+                      f"{m.get('host_runtime', 'onnxruntime')}, {m.get('host_threads', '-')}",
+                      _fmt(m.get("target_latency_ms"), ".3f"),
                       _fmt(m.get("size_kb"), ".1f"), _fmt(m.get("energy_mj"), ".4f"), _fmt(m.get("peak_sram_kb"), ".1f"))
-    legend = Text(f"(m) measured on this machine; (p) predicted by the cost model for {target}; accuracy on the "
-                  "validation split (INT8 candidates: their exported model on ONNX Runtime); * the best")
+    legend = Text(f"(m) measured on this machine, on the runtime and thread count shown; (p) predicted by the cost "
+                  f"model for {target}; accuracy on the validation split (INT8 candidates: their exported model on "
+                  "that runtime); * the best")
     return [table, legend] + [Text(f"  {m['_name']}: {m['_desc']}") for m in rows]
 
 
@@ -44,10 +47,12 @@ class Progress:
     one line per finished trial (user text in it printed verbatim, never as markup)."""
 
     def __init__(self, ctx, study: optuna.Study, enabled: bool = True) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        from hwai.text import progress
 
         self.ctx, self.study, self.enabled = ctx, study, enabled
-        self.bar = Bar(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
+        self.bar = progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(),
                        disable=not enabled, transient=False)
         self.task = self.bar.add_task("trials", total=ctx.cfg.trials, status="")
@@ -90,8 +95,9 @@ def _line(rec: dict, latency_key: str) -> str:
         return f"{head}: {rec.get('reason')}"
     if rec["outcome"] == "screened_out":
         return f"{head}: {rec['reason']} [{rec['description']}]"
-    source = "" if m.get("accuracy_source", "pytorch") == "pytorch" else ", ONNX Runtime INT8"
-    parts = [f"acc {m['accuracy']:.2%} (measured{source})", f"host {m['host_latency_ms']:.3f} ms (measured)"]
+    source = "" if m.get("accuracy_source", "pytorch") == "pytorch" else f", {m.get('host_runtime', 'onnxruntime')} INT8"
+    parts = [f"acc {m['accuracy']:.2%} (measured{source})", f"host {m['host_latency_ms']:.3f} ms (measured, "
+             f"{m.get('host_runtime', 'onnxruntime')}, {m.get('host_threads', '?')} thread(s))"]
     if "target_latency_ms" in m:
         parts.append(f"target {m['target_latency_ms']:.3f} ms (predicted)")
     parts.append(f"{m['size_kb']:.1f} KB")

@@ -59,8 +59,14 @@ class Correction:
 def pairs(metrics: list[dict]) -> list[Pair]:
     """The (group, raw prediction, measurement) pairs among metric dicts (baseline and completed trials);
     a re-proposed copy of a candidate does not count twice."""
-    return [Pair(m.get("host_group", "fp32"), m["host_predicted_raw_ms"], m["host_latency_ms"]) for m in metrics
-            if m.get("host_predicted_raw_ms") and m.get("host_latency_ms") and "duplicate_of" not in m]
+    return [Pair(m.get("host_group", "fp32"), m["host_predicted_raw_ms"], _measured(m)) for m in metrics
+            if m.get("host_predicted_raw_ms") and _measured(m) and "duplicate_of" not in m]
+
+
+def _measured(m: dict) -> float | None:
+    """The measurement the host cost model predicts: ONNX Runtime at the host target's thread count (a run that
+    searched deployments ships on another runtime or thread count; that one is `host_latency_ms`)."""
+    return m.get("host_feedback_ms", m.get("host_latency_ms"))
 
 
 def _geomean(ratios: list[float]) -> float:

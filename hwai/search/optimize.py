@@ -26,7 +26,13 @@ from hwai.search import study as hstudy
 from hwai.search.constraints import Constraints, check
 from hwai.search.context import Context, baseline_metrics, prepare
 from hwai.search.feedback import Correction, fit, pairs
-from hwai.search.space import SpaceConfig, policy, sample, supernet_warm_start, warm_start
+from hwai.search.space import (
+    SpaceConfig,
+    policy,
+    sample,
+    supernet_warm_start,
+    warm_start,
+)
 from hwai.search.study import RETRY_S, SearchStopped
 
 STUDY_NAME = "hwai-optimize"
@@ -41,7 +47,8 @@ class OptimizeConfig:
     model: str = "resnet8"  # zoo name, checkpoint .pt or file.py:factory: the baseline (and teacher)
     data: str = "mnist"  # data spec (hwai.data.load)
     width: float = 0.5  # the baseline's width multiplier (zoo models)
-    input_size: int | None = 32  # the baseline's input side (images); None keeps the data's
+    input_size: int | None = None  # the baseline's input side (images); None: a checkpoint's own, else ZOO_SIDE;
+    # 0: the data's own size
     target: str | None = "stm32h743"  # target of the predicted objectives (catalog name or YAML); None: host only
     host_target: str | None = HOST  # target file predicting this machine: measured vs predicted feedback
     constraints: Constraints = field(default_factory=Constraints)
@@ -51,7 +58,10 @@ class OptimizeConfig:
     sampler: str = "nsga2"  # "nsga2" or "tpe" (both multi-objective and constraint-aware)
     seed: int = 0  # sampler and training seed
     train_threads: int = 1  # torch threads while training candidates (small models: 1 avoids contention)
-    threads: int | None = None  # ONNX Runtime threads for host latency; None: physical cores (as calibrate, profile)
+    threads: int | None = None  # intra-op threads for host latency; None: physical cores for the feedback measurement
+    # and, on --target host, both 1 and all physical cores as deployment options
+    runtimes: tuple[str, ...] | None = None  # --target host: runtimes a candidate may ship on (hwai.runtimes); None:
+    # onnxruntime and openvino where installed; other targets: the host is measured on onnxruntime only
     measure_seconds: float = 1.0  # time cap per latency measurement
     space_kind: str = "zoo"  # "zoo": architecture knobs of `model`, trained per trial; "supernet": subnets of a
     # weight-sharing supernet (hwai.nas), inherited weights fine-tuned per trial, the largest subnet the baseline
@@ -71,8 +81,14 @@ class OptimizeConfig:
             raise UserError(f"unknown sampler {self.sampler!r}: use nsga2 or tpe")
         if not (math.isfinite(self.width) and self.width > 0):
             raise UserError(f"--width must be a positive finite number, got {self.width}")
-        if self.input_size is not None and self.input_size < 1:
-            raise UserError(f"--input-size must be positive, got {self.input_size}")
+        if self.input_size is not None and self.input_size < 0:
+            raise UserError(f"--input-size must be positive (0: the data's own size), got {self.input_size}")
+        if self.runtimes is not None:
+            from hwai.runtimes import get
+
+            for name in self.runtimes:
+                if not get(name).HOST:
+                    raise UserError(f"--runtimes: {name} does not run on this machine; use runtimes that do")
         if self.threads is not None and self.threads < 1 or self.train_threads < 1:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
         if not (math.isfinite(self.measure_seconds) and self.measure_seconds > 0):
@@ -207,8 +223,10 @@ class Objective:
         model_float, model = hc.realize(cand, ctx.baseline_model, ctx.base_spec, ctx.data, seed=cfg.seed, start=start)
         onnx_path = folder / "model.onnx"
         host, _ = hc.measure_host(model, bundle, onnx_path, ctx.mcfg, int8=cand.quantized)
-        metrics.update(host)  # 2. measured on this machine
-        metrics.update(hc.val_accuracy(model, onnx_path, bundle, cand.quantized, ctx.mcfg.threads))  # 3. what ships
+        metrics.update(host)  # 2. measured on this machine (and on every deployment option of --target host)
+        metrics.update(ctx.deployed(model, bundle, folder, cand.quantized, onnx_path))
+        metrics.update(hc.val_accuracy(model, onnx_path, bundle, cand.quantized, metrics["host_threads"],
+                                       metrics["host_runtime"], metrics.get("host_artifact")))  # 3. what ships
         if ctx.targets:  # 4. the prediction of the model as built (its real channel counts)
             scores = ctx.screen.score([cand], [kept_channels(model_float)])[0]
             metrics.update(ctx.predicted(scores, group, correction))
@@ -216,7 +234,7 @@ class Objective:
                 metrics.update(hc.planned_memory(cand, model_float, bundle.example(1), ctx.target,
                                                  metrics["target_latency_ms"], scores[ctx.target.name].weight_bytes))
         if metrics.get("host_predicted_ms"):
-            measured, predicted = metrics["host_latency_ms"], metrics["host_predicted_ms"]
+            measured, predicted = metrics["host_feedback_ms"], metrics["host_predicted_ms"]
             metrics["host_error_pct"] = 100 * (predicted - measured) / measured
             metrics["host_error_raw_pct"] = 100 * (metrics["host_predicted_raw_ms"] - measured) / measured
         save_checkpoint(folder / "model.pt", model_float, cand.spec, bundle.describe(), {"candidate": cand.to_dict()})
@@ -311,7 +329,7 @@ def optimize(cfg: OptimizeConfig = OptimizeConfig(), run_dir: str | Path | None 
         print(f"run directory: {run_dir}, study {name!r} ({len(study.trials)} trials so far); "
               f"the same --run resumes")
     with _threads(cfg.train_threads), _storage_guard(url, storage_retry_s):
-        ctx = prepare(cfg, run_dir, progress=progress)
+        ctx = prepare(cfg, run_dir, progress=progress, log=print)
         if "baseline" not in study.user_attrs:
             study.set_user_attr("baseline", baseline_metrics(ctx))
         ctx.baseline = study.user_attrs["baseline"]

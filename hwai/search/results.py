@@ -7,14 +7,13 @@ limit), screened out (the cost model predicted it breaks a limit: never built), 
 process died), running / waiting."""
 from __future__ import annotations
 
-import platform
 import time
-from importlib import metadata
 
 import optuna
 from optuna.trial import TrialState
 
 from hwai import io
+from hwai.measure import environment
 from hwai.search.constraints import check
 from hwai.search.feedback import fit, pairs
 
@@ -134,35 +133,14 @@ def _limits(c: dict) -> str:
     return text or "none given"
 
 
-def environment(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("torch", "onnxruntime", "optuna", "hwai"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    import torch
-
-    versions["torch"] = torch.__version__
-    return {"cpu": cpu, "threads": threads, "python": platform.python_version(), **versions}
-
-
 def export_best(ctx, best: dict) -> tuple[dict, dict]:
     """best/model.onnx (the trial's own artifact, byte for byte, when this process built it; else the
     candidate rebuilt with the same seed and exported again) and best/model.pt, checked against PyTorch;
     its validation accuracy measured again on that file, and its test accuracy measured (once, here)."""
     import shutil
 
-    from hwai.export import ort_accuracy
     from hwai.models import ModelSpec
+    from hwai.runtimes.deployment import accuracy
     from hwai.search import candidate as hc
     from hwai.search.space import Candidate
     from hwai.train import load_checkpoint, save_checkpoint
@@ -195,9 +173,18 @@ def export_best(ctx, best: dict) -> tuple[dict, dict]:
     threads = ctx.mcfg.threads
     out = {"onnx": "best/model.onnx", "onnx_source": source, "model": "best/model.pt",
            "parity": hc.parity(model, onnx_path, bundle.example(hc.PARITY_SAMPLES, split="val")),
-           "onnx_val_accuracy": ort_accuracy(onnx_path, bundle, threads, split="val"),
-           "test_accuracy": ort_accuracy(onnx_path, bundle, threads, split="test"),
+           "onnx_val_accuracy": accuracy("onnxruntime", onnx_path, bundle, threads, split="val"),
+           "test_accuracy": accuracy("onnxruntime", onnx_path, bundle, threads, split="test"),
            "test_accuracy_source": "onnxruntime (best/model.onnx)"}
+    runtime, threads = best["metrics"].get("host_runtime", "onnxruntime"), best["metrics"].get("host_threads", threads)
+    out.update(runtime=runtime, threads=threads)
+    if runtime != "onnxruntime":  # the deployment search chose another runtime: ship its artifact too
+        from hwai.runtimes import get
+
+        artifact = get(runtime).export(model, bundle.example(1), folder / runtime, int8=cand.quantized, calib=bundle)
+        shown = artifact.relative_to(ctx.run_dir)
+        out.update(artifact=str(shown), test_accuracy=accuracy(runtime, artifact, bundle, threads, split="test"),
+                   test_accuracy_source=f"{runtime} ({shown}, {threads} thread(s))")
     detail = _target_detail(ctx, cand, model_float, bundle)
     detail["layers"] = _measured_layers(ctx, detail.get("layers", []), onnx_path, bundle, cand.quantized)
     return out, detail
@@ -296,9 +283,9 @@ def _techniques(baseline: dict, best: dict) -> list[dict]:
 
 def _baseline_test_accuracy(ctx) -> float:
     """The baseline's exported ONNX model on the test split (ONNX Runtime, as the chosen model's)."""
-    from hwai.export import ort_accuracy
+    from hwai.runtimes.deployment import accuracy
 
-    return ort_accuracy(ctx.run_dir / "baseline" / "model.onnx", ctx.data, ctx.mcfg.threads, split="test")
+    return accuracy("onnxruntime", ctx.run_dir / "baseline" / "model.onnx", ctx.data, ctx.mcfg.threads, split="test")
 
 
 def _calibration(recs: list[dict], ctx) -> dict:

@@ -32,91 +32,18 @@ from hwai import io
 from hwai.data import DataBundle
 from hwai.errors import UserError
 from hwai.models import ModelSpec, build
-from hwai.train import TrainConfig, _optimizer, _progress, _schedule, evaluate, save_checkpoint, seed_everything
+from hwai.shard import batchnorm
+from hwai.train import (
+    TrainConfig,
+    evaluate,
+    fit,
+    optimizer,
+    save_checkpoint,
+    schedule,
+    seed_everything,
+)
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-
-
-def _dist():
-    import torch.distributed as dist
-
-    return dist if dist.is_available() and dist.is_initialized() else None
-
-
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training statistics cover the global batch across ranks (two all-reduces, autograd-aware);
-    the same parameters and buffers as the BatchNorm it replaces, so checkpoints load into the plain model."""
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dist = _dist()
-        if not (self.training and dist is not None and dist.get_world_size() > 1):
-            return super().forward(x)
-        with warnings.catch_warnings():  # the public, autograd-aware all_reduce is deprecated for a private API
-            warnings.simplefilter("ignore", FutureWarning)
-            return self._global(x)
-
-    def _global(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_reduce
-
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        # sums accumulate in float64, as torch's CPU BatchNorm does (no float64 copy of the activations is kept)
-        count = x.new_tensor([x.numel() / max(x.shape[1], 1)], dtype=torch.float64)
-        totals = all_reduce(torch.cat([x.sum(dims, dtype=torch.float64), count]))
-        n = totals[-1]
-        mean = (totals[:-1] / n).to(x.dtype)
-        centered = x - mean.view(shape)
-        var = all_reduce((centered * centered).sum(dims, dtype=torch.float64)) / n  # biased, as BatchNorm normalises
-        y = centered * torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), momentum)
-                unbiased = var.detach() * n / (n - 1).clamp_min(1)  # as BatchNorm
-                self.running_var.lerp_(unbiased.to(x.dtype), momentum)
-        return y
-
-
-class GlobalDropout(nn.Dropout):
-    """Dropout whose mask is drawn for the global batch on every rank and sliced: ranks share the random state,
-    so each gets the rows of the mask one process draws (the same `bernoulli_` call as torch's CPU dropout)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dist = _dist()
-        if not (self.training and 0 < self.p < 1 and dist is not None and dist.get_world_size() > 1):
-            return super().forward(x)
-        sizes = [x.new_zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
-        dist.all_gather(sizes, x.new_tensor([x.shape[0]], dtype=torch.long))
-        sizes = [int(n) for n in sizes]
-        start = sum(sizes[:dist.get_rank()])
-        noise = x.new_empty((sum(sizes), *x.shape[1:])).bernoulli_(1 - self.p)
-        noise.div_(1 - self.p)
-        return x * noise[start:start + x.shape[0]]
-
-
-def global_batch(model: nn.Module) -> nn.Module:
-    """Make BatchNorm statistics and Dropout masks those of the global batch: every BatchNorm1d/2d/3d becomes a
-    GlobalBatchNorm and every Dropout a GlobalDropout, in place (same parameters, buffers and state-dict keys)."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
-            swapped = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                      child.track_running_stats)
-            swapped.load_state_dict(child.state_dict())
-        elif type(child) is nn.Dropout:
-            swapped = GlobalDropout(child.p)
-        else:
-            global_batch(child)
-            continue
-        swapped.train(child.training)
-        setattr(model, name, swapped)
-    return model
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
@@ -227,7 +154,7 @@ def _save_sharded(folder: Path, state: dict, meta: dict) -> None:
     """Write the sharded checkpoint to a fresh folder, then swap it in (an interrupted save keeps the last one)."""
     import torch.distributed.checkpoint as dcp
 
-    dist = _dist()
+    dist = batchnorm.dist()
     leader = dist is None or dist.get_rank() == 0
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     if leader:
@@ -252,7 +179,10 @@ def _save_sharded(folder: Path, state: dict, meta: dict) -> None:
 
 def _consolidate(model: nn.Module, template: nn.Module | None) -> nn.Module | None:
     """The full sharded model gathered into a plain copy on rank 0 (None on other ranks; all ranks call it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if template is None:
@@ -262,53 +192,47 @@ def _consolidate(model: nn.Module, template: nn.Module | None) -> nn.Module | No
     return plain.eval()
 
 
-def train_sharded(model: nn.Module, spec: ModelSpec, data: DataBundle, cfg: TrainConfig, out: Path | None = None,
-                  progress: bool = True) -> ShardedResult:
-    """Train `model` on this rank (FSDP2 when a process group of 2+ ranks exists; else plainly, as the reference).
+def _activation_checkpoints(model: nn.Module, data: DataBundle, cfg: TrainConfig, rank: int, world: int):
+    """With a memory budget: activation checkpoints for this rank's share of the batch, placed before sharding
+    (recomputation then runs inside each FSDP unit's backward); (context that applies them, plan or None)."""
+    checkpoints = contextlib.ExitStack()
+    if cfg.memory_budget_mb is None:
+        return checkpoints, None
+    from hwai.memory import checkpoint
 
-    With `out`: resume from `<out>.dcp` when it holds this run, and after every epoch write it and `out`.
-    """
+    dist = batchnorm.dist()
+    local = data.example(max(1, cfg.batch_size // world), "train")
+    # planned once, on rank 0 (the plan weighs measured recompute times): every rank must checkpoint the same
+    # modules, or the collectives their recomputation issues (global batch norm) would not match
+    planned = [checkpoint.plan(model, local, round(cfg.memory_budget_mb * 2**20)) if rank == 0 else None]
+    if dist:
+        dist.broadcast_object_list(planned, src=0)
+    checkpoints.enter_context(checkpoint.applied(model, planned[0].modules))
+    return checkpoints, planned[0]
+
+
+def _shard(model: nn.Module, world: int) -> list[nn.Module]:
+    """FSDP2 over `world` ranks (every block, then the root), global-batch BatchNorm and Dropout; the units."""
+    if world == 1:
+        return blocks(model)
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    dist = _dist()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
-    if cfg.batch_size < world:
-        raise UserError(f"batch size {cfg.batch_size} is smaller than the {world} ranks it is split across")
-    rss_start = _rss()["rss"]
-    seed_everything(cfg.seed)
-    template = copy.deepcopy(model).cpu() if rank == 0 and world > 1 else None  # receives the gathered weights
-    checkpoints, memory_plan = contextlib.ExitStack(), None
-    if cfg.memory_budget_mb is not None:  # activation checkpoints for this rank's share of the batch, placed
-        from hwai.memory import checkpoint  # before sharding: recomputation runs inside each FSDP unit's backward
-
-        local = data.example(max(1, cfg.batch_size // world), "train")
-        # planned once, on rank 0 (the plan weighs measured recompute times): every rank must checkpoint the same
-        # modules, or the collectives their recomputation issues (global batch norm) would not match
-        planned = [checkpoint.plan(model, local, round(cfg.memory_budget_mb * 2**20)) if rank == 0 else None]
-        if dist:
-            dist.broadcast_object_list(planned, src=0)
-        memory_plan = planned[0]
-        checkpoints.enter_context(checkpoint.applied(model, memory_plan.modules))
+    batchnorm.global_batch(model)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        model.cuda()
+    mesh = init_device_mesh(device, (world,))
     units = blocks(model)
-    if world > 1:
-        global_batch(model)
-        from torch.distributed.device_mesh import init_device_mesh
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return units
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":
-            model.cuda()
-        mesh = init_device_mesh(device, (world,))
-        units = blocks(model)
-        for unit in units:
-            fully_shard(unit, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-    device = next(model.parameters()).device
-    sampler = _PeakSampler(model, units)
-    batches = data.batches("train", cfg.batch_size, augment=cfg.augment, seed=cfg.seed, max_shift=cfg.max_shift)
-    opt = _optimizer(model, cfg)
-    sched = _schedule(opt, cfg.epochs * len(batches), int(cfg.warmup_epochs * len(batches)))
-    meta = _checkpoint_meta(spec, data, cfg)
-    folder = dcp_dir(Path(out)) if out is not None else None
+
+def _resume(folder: Path | None, meta: dict, model: nn.Module, opt, sched, batches) -> int:
+    """Epochs already done: the sharded checkpoint in `folder` (when it holds this run) loaded into the model,
+    optimizer, schedule, data order and random state; 0 without one."""
     start_epoch = _resume_epoch(folder, meta) if folder is not None else 0
     if start_epoch:
         import torch.distributed.checkpoint as dcp
@@ -321,56 +245,87 @@ def train_sharded(model: nn.Module, spec: ModelSpec, data: DataBundle, cfg: Trai
         sched.load_state_dict(state["progress"]["scheduler"])
         batches.generator.set_state(state["progress"]["rng"])
         torch.set_rng_state(state["progress"]["torch_rng"])
-    losses, state, begin = [], {}, time.perf_counter()
-    with checkpoints, _progress(progress and rank == 0) as bar:
-        task = bar.add_task(f"train ({world} rank{'s' if world > 1 else ''})", completed=start_epoch * len(batches),
-                            total=cfg.epochs * len(batches), loss=float("nan"), acc=float("nan"))
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            seen = correct = 0
-            loss_sum = 0.0
-            for x, y in batches:
-                n = len(y)
-                x, y = x.tensor_split(world)[rank].to(device), y.tensor_split(world)[rank].to(device)
-                opt.zero_grad(set_to_none=True)  # before the forward: no stale gradients held through it
-                logits = model(x)
-                local = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum")
-                (local * (world / n)).backward()  # FSDP averages over ranks: the global batch's mean gradient
-                opt.step()
-                sched.step()
-                totals = torch.stack([local.detach(), (logits.argmax(1) == y).sum().to(local.dtype)]).cpu()
-                if dist:
-                    dist.all_reduce(totals)
-                losses.append(float(totals[0]) / n)
-                seen, correct, loss_sum = seen + n, correct + int(totals[1]), loss_sum + float(totals[0])
-                state = state_bytes(model, opt)
-                sampler.opt = opt
-                sampler.peak = max(sampler.peak, sum(state.values()))
-                bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
-            if folder is not None:
-                plain = _consolidate(model, template) if world > 1 else model
-                if rank == 0:
-                    save_checkpoint(out, plain, spec, data.describe(),
-                                    {"epochs_done": epoch + 1, "train_loss": loss_sum / seen, "sharded_ranks": world})
-                _save_sharded(folder, _state(model, opt, sched, batches.generator, epoch + 1), meta)
-    result = ShardedResult(losses, state, sampler.peak, {"rss_start": rss_start, **_rss()}, cfg.epochs,
-                           time.perf_counter() - begin, start_epoch,
+    return start_epoch
+
+
+def train_sharded(model: nn.Module, spec: ModelSpec, data: DataBundle, cfg: TrainConfig, out: Path | None = None,
+                  progress: bool = True) -> ShardedResult:
+    """Train `model` on this rank (FSDP2 when a process group of 2+ ranks exists; else plainly, as the reference).
+
+    With `out`: resume from `<out>.dcp` when it holds this run, and after every epoch write it and `out`.
+    """
+    dist = batchnorm.dist()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+    if cfg.batch_size < world:
+        raise UserError(f"batch size {cfg.batch_size} is smaller than the {world} ranks it is split across")
+    rss_start = _rss()["rss"]
+    seed_everything(cfg.seed)
+    template = copy.deepcopy(model).cpu() if rank == 0 and world > 1 else None  # receives the gathered weights
+    checkpoints, memory_plan = _activation_checkpoints(model, data, cfg, rank, world)
+    sampler = _PeakSampler(model, _shard(model, world))
+    device = next(model.parameters()).device
+    batches = data.batches("train", cfg.batch_size, augment=cfg.augment, seed=cfg.seed, max_shift=cfg.max_shift)
+    opt = optimizer(model, cfg)
+    sched = schedule(opt, cfg.epochs * len(batches), int(cfg.warmup_epochs * len(batches)))
+    meta = _checkpoint_meta(spec, data, cfg)
+    folder = dcp_dir(Path(out)) if out is not None else None
+    start_epoch = _resume(folder, meta, model, opt, sched, batches)
+    sampler.opt = opt
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[float, int, int]:
+        n = len(y)
+        x, y = x.tensor_split(world)[rank].to(device), y.tensor_split(world)[rank].to(device)
+        logits = model(x)
+        local = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum")
+        (local * (world / n)).backward()  # FSDP averages over ranks: the global batch's mean gradient
+        totals = torch.stack([local.detach(), (logits.argmax(1) == y).sum().to(local.dtype)]).cpu()
+        if dist:
+            dist.all_reduce(totals)
+        sampler.sample()  # before the optimizer step: gradients and the previous step's optimizer state
+        return float(totals[0]), int(totals[1]), n
+
+    def epoch_done(epoch: int, loss: float) -> None:
+        if folder is None:
+            return
+        plain = _consolidate(model, template) if world > 1 else model
+        if rank == 0:
+            save_checkpoint(out, plain, spec, data.describe(),
+                            {"epochs_done": epoch + 1, "train_loss": loss, "sharded_ranks": world})
+        _save_sharded(folder, _state(model, opt, sched, batches.generator, epoch + 1), meta)
+
+    begin = time.perf_counter()
+    with checkpoints:
+        losses = fit(model, batches, opt, sched, step, cfg.epochs, start_epoch, progress and rank == 0,
+                     f"train ({world} rank{'s' if world > 1 else ''})", epoch_done)
+    sampler.sample()  # after the last optimizer step: every state tensor exists
+    result = ShardedResult(losses, state_bytes(model, opt), sampler.peak, {"rss_start": rss_start, **_rss()},
+                           cfg.epochs, time.perf_counter() - begin, start_epoch,
                            memory_plan=memory_plan.to_dict() if memory_plan is not None else None)
+    _report(result, model, template, spec, data, cfg, out)
+    return result
+
+
+def _report(result: ShardedResult, model: nn.Module, template: nn.Module | None, spec: ModelSpec, data: DataBundle,
+            cfg: TrainConfig, out: Path | None) -> None:
+    """Every rank's memory gathered on rank 0, which measures the gathered model's accuracies and writes `out`."""
+    dist = batchnorm.dist()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
     mine = {"rank": rank, "state": result.state, "peak_state_bytes": result.peak_state_bytes, "rss": result.rss}
     gathered = [None] * world if rank == 0 else None
     if dist:
         dist.gather_object(mine, gathered, dst=0)
     result.ranks = gathered if dist and rank == 0 else [mine]
     plain = _consolidate(model, template) if world > 1 else model
-    if rank == 0:
-        result.test_accuracy, result.val_accuracy = evaluate(plain, data, "test"), evaluate(plain, data, "val")
-        if out is not None:
-            save_checkpoint(out, plain, spec, data.describe(),
-                            {"test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
-                             "train_loss": losses[-1] if losses else None, "epochs_done": cfg.epochs,
-                             "train_wall_s": result.wall_s, "sharded_ranks": world, "kind": "measured",
-                             "step_losses": losses, "resumed_from_epoch": start_epoch, "ranks_memory": result.ranks})
-    return result
+    if rank != 0:
+        return
+    result.test_accuracy, result.val_accuracy = evaluate(plain, data, "test"), evaluate(plain, data, "val")
+    if out is not None:
+        save_checkpoint(out, plain, spec, data.describe(),
+                        {"test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
+                         "train_loss": result.losses[-1] if result.losses else None, "epochs_done": cfg.epochs,
+                         "train_wall_s": result.wall_s, "sharded_ranks": world, "kind": "measured",
+                         "step_losses": result.losses, "resumed_from_epoch": result.resumed_from,
+                         "ranks_memory": result.ranks})
 
 
 def convert(folder: Path, out: Path) -> Path:

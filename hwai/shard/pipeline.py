@@ -22,13 +22,13 @@ from torch import nn
 
 from hwai.errors import UserError
 from hwai.graph import capture
+from hwai.measure import RUNTIMES
 from hwai.shard.link import Link
 from hwai.shard.plan import Device, Option, Planner
 from hwai.shard.split import split
 from hwai.targets import Target
 
 PARITY_TOL = 1e-5  # FP32 max |delta| between the pipeline's output and the unsharded model's (same runtime)
-RUNTIMES = ("onnxruntime", "torch")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,13 @@ from hwai.data import DataBundle
 from hwai.errors import UserError
 from hwai.models import ModelSpec, build
 from hwai.snn.activity import Activity, measure_activity
-from hwai.snn.energy import EnergyEstimate, LatencyComparison, ann_prediction, compare_latency, energy
+from hwai.snn.energy import (
+    EnergyEstimate,
+    LatencyComparison,
+    ann_prediction,
+    compare_latency,
+    energy,
+)
 from hwai.snn.model import SpikingNet
 
 TARGETS = ("neuromorphic-45nm", "loihi")  # neuromorphic profiles priced by default; the first is the headline
@@ -85,9 +91,9 @@ def profile(net: SpikingNet, spec: ModelSpec, data: DataBundle, targets: tuple[s
 
 def results(prof: SNNProfile, command: str, extra: dict | None = None) -> dict:
     """results.json for `hwai report`: the ANN as baseline, the SNN as the chosen model, an `snn` section."""
-    from hwai.search.results import environment
-
     import snntorch
+
+    from hwai.measure import environment
 
     head, act = prof.headline, prof.activity
     lat = prof.latency

@@ -26,9 +26,6 @@ SIZE_UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30}
 TEXT_FIELDS = {"name", "description", "kind", "runtime", "weights_in"}
 LIST_FIELDS = {"dtypes", "ops"}
 TABLE_FIELDS = {"efficiency", "overhead_us"}  # {op or op:dtype or _default: {value, source}}
-# optional: the runtimes a deployment to this target uses, in order of preference (hwai.runtimes; tensorrt: ONNX +
-# trtexec command, not run here; tflm: the TFLite Micro bundle)
-DEPLOY_RUNTIMES = ("onnxruntime", "openvino", "executorch", "litert", "tensorrt", "tflm")
 _PEAK = re.compile(rf"peak_({'|'.join(DTYPES)})_({'|'.join(PEAK_UNITS)})")
 _SIZE = re.compile(rf"({'|'.join(LEVELS)})_({'|'.join(SIZE_UNITS)})")
 _BW = re.compile(rf"({'|'.join(LEVELS)})_gbps")
@@ -86,7 +83,8 @@ class Target:
     efficiency: dict  # "op", "op:dtype" or "_default" -> achieved fraction of peak
     overhead_s: dict  # "op", "op:dtype" or "_default" -> fixed cost per executed op (seconds)
     sources: dict  # YAML field (e.g. "sram_kib", "efficiency.conv") -> (value as written, unit, source)
-    deploy_runtimes: tuple[str, ...] = ()  # runtimes a deployment uses (optional field; empty: not named)
+    deploy_runtimes: tuple[str, ...] = ()  # runtimes a deployment uses, in order of preference (optional; names
+    # checked against hwai.runtimes' registry by hwai.runtimes.for_target)
     energy_per_sop_j: float | None = None  # spiking nets: one synaptic operation (a spike reaching a synapse)
     energy_per_neuron_update_j: float | None = None  # spiking nets: one neuron's state update in one time step
 
@@ -166,6 +164,7 @@ def _table(path: str, field: str, raw, scale: float) -> tuple[dict, dict]:
 
 def parse(raw: object, path: str = "<target>") -> Target:
     """Validate a target mapping (as read from YAML) and build the Target."""
+    # long: one field-by-field validation of a target file; each check names its field
     if not isinstance(raw, dict):
         _fail(path, "top level", "must be a mapping of fields")
     if raw.get("kind") == "neuromorphic":
@@ -191,8 +190,8 @@ def parse(raw: object, path: str = "<target>") -> Target:
     if not isinstance(raw["sparsity_accelerated"], bool):
         _fail(path, "sparsity_accelerated", "must be true or false")
     deploy = raw.get("deploy_runtimes", [])
-    if not isinstance(deploy, list) or any(r not in DEPLOY_RUNTIMES for r in deploy) or len(set(deploy)) < len(deploy):
-        _fail(path, "deploy_runtimes", f"must be a list of distinct runtimes drawn from {', '.join(DEPLOY_RUNTIMES)}")
+    if not isinstance(deploy, list) or any(not isinstance(r, str) for r in deploy) or len(set(deploy)) < len(deploy):
+        _fail(path, "deploy_runtimes", "must be a list of distinct runtime names (hwai.runtimes.RUNTIMES)")
     peak, cap, bw, e_mac, e_byte, sparse, lanes, sources = {}, {}, {}, {}, {}, {}, {}, {}
     for key, entry in raw.items():
         if key in TEXT_FIELDS | LIST_FIELDS | TABLE_FIELDS | {"sparsity_accelerated", "deploy_runtimes"}:

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from hwai.measure import MeasureConfig, ort_session, physical_cores
+from hwai.measure.timing import MeasureConfig, ort_session, physical_cores
 
 CONFIDENCE = 0.95
 BOOTSTRAP = 2000  # resamples of the run times

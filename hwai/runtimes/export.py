@@ -81,7 +81,12 @@ def _quantize_onnx(fp32: Path, out: Path, calib: DataBundle, bits: dict[str, int
     activations; inputs of hwai-quantized layers keep hwai's (calibrated or QAT) scales, other tensors
     (residual adds, the output) are calibrated by ONNX Runtime with the same method."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     graph = onnx.load(str(fp32)).graph
     layer_of = {n.input[1]: n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
@@ -176,14 +181,3 @@ def verified(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor) -> P
         raise UserError(f"refusing {Path(onnx_path).name}: ONNX Runtime disagrees with PyTorch on "
                         f"{result.samples} real inputs ({result.reason})")
     return result
-
-
-def ort_accuracy(path: str | Path, data: DataBundle, threads: int | None = None, split: str = "val") -> float:
-    """Top-1 accuracy of an ONNX model executed by ONNX Runtime (real INT8 kernels for QDQ models)."""
-    session = ort_session(Path(path), threads)
-    name = session.get_inputs()[0].name
-    correct = total = 0
-    for x, y in data.batches(split, batch_size=256, shuffle=False):
-        correct += int((session.run(None, {name: x.numpy()})[0].argmax(1) == y.numpy()).sum())
-        total += len(y)
-    return correct / max(total, 1)

@@ -62,6 +62,14 @@ def _load(path: str | Path):
     return model
 
 
+def input_shape(path: str | Path) -> tuple[int | None, ...]:
+    """The graph input's shape as the file declares it (None for a symbolic dimension such as the batch)."""
+    model = _load(path)
+    initializers = {t.name for t in model.graph.initializer}
+    graph_input = next(i for i in model.graph.input if i.name not in initializers)
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim)
+
+
 def _tensor_info(model, input_shape: tuple[int, ...]) -> dict[str, tuple[tuple[int, ...], int]]:
     """name -> (shape, ONNX elem type) for every tensor, after fixing the graph input to `input_shape`."""
     from onnx import shape_inference
@@ -92,6 +100,7 @@ def _tensor_info(model, input_shape: tuple[int, ...]) -> dict[str, tuple[tuple[i
 def capture_onnx(path: str | Path, input_shape: tuple[int, ...]) -> tuple[Graph, dict[str, str]]:
     """The Graph of an ONNX file at `input_shape` (batch included), and aliases: every ONNX node and tensor
     name -> the Graph node that owns it (for mapping ONNX Runtime's profiler kernels back to nodes)."""
+    # long: one pass over the ONNX graph, folding constants and Q/DQ pairs into their consumers
     from onnx import helper
 
     model = _load(path)

@@ -97,13 +97,13 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _tensors(value) -> list[torch.Tensor]:
+def tensors(value) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in tensors(v)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
+        return [t for v in value.values() for t in tensors(v)]
     return []
 
 
@@ -134,7 +134,7 @@ def _own_state_bytes(module: nn.Module) -> tuple[int, int]:
 
 def _make_node(name: str, op: str, target: str, inputs: list[torch.Tensor], output, module: nn.Module | None,
                producers: list[str], seen_modules: set[int]) -> Node:
-    outs = _tensors(output)
+    outs = tensors(output)
     out = outs[0] if outs else torch.empty(0)
     macs, attrs = (_module_cost(module, inputs, out) if module is not None else (_function_macs(op, inputs, out), {}))
     params = weight_bytes = 0
@@ -170,7 +170,7 @@ def _capture_fx(model: nn.Module, example: torch.Tensor) -> list[Node]:
         if n.op not in ("call_module", "call_function", "call_method"):
             continue
         arg_nodes = [a for a in n.all_input_nodes]
-        inputs = [t for a in arg_nodes for t in _tensors(values.get(a.name))]
+        inputs = [t for a in arg_nodes for t in tensors(values.get(a.name))]
         producers = [a.name if a.op != "call_module" else str(a.target) for a in arg_nodes if a.op != "placeholder"]
         producers = [p for p in producers if p]
         if n.op == "call_module":
@@ -181,7 +181,7 @@ def _capture_fx(model: nn.Module, example: torch.Tensor) -> list[Node]:
         else:
             fn = n.target
             op = (FUNCTION_OPS.get(fn, "other") if n.op == "call_function" else METHOD_OPS.get(fn, "other"))
-            if op == "shape" or not _tensors(values[n.name]):
+            if op == "shape" or not tensors(values[n.name]):
                 continue
             target = getattr(fn, "__name__", str(fn))
             nodes.append(_make_node(n.name, op, target, inputs, values[n.name], None, producers, seen))
@@ -210,7 +210,7 @@ def _capture_hooks(model: nn.Module, example: torch.Tensor) -> list[Node]:
     records: list[tuple[str, nn.Module, list[torch.Tensor], object]] = []
     names = {id(module): name for name, module in model.named_modules() if len(list(module.children())) == 0}
     leaves = [module for module in model.modules() if id(module) in names]
-    run_hooked(model, example, leaves, lambda m, i, o: records.append((names[id(m)], m, _tensors(i), o)))
+    run_hooked(model, example, leaves, lambda m, i, o: records.append((names[id(m)], m, tensors(i), o)))
     nodes, seen, previous = [], set(), []
     for name, module, inputs, output in records:
         op = MODULE_OPS.get(type(module), "other")

@@ -1,30 +1,25 @@
 """`hwai shard plan | run | links | convert` and the sharded form of `hwai train` (`--shard N`).
 
-`run` and `train --shard N` start one process per stage / rank on this machine (hwai.shard.launch) that re-run
+`run` and `train --shard N` start one process per stage / rank on this machine (hwai.shard.ranks) that re-run
 the same command; under torchrun (`torchrun --nnodes ... -m hwai shard run ...`) the command is the rank itself.
 """
 from __future__ import annotations
 
-import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from hwai.cli.common import DATA_HELP as COMMON_DATA_HELP
+from hwai.cli.common import MODEL_HELP, check_out_dir, console, show
 from hwai.errors import UserError
-from hwai.shard import show
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Split a model across devices: plan the cut (cost model + link profiles), run it as a "
                        "pipeline of processes (torch.distributed.pipelining).")
-console = Console()
 
-MODEL_HELP = "zoo name (mlp, cnn, resnet8, resnet18, mobilenetv2, dscnn), checkpoint .pt, or file.py:factory"
-DATA_HELP = "digits, mnist, cifar10:PATH, folder:PATH or npz:PATH (sets the input shape)"
+DATA_HELP = COMMON_DATA_HELP + " (sets the input shape)"
 TARGETS_HELP = "devices in chain order, A,B[,C...]: catalog names or YAML paths (hwai targets); the input starts on A"
 LINK_HELP = "link between neighbours: one for every hop or one per hop (hwai shard links), names or YAML paths"
 PRECISION_HELP = "fp32, fp16, int8 or int4: one for every device or one per device"
@@ -63,16 +58,6 @@ def _chain(targets: str, link: str, precision: str, max_sram_kb: Optional[str]):
     return devices, links
 
 
-def _load(model: str, data: str, width: float, input_size: Optional[int]):
-    from hwai import data as hdata
-    from hwai import train as htrain
-
-    stored = htrain.checkpoint_data(model)
-    bundle = hdata.load(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
-    net, spec = htrain.resolve_model(model, bundle, width=width)
-    return net, bundle, spec
-
-
 @app.command()
 def links(
     action: Optional[str] = typer.Argument(None, help="show"),
@@ -89,17 +74,17 @@ def links(
         for n in hlink.names():
             lk = hlink.load(n)
             table.add_row(n, f"{lk.bandwidth_bps * 8 / 1e6:,.1f}", f"{lk.latency_s * 1e3:g}",
-                          f"{lk.energy_per_byte_j * 1e9:g}", escape(lk.description))
-        show.wide(table)
+                          f"{lk.energy_per_byte_j * 1e9:g}", lk.description)
+        show(table, 150)
         return
     if action != "show" or not name:
         raise UserError("usage: hwai shard links [show NAME]")
     lk = hlink.load(name)
-    console.print(escape(f"{lk.name}: {lk.description}\nfile: {lk.path}"), highlight=False)
+    console.print(f"{lk.name}: {lk.description}\nfile: {lk.path}", highlight=False)
     table = Table("field", "value", "unit", "source")
     for field, (value, unit, source) in lk.sources.items():
-        table.add_row(field, f"{value:g}", unit, escape(source))
-    show.wide(table)
+        table.add_row(field, f"{value:g}", unit, source)
+    show(table, 150)
 
 
 @app.command()
@@ -118,16 +103,21 @@ def plan(
     """Predict every cut of the model across the devices and choose the best (checked against brute force)."""
     from hwai.graph import capture
     from hwai.shard import plan as hplan
+    from hwai.shard.ranks import load
 
     devices, links_ = _chain(targets, link, precision, max_sram_kb)
-    net, bundle, spec = _load(model, data, width, input_size)
+    net, bundle, spec = load(model, data, width, input_size)
     result = hplan.plan(capture(net, bundle.example(1)), devices, links_, objective, spec.name)
-    show.plan(result)
+    from hwai.shard import show as shard_show
+
+    shard_show.plan(result)
     if out is not None:
         from hwai.shard.report import write
 
+        check_out_dir(out, "--out")
+
         page = write(result, out)
-        console.print(f"wrote {escape(str(out / 'plan.json'))} and {escape(str(page))}", highlight=False)
+        console.print(f"wrote {out / 'plan.json'} and {page}", highlight=False)
     if result.chosen is None:
         sys.exit(1)  # not typer.Exit: hwai.cli.main runs click with standalone_mode=False, which returns its code
 
@@ -161,83 +151,16 @@ def run(
 ) -> None:
     """Run the planned split as a pipeline, one process per device (gloo), measured beside the prediction."""
     from hwai import targets as htargets
-    from hwai.shard import launch, link as hlink
+    from hwai.shard import link as hlink
     from hwai.shard.pipeline import RunConfig
+    from hwai.shard.ranks import run_pipeline
 
     cfg = RunConfig(batch, microbatches, warmup, repeats, threads, timeout_s, runtime)
     devices, links_ = _chain(targets, link, precision, max_sram_kb)
     host, host_link_ = htargets.load(host_target), hlink.load(host_link)
     cuts = [c.strip() for c in cut.split(",")] if cut else None
-    if not launch.in_worker():
-        roles = [f"stage {i} on {d.target.name}" for i, d in enumerate(devices)]
-        _launched(lambda: launch.launch(sys.argv[1:], len(devices), roles, threads))
-        return
-    _as_rank(lambda: _run_rank(model, data, width, input_size, seed, devices, links_, objective, cuts, cfg, host,
-                                host_link_, json_out))
-
-
-def _run_rank(model, data, width, input_size, seed, devices, links_, objective, cuts, cfg, host, host_link_, json_out):
-    from hwai import io as hio
-    from hwai.shard import launch
-    from hwai.shard.pipeline import run_stage
-    from hwai.train import seed_everything
-
-    launch.init(cfg.timeout_s, backend="gloo")
-    seed_everything(seed)
-    net, bundle, spec = _load(model, data, width, input_size)
-    x = bundle.example(cfg.batch)
-    if len(x) < cfg.batch:
-        raise UserError(f"data {data!r} has {len(x)} test inputs, fewer than --batch {cfg.batch}")
-    results = run_stage(net, x, devices, links_, objective, cuts, cfg, host, host_link_, spec.name,
-                        log=lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
-    if results is None:
-        return
-    show.run(results)
-    if json_out is not None:
-        hio.write_json(json_out, results)
-        console.print(f"json: {escape(str(json_out))}", highlight=False)
-    if not results["parity_ok"]:
-        raise UserError(f"pipeline output differs from the unsharded model: max |delta| {results['max_abs_delta']:.3g}"
-                        " > 1e-05")
-
-
-def _launched(start) -> None:
-    """Run the launcher; a dead or failed rank -> its one line on stderr and a non-zero exit."""
-    from hwai.shard.launch import RankFailed
-
-    try:
-        start()
-    except RankFailed as exc:
-        print(f"hwai: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-
-
-def _as_rank(body) -> None:
-    """Run this rank's work: any failure -> one line naming the rank on stderr, exit 2 (user error) or 1."""
-    import torch.distributed as dist
-
-    from hwai.shard.launch import worker_error
-
-    code = 0
-    try:
-        body()
-    except UserError as exc:
-        print(f"hwai: error: {worker_error(exc)}", file=sys.stderr)
-        code = 2
-    except Exception as exc:  # a peer that died shows up here as a communication error
-        if os.environ.get("HWAI_SHARD_LOGS"):  # started by hwai's launcher: the traceback goes to the rank's log
-            traceback.print_exc()
-        print(f"hwai: error: {worker_error(exc)}", file=sys.stderr)
-        code = 1
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            if code:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)  # a rank that failed must not wait for its peers in destroy_process_group
-            dist.destroy_process_group()
-    if code:
-        sys.exit(code)
+    run_pipeline(sys.argv[1:], model, data, width, input_size, seed, devices, links_, objective, cuts, cfg, host,
+                 host_link_, json_out)
 
 
 @app.command()
@@ -249,58 +172,6 @@ def convert(
     from hwai.shard.fsdp import convert as run_convert
 
     path = run_convert(checkpoint, out)
-    console.print(f"wrote {escape(str(path))} (loads with hwai profile/compress --model)", highlight=False)
+    console.print(f"wrote {path} (loads with hwai profile/compress --model)", highlight=False)
 
 
-def train_sharded(shard: int, model: str, data: str, input_size: Optional[int], width: float, seed: int,
-                  out: Path, train_config: dict, augment: Optional[bool]) -> None:
-    """`hwai train --shard N`: start N ranks here (or be one, under torchrun), train with FSDP2, report memory."""
-    from hwai.shard import launch
-
-    if not launch.in_worker():
-        threads = max(1, (os.cpu_count() or 1) // shard)
-        _launched(lambda: launch.launch(sys.argv[1:], shard, [f"rank {r}" for r in range(shard)], threads))
-        return
-    _as_rank(lambda: _train_rank(shard, model, data, input_size, width, seed, out, train_config, augment))
-
-
-def _train_rank(shard, model, data, input_size, width, seed, out, train_config, augment) -> None:
-    from hwai import train as htrain
-    from hwai.shard import launch
-    from hwai.shard.fsdp import dcp_dir, train_sharded as run_sharded
-
-    if launch.world_size() != shard:
-        raise UserError(f"--shard {shard} but this job has {launch.world_size()} ranks")
-    launch.init(float(os.environ.get("HWAI_SHARD_TIMEOUT_S", 300)))
-    htrain.seed_everything(seed)  # every rank builds the same initial model
-    net, bundle, spec = _load(model, data, width, input_size)
-    aug = htrain.default_augmentation(spec.name, bundle)
-    if augment is not None:
-        aug["augment"] = augment
-    cfg = htrain.TrainConfig(seed=seed, **train_config, **aug)
-    rank0 = launch.rank() == 0
-    if rank0:
-        console.print(f"[bold]{escape(spec.name)}[/] on {escape(data)}: {sum(p.numel() for p in net.parameters()):,} "
-                      f"parameters, FSDP2 over {shard} ranks ({'nccl' if _cuda() else 'gloo'}), global batch "
-                      f"{cfg.batch_size}", highlight=False)
-    result = run_sharded(net, spec, bundle, cfg, out)
-    if not rank0:
-        return
-    if result.resumed_from:
-        console.print(f"resumed from epoch {result.resumed_from} ({escape(str(dcp_dir(out)))})", highlight=False)
-    show.memory(result, sum(p.numel() * p.element_size() for p in net.parameters()))
-    if result.memory_plan is not None:
-        mp = result.memory_plan
-        console.print(f"activation checkpoints on {len(mp['modules'])} submodule(s) for the "
-                      f"{cfg.memory_budget_mb:g} MiB budget: {mp['baseline_bytes'] / 2**20:.1f} -> "
-                      f"{mp['peak_bytes'] / 2**20:.1f} MiB per rank (predicted)", highlight=False)
-    console.print(f"test accuracy [bold]{result.test_accuracy:.2%}[/] (measured), val {result.val_accuracy:.2%}; "
-                  f"training took {result.wall_s:.1f} s (measured wall time)")
-    console.print(f"checkpoint: {escape(str(out))} (ordinary, for hwai profile/compress); sharded: "
-                  f"{escape(str(dcp_dir(out)))} (resumes when the same command runs again)", highlight=False)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

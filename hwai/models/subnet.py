@@ -11,7 +11,14 @@ from torch import nn
 
 from hwai.models.mobilenetv2 import InvertedResidual, conv_bn_relu6
 from hwai.models.resnet import ResNet
-from hwai.nas.space import channels as scaled
+
+CHANNEL_DIVISOR = 4  # channel counts are multiples of this (SIMD lanes of MCU kernels; fine steps for small nets)
+
+
+def channels(base: int, width: float) -> int:
+    """Channels of a layer with `base` channels at width 1, scaled by `width` (rounded to the divisor)."""
+    return max(CHANNEL_DIVISOR, int(base * width + CHANNEL_DIVISOR / 2) // CHANNEL_DIVISOR * CHANNEL_DIVISOR)
+
 
 # the largest subnets of NasSpace.for_family("mobilenetv2") and ("resnet")
 _MBV2_BLOCKS = [[c, s if j == 0 else 1, 7, 6] for c, s in ((16, 2), (24, 2), (32, 2), (48, 1)) for j in range(4)]
@@ -22,7 +29,7 @@ def nas_mobilenetv2(num_classes: int, in_channels: int, input_size: tuple[int, i
     """MobileNetV2-style subnet. `blocks`: [output channels, stride, depthwise kernel, expansion] per
     inverted residual (identity shortcut where stride is 1 and channels stay the same)."""
     def scale(c: int) -> int:
-        return c if width == 1.0 else scaled(c, width)
+        return c if width == 1.0 else channels(c, width)
 
     cin = scale(stem)
     layers: list[nn.Module] = [conv_bn_relu6(in_channels, cin, 3, stem_stride)]

@@ -8,30 +8,38 @@ measured once, at the end, on the original and the final artifact, and read by n
 from __future__ import annotations
 
 import copy
-import math
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch import nn
 
 from hwai import io
 from hwai.data import DataBundle
 from hwai.errors import UserError, finite
-from hwai.export import ort_accuracy, to_onnx, verified
-from hwai.measure import MeasureConfig, latency, physical_cores, time_callable
+from hwai.measure import (
+    MeasureConfig,
+    environment,
+    latency,
+    physical_cores,
+    time_callable,
+)
+from hwai.measure.verdict import Comparison, compare
 from hwai.models import ModelSpec
-from hwai.passes.distill import DistillConfig, distill
-from hwai.passes.fuse import fuse
-from hwai.passes.prune import PRUNABLE, PruneConfig, achieved, prune
-from hwai.passes.quantize import QuantConfig, quantize
-from hwai.verdict import Comparison, compare
+from hwai.passes import (
+    DistillConfig,
+    FuseConfig,
+    PassContext,
+    PruneConfig,
+    QuantConfig,
+    apply,
+)
+from hwai.passes.prune import PRUNABLE, achieved
+from hwai.runtimes.deployment import accuracy
+from hwai.runtimes.export import to_onnx, verified
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ class Step:
     reason: str  # why it was rolled back or forced ("" when within limits)
     before: Stage
     after: Stage
-    latency: dict | None = None  # hwai.verdict.Comparison of the measuring runtime's latency, after vs before
+    latency: dict | None = None  # hwai.measure.verdict.Comparison of the measuring runtime's latency, after vs before
     achieved: dict | None = None  # pruning: fractions of channels / params / MACs actually removed
 
 
@@ -131,7 +139,7 @@ def _stage(name: str, model: nn.Module, data: DataBundle, cfg: CompressConfig, w
     eager = latency(model, example, cfg.measure, runtime="torch") if precision == "fp32" else None
     if cfg.runtime == "onnxruntime":
         host = latency(path, example, cfg.measure, runtime="onnxruntime")
-        acc = evaluate(model, data, "val") if not int8 else ort_accuracy(path, data, cfg.measure.threads, "val")
+        acc = evaluate(model, data, "val") if not int8 else accuracy("onnxruntime", path, data, cfg.measure.threads, "val")
         artifact, run = path, None
     else:
         from hwai.runtimes import ready
@@ -171,93 +179,116 @@ def mixed_policy(model: nn.Module) -> dict:
     return policy
 
 
+class _Job:
+    """The model a compress job holds and its measured stage: a step's result replaces them only when the step
+    is kept (within the limits, or --force)."""
+
+    def __init__(self, original: nn.Module, data: DataBundle, cfg: CompressConfig, work: Path, log: Callable) -> None:
+        self.data, self.cfg, self.work, self.log = data, cfg, work, log
+        self.example = data.example(1, split="val")
+        log(f"measuring the original model (FP32: PyTorch eager and {cfg.runtime}; accuracy on the validation split)")
+        self.baseline, self.base_path = _stage("original", original, data, cfg, work)
+        self.model, self.stage, self.path = original, self.baseline, self.base_path
+        self.steps: list[Step] = []
+
+    def decide(self, name: str, candidate: nn.Module, after: Stage, after_path: Path, **extra) -> None:
+        """Keep or roll back one step: validation accuracy against the limit, latency by an interleaved comparison."""
+        cfg = self.cfg
+        speed = compare(self.stage.run or self.path, after.run or after_path, self.example, cfg.measure,
+                        runtime=cfg.runtime)
+        reason = _verdict(after, self.baseline, speed, cfg)
+        kept = not reason or cfg.force
+        self.steps.append(Step(name, kept, reason, self.stage, after, speed.to_dict(), **extra))
+        self.log(f"{name}: latency {speed.describe()}")
+        if reason:
+            self.log(f"{name}: {reason}; " + ("kept anyway (--force)" if kept else "rolled back: keeping the previous model"))
+        if kept:
+            self.model, self.stage, self.path = candidate, after, after_path
+
+    def always(self, name: str, label: str, candidate: nn.Module) -> None:
+        """A step that is exact by construction (fusion): measured and kept."""
+        after, after_path = _stage(label, candidate, self.data, self.cfg, self.work)
+        self.steps.append(Step(name, True, "", self.stage, after))
+        self.model, self.stage, self.path = candidate, after, after_path
+
+
+def _prune_step(cfg: CompressConfig) -> tuple[str, list]:
+    """The pruning step's name and passes: prune, then fine-tune (distilled from the original with --distill)."""
+    kind = "structured" if cfg.structured else "unstructured"
+    configs: list = [PruneConfig(cfg.prune, cfg.structured, cfg.prune_per_layer)]
+    if cfg.finetune_epochs:
+        configs.append(DistillConfig(cfg.finetune_epochs, lr=cfg.finetune_lr))
+    return f"prune {cfg.prune:.0%} {kind}", configs
+
+
+def _quant_step(cfg: CompressConfig, model: nn.Module) -> tuple[str, QuantConfig]:
+    per_layer = mixed_policy(model) if cfg.quantize == "mixed" else {}
+    qcfg = QuantConfig(bits=8, per_layer=per_layer, method=cfg.quant_method, qat_epochs=cfg.qat_epochs,
+                       qat_distill=cfg.distill)
+    name = f"quantize {cfg.quantize} ({cfg.quant_method}" + (f", QAT {cfg.qat_epochs} ep)" if cfg.qat_epochs else ", PTQ)")
+    return name, qcfg
+
+
 def compress(model: nn.Module, data: DataBundle, cfg: CompressConfig = CompressConfig(), out: str | Path | None = None,
              spec: ModelSpec | None = None, log: Callable[[str], None] = print, progress: bool = True) -> CompressResult:
-    """Apply the configured passes step by step, measuring each; write DIR/model.onnx, model.pt, metrics.json."""
-    from hwai.train import TrainConfig, train
-
+    """Apply the configured passes step by step (hwai.passes), measuring each; write DIR/model.onnx, model.pt,
+    metrics.json and report.html."""
     original = copy.deepcopy(model).eval()
-    example = data.example(1, split="val")
-    steps: list[Step] = []
+    ctx = PassContext(data, data.example(8, split="val"), teacher=original if cfg.distill else None, progress=progress)
     with tempfile.TemporaryDirectory(prefix="hwai-compress-") as tmp:
         work = Path(tmp)
         if cfg.runtime == "auto":
             cfg = _pick_runtime(original, data, cfg, work, log)
-        log(f"measuring the original model (FP32: PyTorch eager and {cfg.runtime}; accuracy on the validation split)")
-        baseline, base_path = _stage("original", original, data, cfg, work)
-        current, stage, path = original, baseline, base_path
-
-        def decide(name: str, candidate: nn.Module, after: Stage, after_path: Path, **extra) -> None:
-            nonlocal current, stage, path
-            speed = compare(stage.run or path, after.run or after_path, example, cfg.measure, runtime=cfg.runtime)
-            reason = _verdict(after, baseline, speed, cfg)
-            kept = not reason or cfg.force
-            steps.append(Step(name, kept, reason, stage, after, speed.to_dict(), **extra))
-            log(f"{name}: latency {speed.describe()}")
-            if reason:
-                log(f"{name}: {reason}; " + ("kept anyway (--force)" if kept else "rolled back: keeping the previous model"))
-            if kept:
-                current, stage, path = candidate, after, after_path
-
+        job = _Job(original, data, cfg, work, log)
         if cfg.prune > 0:
-            kind = "structured" if cfg.structured else "unstructured"
-            name = f"prune {cfg.prune:.0%} {kind}"
+            name, configs = _prune_step(cfg)
             log(f"{name} (Torch-Pruning dependency graph)" if cfg.structured else name)
-            pruned = prune(current, PruneConfig(cfg.prune, cfg.structured, cfg.prune_per_layer), example)
-            done = achieved(current, pruned, example)
+            pruned = apply(job.model, configs, ctx)  # prune returns a copy
+            done = achieved(job.model, pruned, ctx.example)
             name += f" ({_achieved_text(done, cfg)})"
             if cfg.finetune_epochs:
-                if cfg.distill:
-                    distill(pruned, original, data, DistillConfig(cfg.finetune_epochs, lr=cfg.finetune_lr), progress,
-                            measure_test=False)
-                else:
-                    train(pruned, data, TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
-                                                    warmup_epochs=min(0.5, cfg.finetune_epochs / 4)),
-                          progress=progress, description="fine-tune", measure_test=False)
                 name += " + " + ("distill" if cfg.distill else "fine-tune") + f" {cfg.finetune_epochs} ep"
-            decide(name, pruned.eval(), *_stage("pruned", pruned.eval(), data, cfg, work), achieved=done)
-        float_model = current  # what model.pt stores: loadable by hwai.train.load_checkpoint (unfused)
-
+            job.decide(name, pruned, *_stage("pruned", pruned, data, cfg, work), achieved=done)
+        float_model = job.model  # what model.pt stores: loadable by hwai.train.load_checkpoint (unfused)
         if cfg.fuse or cfg.quantize:
-            fused = fuse(current, data.example(8, split="val"))
-            after, after_path = _stage("fused", fused, data, cfg, work)
-            steps.append(Step("fuse Conv/Linear+BatchNorm", True, "", stage, after))
-            current, stage, path = fused, after, after_path
-
+            job.always("fuse Conv/Linear+BatchNorm", "fused", apply(job.model, [FuseConfig()], ctx))
         if cfg.quantize:
-            per_layer = mixed_policy(current) if cfg.quantize == "mixed" else {}
-            qcfg = QuantConfig(bits=8, per_layer=per_layer, method=cfg.quant_method, qat_epochs=cfg.qat_epochs,
-                               qat_distill=cfg.distill)
-            name = f"quantize {cfg.quantize} ({cfg.quant_method}" + (f", QAT {cfg.qat_epochs} ep)" if cfg.qat_epochs else ", PTQ)")
+            name, qcfg = _quant_step(cfg, job.model)
             log(name)
-            q = quantize(current, qcfg, calib=data, example=example, progress=progress)
-            decide(name, q, *_stage(cfg.quantize, q, data, cfg, work, precision=cfg.quantize))
+            q = apply(job.model, [qcfg], ctx)
+            job.decide(name, q, *_stage(cfg.quantize, q, data, cfg, work, precision=cfg.quantize))
+        return _finish(job, original, float_model, spec, out, log)
 
-        # the test split, once: the original and the artifact that ships, on the runtime; read by no decision
-        tested = {"original": _test_accuracy(baseline, data, cfg), "final": _test_accuracy(stage, data, cfg)}
-        threads = cfg.measure.threads or physical_cores()
-        measurement = (f"measured: {cfg.runtime}, batch 1, {threads} thread(s), median and IQR over >= {cfg.measure.min_repeats} "
-                       f"repeats after {cfg.measure.warmup} warm-up runs (hwai.measure); faster/slower: interleaved "
-                       "runs of both models and a bootstrap 95% interval of the median ratio (hwai.verdict); accuracy "
-                       f"on the validation split for every decision (INT8: executed by {cfg.runtime}), test split "
-                       f"measured once at the end on the original and the final {cfg.runtime} artifact")
-        metrics = _metrics(baseline, stage, steps, cfg, spec, data, measurement, tested)
-        out_dir = Path(out) if out is not None else None
-        if out_dir is not None:
-            log("per-layer times of the original and the compressed model (ONNX Runtime profiler)")
-            metrics.update(_layer_detail(original, base_path, float_model, path, stage.precision, data, cfg))
-            out_dir.mkdir(parents=True, exist_ok=True)
-            io.atomic_write(out_dir / "model.onnx", lambda t: shutil.copyfile(path, t))
-            if stage.artifact != path:  # the measuring runtime's own artifact (OpenVINO also has its .bin)
-                for f in [stage.artifact, stage.artifact.with_suffix(".bin")]:
-                    if f.is_file():
-                        io.atomic_write(out_dir / cfg.runtime / f.name, lambda t, f=f: shutil.copyfile(f, t))
-            _save_model(out_dir / "model.pt", float_model, spec, data, metrics)
-            io.write_json(out_dir / "metrics.json", metrics)
-            from hwai.report import report
 
-            report(out_dir)  # out_dir/report.html, from the metrics.json just written
-    return CompressResult(baseline, stage, steps, current, out_dir, metrics, measurement, tested)
+def _finish(job: _Job, original: nn.Module, float_model: nn.Module, spec: ModelSpec | None, out: str | Path | None,
+            log: Callable[[str], None]) -> CompressResult:
+    """The test split, once, on the original and the artifact that ships (read by no decision); metrics; the run
+    directory (model.onnx, the runtime's artifact, model.pt, metrics.json, report.html)."""
+    cfg, data, stage = job.cfg, job.data, job.stage
+    tested = {"original": _test_accuracy(job.baseline, data, cfg), "final": _test_accuracy(stage, data, cfg)}
+    threads = cfg.measure.threads or physical_cores()
+    measurement = (f"measured: {cfg.runtime}, batch 1, {threads} thread(s), median and IQR over >= {cfg.measure.min_repeats} "
+                   f"repeats after {cfg.measure.warmup} warm-up runs (hwai.measure); faster/slower: interleaved "
+                   "runs of both models and a bootstrap 95% interval of the median ratio (hwai.measure.verdict); accuracy "
+                   f"on the validation split for every decision (INT8: executed by {cfg.runtime}), test split "
+                   f"measured once at the end on the original and the final {cfg.runtime} artifact")
+    metrics = _metrics(job.baseline, stage, job.steps, cfg, spec, data, measurement, tested)
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        log("per-layer times of the original and the compressed model (ONNX Runtime profiler)")
+        metrics.update(_layer_detail(original, job.base_path, float_model, job.path, stage.precision, data, cfg))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        io.atomic_write(out_dir / "model.onnx", lambda t: shutil.copyfile(job.path, t))
+        if stage.artifact != job.path:  # the measuring runtime's own artifact (OpenVINO also has its .bin)
+            for f in [stage.artifact, stage.artifact.with_suffix(".bin")]:
+                if f.is_file():
+                    io.atomic_write(out_dir / cfg.runtime / f.name, lambda t, f=f: shutil.copyfile(f, t))
+        _save_model(out_dir / "model.pt", float_model, spec, data, metrics)
+        io.write_json(out_dir / "metrics.json", metrics)
+        from hwai.report import report
+
+        report(out_dir)  # out_dir/report.html, from the metrics.json just written
+    return CompressResult(job.baseline, stage, job.steps, job.model, out_dir, metrics, measurement, tested)
 
 
 def _pick_runtime(model: nn.Module, data: DataBundle, cfg: CompressConfig, work: Path,
@@ -275,11 +306,8 @@ def _pick_runtime(model: nn.Module, data: DataBundle, cfg: CompressConfig, work:
 
 
 def _test_accuracy(stage: Stage, data: DataBundle, cfg: CompressConfig) -> float:
-    if stage.runtime == "onnxruntime":
-        return ort_accuracy(stage.path, data, cfg.measure.threads, "test")
-    from hwai.runtimes import accuracy
-
-    return accuracy(stage.runtime, stage.artifact, data, cfg.measure.threads, "test")
+    artifact = stage.path if stage.runtime == "onnxruntime" else stage.artifact
+    return accuracy(stage.runtime, artifact, data, cfg.measure.threads, "test")
 
 
 def _achieved_text(done: dict, cfg: CompressConfig) -> str:
@@ -324,22 +352,6 @@ def _save_model(path: Path, model: nn.Module, spec: ModelSpec | None, data: Data
         io.torch_save(path, {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}})
 
 
-def _environment() -> dict:
-    import onnxruntime
-
-    from hwai import __version__
-    from hwai.measure import physical_cores
-
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "threads": physical_cores(), "python": platform.python_version(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "hwai": __version__, "platform": sys.platform}
-
-
 def _summary(s: Stage, test_accuracy: float | None = None) -> dict:
     out = {"accuracy": s.accuracy, "host_latency_ms": s.host_ms, "host_latency_iqr_ms": s.host_iqr_ms,
            "torch_latency_ms": s.torch_ms, "size_kb": s.size_kb, "params": s.params, "precision": s.precision}
@@ -355,7 +367,7 @@ def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConf
     return {
         "schema": "hwai.results/1", "command": "compress",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "environment": _environment(),
+        "environment": environment(cfg.measure.threads),
         "model": {"name": spec.name if spec else "model", "data": data.spec, "spec": spec.to_dict() if spec else {}},
         "target": None,
         "constraints": {"max_latency_ms": None, "max_size_kb": None, "max_sram_kb": None,
@@ -371,29 +383,3 @@ def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConf
         "layers": [], "memory": {"timeline": [], "sram_bytes": None}, "config": config,  # filled when written
         "measurement": measurement, "prediction": "none: compress reports measured numbers only",
     }
-
-
-def table(result: CompressResult):
-    """A rich table: one row per stage (original, then each step's result), with ratios to the original and
-    each step's latency verdict against the model before it (interleaved runs, bootstrap interval)."""
-    from rich.table import Table
-
-    base = result.baseline
-    rt = base.runtime
-    t = Table(title=f"hwai compress (measured; latency: median ±IQR, batch 1, on {rt}: each stage's artifact, FP32 or INT8)")
-    for col in ("stage", "val accuracy", "params", "ONNX KB", "smaller", "eager ms", f"{rt} ms", "faster", "vs step before"):
-        t.add_column(col, justify="left" if col in ("stage", "vs step before") else "right", overflow="fold")
-    rows = [("original FP32", base, None)] + [(s.name + ("" if s.kept else " [rolled back]"), s.after, s.latency)
-                                              for s in result.steps]
-    for name, s, speed in rows:
-        eager = _ms(s.torch_ms, s.torch_iqr_ms) if s.torch_ms is not None else "-"
-        verdict = "-" if speed is None else f"{speed['verdict']} (x{speed['ratio_low']:.2f}..x{speed['ratio_high']:.2f})"
-        t.add_row(name, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}", f"{base.size_kb / s.size_kb:.1f}x",
-                  eager, _ms(s.host_ms, s.host_iqr_ms), f"{base.host_ms / s.host_ms:.2f}x", verdict)
-    return t
-
-
-def _ms(median: float, iqr: float) -> str:
-    """'12.3±0.4': the median to 3 significant digits, the IQR to the same decimal place."""
-    digits = max(0, 2 - int(math.floor(math.log10(abs(median))))) if median else 3
-    return f"{median:.{digits}f}±{iqr:.{digits}f}"

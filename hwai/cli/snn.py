@@ -1,8 +1,5 @@
-"""`hwai snn train | convert | profile`: spiking nets on snnTorch, from the command line.
-
-Heavy imports (torch, snntorch, hwai.snn's modules) happen inside the commands; a missing snntorch is one
-line naming the extra and exit 2.
-"""
+"""`hwai snn train | convert | profile`: spiking nets on snnTorch, from the command line (a missing snntorch is one
+line naming the extra, exit 2)."""
 from __future__ import annotations
 
 import re
@@ -10,15 +7,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from hwai.cli.common import DATA_HELP, JSON_HELP, console, show, write_json
 from hwai.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Spiking neural networks (snnTorch): train with surrogate gradients, convert a trained ANN, "
                        "profile spikes, synaptic operations and predicted energy.")
-console = Console()
 
 MODEL_HELP = "zoo name (mlp, cnn, ...), file.py:factory, or an ANN checkpoint .pt (its weights are the start)"
 TARGET_HELP = "neuromorphic energy profile(s) (repeat the option); the first is the headline"
@@ -35,13 +30,13 @@ def _summary(prof, out: Path | None) -> None:
     from rich.table import Table
 
     act = prof.activity
-    table = Table(title=f"spiking {escape(prof.model)} on {escape(prof.data)}: {act.steps} steps, {act.coding} coding, "
+    table = Table(title=f"spiking {prof.model} on {prof.data}: {act.steps} steps, {act.coding} coding, "
                         f"{act.samples} test samples (measured)")
     for col in ("layer", "op", "shape", "ANN MACs", "SOPs", "SNN MACs", "spikes/neuron", "firing rate", "sparsity"):
         table.add_column(col, justify="left" if col in ("layer", "op", "shape") else "right")
     for r in prof.rows():
         lif = r["op"] == "lif"
-        table.add_row(escape(r["name"]), r["op"], "x".join(map(str, r["shape"])),
+        table.add_row(r["name"], r["op"], "x".join(map(str, r["shape"])),
                       "" if r["ann_macs"] is None else f"{r['ann_macs']:,}",
                       f"{r['sops']:,.0f}" if r["op"] in ("conv", "linear") else "",
                       f"{r['macs']:,.0f}" if r["op"] in ("conv", "linear") else "",
@@ -51,7 +46,7 @@ def _summary(prof, out: Path | None) -> None:
     table.add_row("total", "", "", f"{sum(prof.ann_macs.values()):,}", f"{act.sops:,.0f}", f"{act.macs:,.0f}",
                   f"{act.spikes_per_neuron:.2f}", f"{act.spikes_per_neuron / act.steps:.3f}",
                   f"{1 - act.spikes_per_neuron / act.steps:.1%}")
-    Console(width=max(console.width, 140)).print(table)
+    show(table, 140)
     console.print(f"test accuracy {act.accuracy:.2%} (measured, {act.samples} samples); {act.spikes_per_neuron:.2f} "
                   f"spikes/neuron/inference over {act.neurons:,} LIF neurons; {act.updates:,.0f} neuron updates",
                   highlight=False)
@@ -62,12 +57,12 @@ def _summary(prof, out: Path | None) -> None:
                else "; no ANN on this profile (it prices no multiply-accumulate)")
         console.print(f"energy on {e.target}: SNN {e.snn_uj:.2f} uJ (SOPs {e.sops_uj:.2f}, neuron updates "
                       f"{e.updates_uj:.2f}" + (f", input MACs {e.macs_uj:.2f}" if e.macs_uj is not None else "")
-                      + f"){ann} (predicted, {escape(e.target_file)})", highlight=False)
+                      + f"){ann} (predicted, {e.target_file})", highlight=False)
         for note in e.notes:
-            console.print(f"  note: {escape(note)}", highlight=False)
+            console.print(f"  note: {note}", highlight=False)
     for a in prof.ann_targets:
         console.print(f"same-shape ANN on {a['target']} ({a['precision']}): {a['energy_uj']:.1f} uJ, "
-                      f"{a['latency_ms']:.2f} ms (predicted, {escape(a['target_file'])})", highlight=False)
+                      f"{a['latency_ms']:.2f} ms (predicted, {a['target_file']})", highlight=False)
     lat = prof.latency
     if lat is not None:
         word = {"slower": f"{lat.ratio:.1f}x slower than", "faster": f"{1 / lat.ratio:.1f}x faster than"}.get(
@@ -76,9 +71,9 @@ def _summary(prof, out: Path | None) -> None:
                       f"inference ({lat.describe()}); the SNN runs {act.steps} steps of dense tensor work here, "
                       "its energy advantage needs event-driven hardware", highlight=False)
     if prof.net.notice:
-        console.print(f"notice: {escape(prof.net.notice)}", highlight=False)
+        console.print(f"notice: {prof.net.notice}", highlight=False)
     if out is not None:
-        console.print(f"wrote {escape(str(out / 'results.json'))} and {escape(str(out / 'report.html'))}",
+        console.print(f"wrote {out / 'results.json'} and {out / 'report.html'}",
                       highlight=False)
 
 
@@ -101,7 +96,7 @@ def _config(steps, beta, threshold, surrogate, slope, coding, reset, learn=False
 @app.command()
 def train(
     model: str = typer.Option("cnn", help=MODEL_HELP),
-    data: str = typer.Option("mnist", help="digits, mnist, cifar10:PATH, folder:PATH or npz:PATH"),
+    data: str = typer.Option("mnist", help=DATA_HELP),
     steps: int = typer.Option(8, min=1, help="time steps per inference"),
     beta: float = typer.Option(0.9, help="membrane decay per step (1: integrate-and-fire)"),
     threshold: float = typer.Option(1.0, help="firing threshold"),
@@ -130,13 +125,12 @@ def train(
 
     require_snntorch()
     cfg = _config(steps, beta, threshold, surrogate, slope, coding, reset, learn_neurons)
-    from hwai import data as hdata
     from hwai import train as htrain
     from hwai.snn.model import create, save_checkpoint
     from hwai.snn.profile import profile
 
     stored = htrain.checkpoint_data(model)
-    bundle = hdata.load(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
+    bundle = htrain.prepare_data(model, data, input_size, log=console.print)
     htrain.seed_everything(seed)
     net, spec = create(model, bundle, cfg, width=width)
     ann_path = ann or (Path(model) if stored else None)
@@ -145,13 +139,13 @@ def train(
                               **htrain.default_augmentation(spec.name, bundle))
     out = out or _run_dir("snn", model, data)
     ckpt = out / "model.pt"
-    console.print(f"spiking {escape(spec.name)} on {escape(data)}: {len(net.lif_layers())} LIF layers, {steps} steps, "
+    console.print(f"spiking {spec.name} on {data}: {len(net.lif_layers())} LIF layers, {steps} steps, "
                   f"{coding} coding, beta {beta:g}, threshold {threshold:g}, {surrogate} surrogate", highlight=False)
     try:
         result = htrain.train(net, bundle, tcfg, description="snn train",
                               on_epoch=lambda e, m: save_checkpoint(ckpt, net, spec, bundle, {"epochs_done": e + 1}))
     except KeyboardInterrupt:
-        console.print(f"interrupted; the last finished epoch is saved in {escape(str(ckpt))}" if ckpt.exists()
+        console.print(f"interrupted; the last finished epoch is saved in {ckpt}" if ckpt.exists()
                       else "interrupted")
         raise typer.Exit(130)
     prof = profile(net, spec, bundle, tuple(target), None if ann_target.lower() == "none" else ann_target, baseline)
@@ -160,7 +154,7 @@ def train(
     save_checkpoint(ckpt, net, spec, bundle, {"test_accuracy": prof.activity.accuracy, **training})
     _write(prof, "snn train", out, {"training": training, "checkpoint": str(ckpt)})
     console.print(f"training took {result.wall_s:.1f} s (measured wall time); validation accuracy "
-                  f"{result.val_accuracy:.2%}; checkpoint {escape(str(ckpt))}", highlight=False)
+                  f"{result.val_accuracy:.2%}; checkpoint {ckpt}", highlight=False)
     _summary(prof, out)
 
 
@@ -207,7 +201,7 @@ def convert(
 
     spec = ModelSpec.from_dict(meta["model"])
     conv = run_convert(ann, bundle, cfg, log=lambda line: console.print(line, highlight=False))
-    table = Table(title=f"ANN->SNN conversion of {escape(str(model))} on {escape(bundle.spec)}: percentile "
+    table = Table(title=f"ANN->SNN conversion of {model} on {bundle.spec}: percentile "
                         f"{conv.percentile:g} (chosen on validation at {conv.decision_steps} steps), {coding} coding")
     for col in ("steps", "test accuracy", "spikes/neuron", "SOPs", *(f"SNN/ANN energy, {t}" for t in target)):
         table.add_column(col, justify="right")
@@ -230,7 +224,7 @@ def profile_cmd(
     data: Optional[str] = typer.Option(None, help="data set (default: the one the checkpoint was trained on)"),
     target: List[str] = typer.Option(["neuromorphic-45nm", "loihi"], help=TARGET_HELP),
     ann_target: str = typer.Option("stm32h743", help=ANN_TARGET_HELP),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the profile (results.json schema) here"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Per-layer spikes, SOPs and sparsity beside the same-shape ANN's MACs; predicted energy; measured latency."""
     profile_checkpoint(model, data, tuple(target), ann_target, json_out)
@@ -251,7 +245,6 @@ def profile_checkpoint(model: Path, data: str | None, targets: tuple[str, ...] =
         ann_target = conventional[0]
         targets = tuple(t for t, kind in kinds.items() if kind == "neuromorphic") or ("neuromorphic-45nm", "loihi")
     from hwai import data as hdata
-    from hwai import io
     from hwai.snn.model import load_checkpoint
     from hwai.snn.profile import profile, results
 
@@ -261,7 +254,8 @@ def profile_checkpoint(model: Path, data: str | None, targets: tuple[str, ...] =
     bundle = hdata.load(data or stored.get("spec") or "mnist", input_size=tuple(size) if size else None,
                         deskew=stored.get("deskew"))
     prof = profile(net, spec, bundle, targets, None if ann_target.lower() == "none" else ann_target)
+    if json_out is not None and str(json_out) == "-":
+        return write_json(json_out, results(prof, "snn profile"))
     _summary(prof, None)
     if json_out is not None:
-        io.write_json(json_out, results(prof, "snn profile"))
-        console.print(f"json: {escape(str(json_out))}", highlight=False)
+        write_json(json_out, results(prof, "snn profile"))

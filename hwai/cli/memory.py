@@ -1,14 +1,13 @@
 """`hwai memory plan` (MCU activation memory: layer by layer, planned in place, patch-based) and the training-memory
-lines `hwai train --memory-budget-mb` prints. Heavy imports stay inside the functions."""
+lines `hwai train --memory-budget-mb` prints."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from hwai.cli.common import JSON_HELP, console, write_json
 from hwai.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -38,16 +37,15 @@ def plan_command(
     grid: int = typer.Option(4, min=1, help="patches per side with --split"),
     lowest: bool = typer.Option(False, help="the lowest-peak patch plan (default: fewest extra MACs that fit SRAM)"),
     verify: bool = typer.Option(False, help="run the patch plan in PyTorch: outputs and held bytes vs the plan"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the plans' figures to this JSON file"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Peak activation memory of a model on an MCU: layer by layer, planned in place, and patch-based."""
     import torch
 
-    from hwai import io, memory, targets
+    from hwai import cost, memory, targets
     from hwai.memory import executor
     from hwai.train import load_checkpoint
 
-    console = Console(soft_wrap=True)  # long lines stay whole when piped
     c, h, w = _shape(shape)
     if model.endswith((".pt", ".pth")):
         net = load_checkpoint(model)[0]
@@ -62,9 +60,14 @@ def plan_command(
     plain, inplace = memory.plan(graph, precision, inplace=False), memory.plan(graph, precision)
     patched = (memory.plan(graph, precision, split=split, grid=grid) if split
                else memory.best_plan(graph, precision, sram_bytes=None if lowest else sram))
-    latency = memory.predict_latency(graph, patched, tgt) if tgt else None
-    console.print(f"{escape(model)} {c}x{h}x{w}, {precision}; input buffer counted ({plain.input_bytes / 1024:.1f} KiB); "
-                  "figures predicted by hwai.memory's planner" + (f", latency by hwai.cost on {escape(tgt.name)}" if tgt else ""))
+    latency = cost.patch_latency(graph, patched, tgt) if tgt else None
+    figures = {"kind": "predicted", "model": model, "shape": [c, h, w], "precision": precision,
+               "target": tgt.name if tgt else None, "sram_bytes": sram, "layer_by_layer": plain.summary(),
+               "inplace": inplace.summary(), "patch": patched.summary(), "latency_ms": latency}
+    if json_out is not None and str(json_out) == "-":
+        return write_json(json_out, figures)
+    console.print(f"{model} {c}x{h}x{w}, {precision}; input buffer counted ({plain.input_bytes / 1024:.1f} KiB); "
+                  "figures predicted by hwai.memory's planner" + (f", latency by hwai.cost on {tgt.name}" if tgt else ""))
     rows = [("layer by layer", plain, latency[0] if latency else None), ("planned, in place", inplace,
             latency[0] if latency else None),
             (f"patch-based ({patched.split}, {patched.grid}x{patched.grid})" if patched.split
@@ -72,34 +75,31 @@ def plan_command(
              patched, latency[1] if latency else None)]
     for label, p, ms in rows:
         fit = "" if sram is None else ("  fits SRAM" if p.arena_bytes <= sram else "  exceeds SRAM")
-        console.print(f"  {escape(label):<44} arena {p.arena_bytes / 1024:8.1f} KiB  peak {p.peak_bytes / 1024:8.1f} KiB  "
+        console.print(f"  {label:<44} arena {p.arena_bytes / 1024:8.1f} KiB  peak {p.peak_bytes / 1024:8.1f} KiB  "
                       f"{plain.peak_bytes / p.arena_bytes:5.2f}x  extra MACs {100 * p.extra_macs / max(graph.macs, 1):+5.1f}%"
-                      + (f"  {ms:.2f} ms" if ms is not None else "") + fit, markup=False)
+                      + (f"  {ms:.2f} ms" if ms is not None else "") + fit)
     if verify:
         run = executor.run(net, x, patched)
         same = list(run.live_bytes) == list(patched.live_bytes)
         delta = (run.output - net(x)).abs().max().item()
         console.print(f"measured by running the plan: peak {run.peak_bytes / 1024:.1f} KiB held "
                       f"({'equal to' if same else 'DIFFERENT from'} the plan at every step), max |output delta| {delta:.2e}")
-    if json_out:
-        io.write_json(json_out, {"kind": "predicted", "model": model, "shape": [c, h, w], "precision": precision,
-                                 "target": tgt.name if tgt else None, "sram_bytes": sram,
-                                 "layer_by_layer": plain.summary(), "inplace": inplace.summary(),
-                                 "patch": patched.summary(), "latency_ms": latency})
+    if json_out is not None:
+        write_json(json_out, figures)
 
 
-def print_checkpoints(console: Console, model, bundle, cfg, plan: dict) -> None:
+def print_checkpoints(console, model, bundle, cfg, plan: dict) -> None:
     """After `hwai train --memory-budget-mb`: the checkpoint plan (predicted) and one measured step each way."""
     from hwai.memory import checkpoint
 
     console.print(f"activation checkpoints on {len(plan['modules'])} submodules: predicted activation peak "
                   f"{plan['peak_bytes'] / MIB:.1f} MiB (budget {plan['budget_bytes'] / MIB:.1f} MiB, "
                   f"{plan['baseline_bytes'] / MIB:.1f} MiB without), recomputing "
-                  f"{100 * plan['recompute_s'] / max(plan['forward_s'], 1e-9):.0f}% of the forward", markup=False, soft_wrap=True)
+                  f"{100 * plan['recompute_s'] / max(plan['forward_s'], 1e-9):.0f}% of the forward")
     x, y = next(iter(bundle.batches("train", cfg.batch_size, shuffle=False)))
     plain, ckpt = checkpoint.measure(model, x, y, tuple(plan["modules"]), repeats=1)
     rss = (f"; peak resident memory +{ckpt.rss_bytes / MIB:.1f} vs +{plain.rss_bytes / MIB:.1f} MiB"
            if ckpt.rss_bytes is not None and plain.rss_bytes is not None else "")
     console.print(f"measured over one training step: activation peak {ckpt.saved_bytes / MIB:.1f} vs "
                   f"{plain.saved_bytes / MIB:.1f} MiB without checkpoints (saved-tensor hooks){rss}; step time "
-                  f"{100 * (ckpt.step_s / plain.step_s - 1):+.0f}%", markup=False, soft_wrap=True)
+                  f"{100 * (ckpt.step_s / plain.step_s - 1):+.0f}%")

