@@ -185,7 +185,7 @@ def _assemble(label: str, g: Graph, lat: measure.LatencyStats, times: measure.La
         "params": g.params, "macs": g.macs, "weight_bytes": sum(n.weight_bytes for n in g.nodes),
         "activation_bytes": sum(n.activation_bytes for n in g.nodes),
         "measured_ms_median": lat.median_ms, "measured_ms_iqr": lat.iqr_ms, "measured_ms_min": lat.min_ms,
-        "measured_repeats": lat.repeats,
+        "measured_repeats": lat.repeats, "measured_spread_note": lat.spread_note(),
         "sum_layers_ms": summed,  # per-layer times added up (profiled runs)
         "sum_over_median": summed / lat.median_ms,
         "interleaved_ms_median": times.interleaved_ms,  # plain whole runs alternated with the profiled runs

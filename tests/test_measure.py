@@ -56,3 +56,23 @@ def test_layer_times_average_typical_runs_so_they_add_up_to_a_run():
     lt = layers._layer_times([(n, s * 1e3, e * 1e3) for n, s, e in spans], "test", [2.0])
     assert lt.layers == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)} and lt.runs == 8 and lt.typical == 6
     assert lt.profiled_ms == pytest.approx(30.0) and lt.interleaved_ms == 2.0 and lt.unmapped_ms == 0
+
+
+def test_a_wide_spread_is_measured_again_and_flagged():
+    """IQR above 20% of the median: one more measurement, reported with its flags; a steady one is not repeated."""
+    import itertools
+    import time
+
+    slow = itertools.cycle([0.0, 0.004])  # every other run 4 ms late: what a busy machine does to a 1 ms model
+    calls = []
+
+    def bursty():
+        calls.append(1)
+        time.sleep(0.001 + next(slow))
+
+    cfg = measure.MeasureConfig(warmup=0, min_repeats=20, max_repeats=20)
+    stats = measure.time_callable(bursty, cfg, "x", 1, 1)
+    assert stats.repeated and stats.wide and len(calls) == 40
+    assert "spread stayed wide after one repeat" in stats.describe()
+    steady = measure.time_callable(lambda: time.sleep(0.002), cfg, "x", 1, 1)
+    assert not steady.repeated and not steady.wide and steady.spread_note() == ""

@@ -6,7 +6,7 @@ import pytest
 from hwai import cost, targets
 from hwai import data as hdata
 from hwai import graph as hgraph
-from hwai.models import ModelSpec, build
+from hwai.models import ModelSpec
 from hwai.search import candidate as hc
 from hwai.search.screen import Screen, kept_channels
 from hwai.search.space import SpaceConfig, sample

@@ -127,11 +127,11 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
     next to it (`<name>.measurements.csv`)."""
     # long: one calibration recipe (measure, detect kernels, fit, cross-validate, write), read top to bottom
     import yaml
-    from hwai.text import progress as progress_bar
 
     from hwai import io as hio
     from hwai.calibrate import roofline
     from hwai.cost import measurements
+    from hwai.text import progress as progress_bar
 
     started = time.perf_counter()
     out = Path(out).expanduser()

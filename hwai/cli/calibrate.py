@@ -33,6 +33,7 @@ def calibrate(
         raise UserError("use one of --from and --export-kit")
     if export_kit is not None:
         from rich.markup import escape
+
         from hwai.text import progress
 
         cases = list(cfg.cases())

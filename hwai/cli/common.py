@@ -16,6 +16,16 @@ JSON_HELP = "also write the figures as JSON to this file ('-': to stdout, instea
 console = _console(soft_wrap=not sys.stdout.isatty())  # in a pipe or a log, lines are never wrapped or cut
 
 
+def to_stdout(json_out: Path | None) -> bool:
+    """`--json -`: stdout holds the JSON alone (notes and progress go to stderr or nowhere)."""
+    return json_out is not None and str(json_out) == "-"
+
+
+def log_for(json_out: Path | None):
+    """Where a command's notes go: the console, or stderr when stdout holds JSON."""
+    return _console(stderr=True).print if to_stdout(json_out) else console.print
+
+
 def show(renderable, min_width: int = 0) -> None:
     """Print a table (or any renderable) whole: no cell is cut with '…' (cells fold in a terminal), and in a pipe
     or a log file it renders at its natural width instead of 80 columns."""

@@ -7,7 +7,17 @@ from typing import Optional
 
 import typer
 
-from hwai.cli.common import DATA_HELP, MODEL_HELP, check_out_dir, console, show
+from hwai.cli.common import (
+    DATA_HELP,
+    JSON_HELP,
+    MODEL_HELP,
+    check_out_dir,
+    console,
+    log_for,
+    show,
+    to_stdout,
+    write_json,
+)
 
 
 def compress(
@@ -31,6 +41,7 @@ def compress(
     width: float = typer.Option(1.0, help="width multiplier when --model is a zoo name"),
     input_size: Optional[int] = typer.Option(None, help="resize images (default: the checkpoint's size)"),
     out: Path = typer.Option(Path("compressed"), help="output directory: model.onnx, model.pt, metrics.json"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Compress a model (prune, distill, fuse, quantize), export verified ONNX, print measured before/after."""
     from hwai import train as htrain
@@ -43,8 +54,13 @@ def compress(
                                    finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                                    max_accuracy_drop=max_accuracy_drop, force=force,
                                    measure=MeasureConfig(threads=threads, max_seconds=2.0), runtime=runtime)
-    net, spec, bundle = htrain.resolve(model, data, width, input_size, log=console.print)
-    result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=console.print)
+    quiet = to_stdout(json_out)
+    net, spec, bundle = htrain.resolve(model, data, width, input_size, log=log_for(json_out))
+    result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=log_for(json_out), progress=not quiet)
+    if json_out is not None:
+        write_json(json_out, result.metrics)
+    if quiet:
+        return
     show(table(result), 120)
     tested = result.test_accuracy
     console.print(f"test accuracy (measured once, at the end, on {result.final.runtime}; read by no decision): original "

@@ -7,15 +7,7 @@ from typing import Optional
 
 import typer
 
-from hwai.cli.common import (
-    DATA_HELP,
-    JSON_HELP,
-    MODEL_HELP,
-    console,
-    show,
-    si,
-    write_json,
-)
+from hwai.cli.common import DATA_HELP, JSON_HELP, MODEL_HELP, console, log_for, show, si, to_stdout, write_json
 from hwai.errors import UserError
 
 
@@ -49,14 +41,14 @@ def profile(
         check_path(model)  # before loading data: a wrong path fails fast
         if runtime not in (None, "onnxruntime"):
             raise UserError(f"{model} is an ONNX file: it runs with --runtime onnxruntime")
-    bundle = htrain.prepare_data(model, data, input_size, log=console.print)
+    bundle = htrain.prepare_data(model, data, input_size, log=log_for(json_out))
     cfg = measure.MeasureConfig(threads=threads)
     if onnx_file:
         prof = hprofile.profile(model, bundle, target, "onnxruntime", cfg, batch)
     else:
         net, spec = htrain.resolve_model(model, bundle, width=width)
         prof = hprofile.profile(net, bundle, target, runtime or "torch", cfg, batch, name=spec.name)
-    if json_out is not None and str(json_out) == "-":
+    if to_stdout(json_out):
         return write_json(json_out, prof.to_dict())
     show(_table(prof, data), 160)
     for line in _totals(prof):
@@ -105,6 +97,8 @@ def _totals(prof) -> list[str]:
              f"{t['interleaved_ms_median']:.3f} ms, the median of plain runs interleaved with the profiled ones); "
              f"not attributed to a layer: {t['overhead_ms']:.3f} ms; a profiled run took {t['profiled_ms_median']:.3f} ms"
              + (f"; runtime-inserted kernels {t['unmapped_ms']:.3f} ms" if t["unmapped_ms"] else "")]
+    if t.get("measured_spread_note"):
+        lines.append(f"note: {t['measured_spread_note']}")
     if t["sum_over_interleaved"] > 1.25:
         per_layer_us = 1000 * (t["sum_layers_ms"] - t["interleaved_ms_median"]) / len(prof.layers)
         lines.append(f"note: these layers are short, so the profiler's own cost (about {per_layer_us:.0f} us per "

@@ -12,7 +12,14 @@ from typing import Optional
 import typer
 
 from hwai.cli.common import DATA_HELP as COMMON_DATA_HELP
-from hwai.cli.common import MODEL_HELP, check_out_dir, console, show
+from hwai.cli.common import (
+    JSON_HELP,
+    MODEL_HELP,
+    check_out_dir,
+    console,
+    show,
+    write_json,
+)
 from hwai.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -99,6 +106,7 @@ def plan(
     width: float = typer.Option(1.0, help="width multiplier of zoo models"),
     input_size: Optional[int] = typer.Option(None, help="resize images to this size (the input the devices see)"),
     out: Optional[Path] = typer.Option(None, help="write DIR/plan.json and DIR/report.html (a stacked bar per cut)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Predict every cut of the model across the devices and choose the best (checked against brute force)."""
     from hwai.graph import capture
@@ -108,9 +116,12 @@ def plan(
     devices, links_ = _chain(targets, link, precision, max_sram_kb)
     net, bundle, spec = load(model, data, width, input_size)
     result = hplan.plan(capture(net, bundle.example(1)), devices, links_, objective, spec.name)
-    from hwai.shard import show as shard_show
+    if json_out is not None:
+        write_json(json_out, result.to_dict())
+    if json_out is None or str(json_out) != "-":
+        from hwai.shard import show as shard_show
 
-    shard_show.plan(result)
+        shard_show.plan(result)
     if out is not None:
         from hwai.shard.report import write
 

@@ -19,6 +19,8 @@ import torch
 from hwai.errors import UserError
 
 RUNTIMES = ("torch", "onnxruntime")
+WIDE_SPREAD = 0.2  # IQR above this fraction of the median: other work disturbed the runs; measured once more
+WIDE_FLOOR_MS = 0.01  # ... and above this: below it the spread is the timer's resolution, not other work
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,26 @@ class LatencyStats:
     mean_ms: float
     batch: int
     kind: str = "measured"
+    repeated: bool = False  # the first measurement's spread was wide (WIDE_SPREAD): these are the second's figures
+    wide: bool = False  # still wide after the repeat: the machine was busy; the figure is less trustworthy
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def spread_note(self) -> str:
+        """Why the spread deserves a word ("" when it does not)."""
+        if not self.repeated:
+            return ""
+        share = self.iqr_ms / self.median_ms if self.median_ms else 0.0
+        return (f"the spread stayed wide after one repeat (IQR {share:.0%} of the median): other work was running; "
+                "measure again on a quiet machine" if self.wide else
+                "measured twice: the first run's spread was wide (IQR above 20% of the median), these are the second's")
+
     def describe(self) -> str:
+        note = self.spread_note()
         return (f"measured: {self.runtime}, {self.threads} thread(s), batch {self.batch}, {self.repeats} repeats, "
-                f"median {self.median_ms:.3f} ms, IQR {self.iqr_ms:.3f} ms, min {self.min_ms:.3f} ms")
+                f"median {self.median_ms:.3f} ms, IQR {self.iqr_ms:.3f} ms, min {self.min_ms:.3f} ms"
+                + (f" ({note})" if note else ""))
 
 
 def physical_cores() -> int:
@@ -76,7 +91,21 @@ def physical_cores() -> int:
 
 
 def time_callable(fn: Callable[[], object], cfg: MeasureConfig, runtime: str, threads: int, batch: int) -> LatencyStats:
-    """Time `fn()`: warm-up, then repeats until the median is stable (or the caps are reached)."""
+    """Time `fn()`: warm-up, then repeats until the median is stable (or the caps are reached). A measurement whose
+    IQR exceeds WIDE_SPREAD of its median is taken once more; the repeat is reported, flagged (`repeated`, `wide`)."""
+    stats = _timed(fn, cfg, runtime, threads, batch)
+    if not _wide(stats):
+        return stats
+    again = _timed(fn, cfg, runtime, threads, batch)
+    again.repeated, again.wide = True, _wide(again)
+    return again
+
+
+def _wide(stats: LatencyStats) -> bool:
+    return stats.iqr_ms > max(WIDE_SPREAD * stats.median_ms, WIDE_FLOOR_MS)
+
+
+def _timed(fn: Callable[[], object], cfg: MeasureConfig, runtime: str, threads: int, batch: int) -> LatencyStats:
     for _ in range(cfg.warmup):
         fn()
     times: list[float] = []

@@ -47,14 +47,14 @@ class Progress:
     one line per finished trial (user text in it printed verbatim, never as markup)."""
 
     def __init__(self, ctx, study: optuna.Study, enabled: bool = True) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from hwai.text import progress
 
         self.ctx, self.study, self.enabled = ctx, study, enabled
         self.bar = progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(),
-                       disable=not enabled, transient=False)
+                            TextColumn("{task.fields[status]}", markup=False), TimeElapsedColumn(), TextColumn("eta"),
+                            TimeRemainingColumn(), disable=not enabled, transient=False)
         self.task = self.bar.add_task("trials", total=ctx.cfg.trials, status="")
 
     def __enter__(self) -> "Progress":
