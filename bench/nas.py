@@ -40,9 +40,7 @@ console = Console(width=150)
 
 def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float]) -> float:
     """Area dominated by (accuracy, latency) points up to the reference (optuna's WFG hypervolume)."""
-    from optuna._hypervolume import (
-        compute_hypervolume,  # optuna's own utility (used by its plots)
-    )
+    from optuna._hypervolume import compute_hypervolume  # optuna's own utility (used by its plots)
 
     loss = np.array([[1 - a, lat] for a, lat in points if 1 - a < reference[0] and lat < reference[1]])
     return float(compute_hypervolume(loss, np.array(reference))) if len(loss) else 0.0

@@ -85,11 +85,7 @@ def test_a_module_called_twice_gets_a_measured_row_per_call(traceable):
 @pytest.fixture(scope="module")
 def onnx_pair(tmp_path_factory):
     """A tiny exported FP32 model and its INT8 QDQ version (onnxruntime.quantization.quantize_static)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     tmp = tmp_path_factory.mktemp("onnx")
     model = models.create("resnet8", num_classes=10, in_channels=1, input_size=16).eval()

@@ -4,14 +4,7 @@ from torch import nn
 
 from hwai import models, train
 from hwai.errors import UserError
-from hwai.passes.quantize import (
-    QuantConfig,
-    QuantLayer,
-    fake_weight,
-    quant_layers,
-    quantize,
-    weight_qparams,
-)
+from hwai.passes.quantize import QuantConfig, QuantLayer, fake_weight, quant_layers, quantize, weight_qparams
 
 
 @pytest.fixture(scope="module")

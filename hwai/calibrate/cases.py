@@ -167,12 +167,7 @@ def export_onnx(model, example) -> bytes:
 
 def quantize_int8(onnx_model: bytes, example, samples: int = 4) -> bytes:
     """Static INT8 QDQ quantization with onnxruntime.quantization (random calibration inputs: timing only)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from hwai.runtimes.export import quiet
 

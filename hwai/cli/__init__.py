@@ -6,20 +6,7 @@ import sys
 
 import typer
 
-from hwai.cli import (
-    calibrate,
-    compress,
-    export,
-    memory,
-    nas,
-    optimize,
-    profile,
-    report,
-    shard,
-    snn,
-    targets,
-    train,
-)
+from hwai.cli import calibrate, compress, export, memory, nas, optimize, profile, report, shard, snn, targets, train
 from hwai.cli.common import fail
 from hwai.errors import UserError
 

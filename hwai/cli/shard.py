@@ -12,14 +12,7 @@ from typing import Optional
 import typer
 
 from hwai.cli.common import DATA_HELP as COMMON_DATA_HELP
-from hwai.cli.common import (
-    JSON_HELP,
-    MODEL_HELP,
-    check_out_dir,
-    console,
-    show,
-    write_json,
-)
+from hwai.cli.common import JSON_HELP, MODEL_HELP, check_out_dir, console, show, write_json
 from hwai.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,

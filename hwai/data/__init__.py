@@ -6,14 +6,7 @@ memory (uint8 where the source is), normalised per channel on the fly, with batc
 from __future__ import annotations
 
 from hwai.data.bundle import Batches, DataBundle
-from hwai.data.formats import (
-    load_cifar10,
-    load_digits,
-    load_folder,
-    load_mnist,
-    load_npz,
-    stratified_split,
-)
+from hwai.data.formats import load_cifar10, load_digits, load_folder, load_mnist, load_npz, stratified_split
 from hwai.data.transforms import augment, deskew, resize
 from hwai.errors import UserError
 

@@ -147,13 +147,7 @@ def _candidate(run_dir: Path, n: int, row: list[int], cfg: NasConfig, supernet, 
     from hwai.nas import supernet as hsn
     from hwai.nas.training import subnet
     from hwai.runtimes import export
-    from hwai.train import (
-        TrainConfig,
-        default_augmentation,
-        evaluate,
-        save_checkpoint,
-        train,
-    )
+    from hwai.train import TrainConfig, default_augmentation, evaluate, save_checkpoint, train
 
     folder = run_dir / "candidates" / str(n)
     if (folder / "metrics.json").is_file():

@@ -10,16 +10,7 @@ from typing import Any
 
 from hwai.report import style as look
 from hwai.report.run import Run, fmt, label, number
-from hwai.report.style import (
-    BLUE,
-    DARK,
-    GREEN,
-    GREY,
-    ORANGE,
-    PRECISION_COLORS,
-    RED,
-    plain,
-)
+from hwai.report.style import BLUE, DARK, GREEN, GREY, ORANGE, PRECISION_COLORS, RED, plain
 
 
 def figures(run: Run) -> dict[str, dict[str, Any]]:

@@ -7,15 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hwai import io
-from hwai.runtimes.common import (
-    artifact_name,
-    float_model,
-    one_input,
-    per_row,
-    pt2e_int8,
-    require,
-    silenced,
-)
+from hwai.runtimes.common import artifact_name, float_model, one_input, per_row, pt2e_int8, require, silenced
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,9 +31,7 @@ def export(model: nn.Module, example: torch.Tensor, out_dir: str | Path, int8: b
     """model(.int8).pte for the example's input shape (batch 1, as deployed)."""
     check()
     import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-        XnnpackPartitioner,
-    )
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,

@@ -81,12 +81,7 @@ def _quantize_onnx(fp32: Path, out: Path, calib: DataBundle, bits: dict[str, int
     activations; inputs of hwai-quantized layers keep hwai's (calibrated or QAT) scales, other tensors
     (residual adds, the output) are calibrated by ONNX Runtime with the same method."""
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     graph = onnx.load(str(fp32)).graph
     layer_of = {n.input[1]: n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}

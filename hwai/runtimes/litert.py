@@ -8,15 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hwai import io
-from hwai.runtimes.common import (
-    artifact_name,
-    float_model,
-    one_input,
-    per_row,
-    pt2e_int8,
-    require,
-    silenced,
-)
+from hwai.runtimes.common import artifact_name, float_model, one_input, per_row, pt2e_int8, require, silenced
 
 if TYPE_CHECKING:
     import numpy as np

@@ -20,15 +20,7 @@ from hwai import graph as hgraph
 from hwai import measure
 from hwai.data import DataBundle
 from hwai.models import ModelSpec, build
-from hwai.passes import (
-    DistillConfig,
-    FuseConfig,
-    PassContext,
-    PruneConfig,
-    QuantConfig,
-    apply,
-    in_order,
-)
+from hwai.passes import DistillConfig, FuseConfig, PassContext, PruneConfig, QuantConfig, apply, in_order
 from hwai.search.space import BITS_DTYPE, Candidate
 from hwai.train import default_augmentation
 

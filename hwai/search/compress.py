@@ -20,23 +20,10 @@ from torch import nn
 from hwai import io
 from hwai.data import DataBundle
 from hwai.errors import UserError, finite
-from hwai.measure import (
-    MeasureConfig,
-    environment,
-    latency,
-    physical_cores,
-    time_callable,
-)
+from hwai.measure import MeasureConfig, environment, latency, physical_cores, time_callable
 from hwai.measure.verdict import Comparison, compare
 from hwai.models import ModelSpec
-from hwai.passes import (
-    DistillConfig,
-    FuseConfig,
-    PassContext,
-    PruneConfig,
-    QuantConfig,
-    apply,
-)
+from hwai.passes import DistillConfig, FuseConfig, PassContext, PruneConfig, QuantConfig, apply
 from hwai.passes.prune import PRUNABLE, achieved
 from hwai.runtimes.deployment import accuracy
 from hwai.runtimes.export import to_onnx, verified

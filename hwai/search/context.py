@@ -108,14 +108,7 @@ class Context:
 
 
 def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[nn.Module, ModelSpec]:
-    from hwai.train import (
-        TrainConfig,
-        default_augmentation,
-        load_checkpoint,
-        resolve_model,
-        save_checkpoint,
-        train,
-    )
+    from hwai.train import TrainConfig, default_augmentation, load_checkpoint, resolve_model, save_checkpoint, train
 
     if path.is_file():
         model, meta = load_checkpoint(path)

@@ -26,13 +26,7 @@ from hwai.search import study as hstudy
 from hwai.search.constraints import Constraints, check
 from hwai.search.context import Context, baseline_metrics, prepare
 from hwai.search.feedback import Correction, fit, pairs
-from hwai.search.space import (
-    SpaceConfig,
-    policy,
-    sample,
-    supernet_warm_start,
-    warm_start,
-)
+from hwai.search.space import SpaceConfig, policy, sample, supernet_warm_start, warm_start
 from hwai.search.study import RETRY_S, SearchStopped
 
 STUDY_NAME = "hwai-optimize"

@@ -33,15 +33,7 @@ from hwai.data import DataBundle
 from hwai.errors import UserError
 from hwai.models import ModelSpec, build
 from hwai.shard import batchnorm
-from hwai.train import (
-    TrainConfig,
-    evaluate,
-    fit,
-    optimizer,
-    save_checkpoint,
-    schedule,
-    seed_everything,
-)
+from hwai.train import TrainConfig, evaluate, fit, optimizer, save_checkpoint, schedule, seed_everything
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -179,10 +171,7 @@ def _save_sharded(folder: Path, state: dict, meta: dict) -> None:
 
 def _consolidate(model: nn.Module, template: nn.Module | None) -> nn.Module | None:
     """The full sharded model gathered into a plain copy on rank 0 (None on other ranks; all ranks call it)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if template is None:

@@ -25,13 +25,7 @@ from hwai.data import DataBundle
 from hwai.errors import UserError
 from hwai.snn.activity import SYNAPSES, Activity, measure_activity
 from hwai.snn.config import ConvertConfig, SNNConfig
-from hwai.snn.model import (
-    LIF,
-    SpikingNet,
-    build_spiking,
-    check_intensities,
-    replace_relus,
-)
+from hwai.snn.model import LIF, SpikingNet, build_spiking, check_intensities, replace_relus
 
 SAMPLES_PER_LAYER = 1_000_000  # activations kept per layer for the percentiles (a uniform random subset)
 

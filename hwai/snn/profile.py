@@ -14,13 +14,7 @@ from hwai.data import DataBundle
 from hwai.errors import UserError
 from hwai.models import ModelSpec, build
 from hwai.snn.activity import Activity, measure_activity
-from hwai.snn.energy import (
-    EnergyEstimate,
-    LatencyComparison,
-    ann_prediction,
-    compare_latency,
-    energy,
-)
+from hwai.snn.energy import EnergyEstimate, LatencyComparison, ann_prediction, compare_latency, energy
 from hwai.snn.model import SpikingNet
 
 TARGETS = ("neuromorphic-45nm", "loihi")  # neuromorphic profiles priced by default; the first is the headline
