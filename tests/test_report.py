@@ -95,7 +95,7 @@ def visible(page: str) -> str:
 
 def write_run(tmp_path, data: dict | None = None, name: str = "results.json"):
     run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
     (run / name).write_text(json.dumps(synthetic_results() if data is None else data))
     return run
 

@@ -161,9 +161,12 @@ def memory(run: Run):
     ticks = list(range(0, len(nodes), math.ceil(len(nodes) / 30)))  # at most 30 readable labels
     fig.update_xaxes(title_text="operator in execution order", tickmode="array", tickvals=ticks,
                      ticktext=[nodes[i] for i in ticks], tickangle=-45, showgrid=False)
+    top = max(levels + ([sram / 1024] if sram is not None else []))
     fig.update_yaxes(title_text="live activation memory (KiB" + (", log scale)" if log else ")"),
-                     type="log" if log else "linear", dtick=1 if log else None, rangemode="tozero")
-    look.style(fig, height=400, showlegend=bool(planned or peaks), legend=dict(orientation="h", y=1.08, x=0))
+                     type="log" if log else "linear", dtick=1 if log else None,
+                     range=None if log else [0, 1.3 * top])  # headroom: the peak's label stays inside the plot
+    look.style(fig, height=420, showlegend=bool(planned or peaks), margin=dict(l=60, r=30, t=70, b=40),
+               legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
     return fig
 
 
@@ -228,7 +231,10 @@ def _hover(run: Run, trial: dict[str, Any]) -> str:
     lines = [f"trial {trial['number']}"] if "number" in trial else []
     if trial.get("description"):
         lines.append(str(trial["description"]))
-    lines += [f"{label(k)}: {fmt(k, _metrics(trial)[k])} ({run.kind(k)})" for k in run.figures([_metrics(trial)])]
+    metrics = _metrics(trial)
+    setup = run.host_setup(metrics)
+    lines += [f"{label(k)}: {fmt(k, metrics[k])} ({run.kind(k)}" + (f", {setup})" if k == "host_latency_ms" and setup
+                                                                    else ")") for k in run.figures([metrics])]
     if trial.get("violations"):
         lines.append("violates: " + "; ".join(map(str, trial["violations"])))
     return "<br>".join(lines)

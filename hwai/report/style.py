@@ -12,8 +12,9 @@ LAYER_COLORS = ["#2563eb", "#f97316", "#16a34a", "#db2777", "#7c3aed", "#0891b2"
 
 
 def style(fig, **layout: Any) -> None:
-    fig.update_layout(template="plotly_white", font=FONT, margin=dict(l=60, r=30, t=50, b=40),
-                      hoverlabel=dict(bgcolor="white", font_size=12), **layout)
+    """The common layout; `layout` adds to it or overrides it (e.g. a wider top margin)."""
+    fig.update_layout(**{"template": "plotly_white", "font": FONT, "margin": dict(l=60, r=30, t=50, b=40),
+                         "hoverlabel": dict(bgcolor="white", font_size=12), **layout})
 
 
 def plain(fig) -> dict[str, Any]:

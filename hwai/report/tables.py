@@ -137,7 +137,10 @@ def _verdict_row(run: Run, key: str, v: dict[str, Any], before: dict, after: dic
     with its interval; each stage's own timing (a separate measurement) named beside it."""
     found = change("host_latency_ms", v.get("before_ms"), v.get("after_ms"), v.get("ratio"), v.get("verdict"))
     low, high = number(v.get("ratio_low")), number(v.get("ratio_high"))
-    interval = f"{float(v.get('confidence') or 0.95):.0%} CI ×{low:.2f}–×{high:.2f}; " if low and high else ""
+    interval = ""
+    if low and high:  # the interval in the words of the change: 'faster' ratios inverted
+        low, high = (1 / high, 1 / low) if number(v.get("ratio")) < 1 else (low, high)
+        interval = f"{float(v.get('confidence') or 0.95):.0%} CI {low:.2f}–{high:.2f}×; "
     setup = f"{v.get('runtime')}, {threads(v.get('threads'))}" if v.get("runtime") else ""
     own = f"{fmt('host_latency_ms', before.get('host_latency_ms'))} → {fmt('host_latency_ms', after.get('host_latency_ms'))}"
     return (f"<tr><td>host latency, interleaved A/B (the decision)<div class='sub'>both models timed in turns, "
