@@ -105,7 +105,7 @@ def test_a_step_judged_by_interleaved_timing_shows_that_verdict(tmp_path):
                             "verdict": "slower", "confidence": 0.95}}]
     page = page_of(tmp_path, data, "metrics.json")
     step = row(page, "host latency, interleaved A/B (the decision)")
-    assert "1.64× slower" in step and "95% CI ×1.60–×1.68" in step and "0.0459 ms → 0.105 ms" in step
+    assert "1.64× slower" in step and "95% CI 1.60–1.68×" in step and "0.0459 ms → 0.105 ms" in step
     assert "2.29×" not in page and '<span class="badge fail">rolled back</span>' in page
 
 
