@@ -14,7 +14,7 @@ from hwai import __version__
 from hwai.report import assets, snn, tables
 from hwai.report.cards import cards
 from hwai.report.figures import figures, series_label
-from hwai.report.labels import METRICS, fmt, label, number, threads
+from hwai.report.labels import ENVIRONMENT, METRICS, fmt, label, number, threads
 from hwai.report.parts import badge, cell, section, span
 from hwai.report.run import Run
 
@@ -155,10 +155,6 @@ def _provenance(run: Run) -> str:
         return ""
     return section("provenance", "Measured vs predicted", "Which number is which, and where it came from.",
                    (f'<div class="chips">{kinds}</div>' if kinds else "") + f'<dl class="notes">{notes}</dl>')
-
-
-ENVIRONMENT = {"cpu": "CPU", "machine": "machine", "physical_cores": "physical cores", "threads": "threads (intra-op)",
-               "platform": "platform"}
 
 
 def _environment(run: Run) -> str:

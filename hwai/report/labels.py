@@ -27,7 +27,7 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "accuracy": Metric("accuracy", "%", "higher"),
     "test_accuracy": Metric("test accuracy", "%", "higher", note="measured once, after the choice; read by no decision"),
-    "accuracy_fake_quant": Metric("validation accuracy, PyTorch fake-quant", "%", "higher",
+    "accuracy_fake_quant": Metric("accuracy, PyTorch fake-quant", "%", "higher",
                                   note="the quantized model simulated in PyTorch, beside its exported artifact's"),
     "parity_top1_agreement": Metric("top-1 agreement of the export with PyTorch", "%", "higher"),
     "host_latency_ms": Metric("host latency", "ms", "lower", note="median at batch 1 on the runtime and threads shown"),
@@ -55,6 +55,9 @@ METRICS: dict[str, Metric] = {
     "spikes_per_neuron": Metric("spikes per neuron per inference", "", "lower"),
     "synaptic_ops": Metric("synaptic operations per inference", "count", "lower"),
 }
+
+# results.json `environment` keys that are not package names, as people read them
+ENVIRONMENT = {"cpu": "CPU", "physical_cores": "physical cores", "threads": "threads (intra-op)"}
 
 # what a change is called, by unit: (word when the value went down, word when it went up)
 WORDS = {"ms": ("faster", "slower"), "KiB": ("smaller", "larger"), "mJ": ("less", "more"), "count": ("fewer", "more"),

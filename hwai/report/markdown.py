@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwai.report.labels import fmt, label, size
+from hwai.report.labels import ENVIRONMENT, fmt, label, size
 from hwai.report.run import Run
 
 
@@ -16,8 +16,9 @@ def render(run: Run) -> str:
     if keys:
         which = run.chosen_word + (f" (trial {chosen})" if chosen is not None else "")
         lines += [f"| metric | kind | baseline | {which} | change |", "|---|---|--:|--:|--:|"]
-        lines += [f"| {label(k)} | {run.kind(k)} | {_value(run, k, run.baseline)} | {_value(run, k, run.best)} | "
-                  f"{run.change(k).text} |" for k in keys]
+        lines += [f"| {label(k)}{' (also: ' + '; '.join(map(label, same)) + ')' if same else ''} | {run.kind(k)} | "
+                  f"{_value(run, k, run.baseline)} | {_value(run, k, run.best)} | {run.change(k).text} |"
+                  for k, same in run.distinct_keys()]
         lines.append("")
     lines += _fit(run)
     if run.trials and run.section("counts"):
@@ -29,7 +30,7 @@ def render(run: Run) -> str:
     reason = run.section("best").get("reason")
     if reason:
         lines.append(f"**Chosen because:** {reason}")
-    techniques = [t for t in run.items("techniques") if isinstance(t, dict)]
+    techniques = run.steps()
     if techniques:
         lines += ["", "| technique | effect |", "|---|---|"]
         for t in techniques:
@@ -43,7 +44,7 @@ def render(run: Run) -> str:
                                                                     ("predicted", "prediction")) if run.data.get(key)]
     env = run.section("environment")
     if env:
-        lines.append("- environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+        lines.append("- environment: " + ", ".join(f"{ENVIRONMENT.get(k, k)} {v}" for k, v in env.items()))
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -111,6 +111,29 @@ class Run:
         dicts = [d for d in metric_dicts if isinstance(d, dict)]
         return [k for k in METRICS if any(number(d.get(k)) is not None for d in dicts)]
 
+    def distinct_keys(self) -> list[tuple[str, list[str]]]:
+        """metric_keys as (key, [later keys that copy it]): a figure another key merely copies (METRICS[k].same_as,
+        equal for the baseline and the chosen model) is shown once, its other names beside it."""
+        shown: dict[str, list[str]] = {}
+        for key in self.metric_keys():
+            values = (self.baseline.get(key), self.best.get(key))
+            twin = next((k for k in shown if k in METRICS[key].same_as
+                         and (self.baseline.get(k), self.best.get(k)) == values), None)
+            if twin is None:
+                shown[key] = []
+            else:
+                shown[twin].append(key)
+        return list(shown.items())
+
+    def steps(self) -> list[dict[str, Any]]:
+        """The techniques applied, in order; none when the only one goes from the baseline straight to the chosen
+        model (optimize: its figures are the baseline-vs-chosen table's)."""
+        steps = [t for t in self.items("techniques") if isinstance(t, dict)]
+        if len(steps) == 1 and "kept" not in steps[0] and steps[0].get("metric_before") == self.baseline \
+                and steps[0].get("metric_after") == self.best:
+            return []
+        return steps
+
     def stored_ratio(self, metric: str) -> tuple[float | None, str | None, str]:
         """(chosen / baseline, the test's verdict, how it was measured) where the run stores its own figure for
         the change of `metric` (a paired SNN/ANN timing, compress's speedup and size ratio); (None, None, '')."""

@@ -17,7 +17,7 @@ def comparison(run: Run) -> str:
     """Baseline vs chosen model, one row per figure, in three groups: measured here, predicted for the target,
     and the cost model's view of this host (a prediction, beside the measurement it is checked against)."""
     groups: dict[str, list[tuple[str, list[str]]]] = {"measured": [], "predicted": [], "host model": []}
-    for key, same in _distinct(run, run.metric_keys()):
+    for key, same in run.distinct_keys():
         groups[_group(run, key)].append((key, same))
     rows = "".join(_group_row(run, g) + "".join(_comparison_row(run, k, same) for k, same in members)
                    for g, members in groups.items() if members)
@@ -29,21 +29,6 @@ def comparison(run: Run) -> str:
     table = f"<table class='compare'>{HEAD.format('baseline', escape(run.chosen_word))}{rows}</table>"
     return section("comparison", f"Baseline vs {run.chosen_word} model", lead + "Each figure once, grouped by what it "
                    "is; a host latency names the runtime and threads it was measured on.", table)
-
-
-def _distinct(run: Run, keys: list[str]) -> list[tuple[str, list[str]]]:
-    """(key, [later keys that copy it]): a figure that another key merely copies (METRICS[k].same_as, equal for the
-    baseline and the chosen model) is shown once, its other names beside it."""
-    shown: dict[str, list[str]] = {}
-    for key in keys:
-        values = (run.baseline.get(key), run.best.get(key))
-        twin = next((k for k in shown if k in METRICS[key].same_as and (run.baseline.get(k), run.best.get(k)) == values),
-                    None)
-        if twin is None:
-            shown[key] = []
-        else:
-            shown[twin].append(key)
-    return list(shown.items())
 
 
 def _group(run: Run, key: str) -> str:
@@ -100,11 +85,10 @@ def _setup(run: Run, key: str, metrics: dict[str, Any]) -> str:
 
 def techniques(run: Run) -> str:
     """Each technique in the order applied, kept or rolled back, with its metrics before and after; a step judged
-    by interleaved timing shows that verdict as its latency change. Left out when it would only repeat the
-    baseline-vs-chosen table (one technique from the baseline straight to the chosen model)."""
-    steps = [t for t in run.items("techniques") if isinstance(t, dict)]
-    if not steps or (len(steps) == 1 and steps[0].get("metric_before") == run.baseline
-                     and steps[0].get("metric_after") == run.best and "kept" not in steps[0]):
+    by interleaved timing shows that verdict as its latency change (Run.steps: none when they would only repeat
+    the baseline-vs-chosen table)."""
+    steps = run.steps()
+    if not steps:
         return ""
     blocks = [_technique(run, i, t) for i, t in enumerate(steps)]
     return section("techniques", "Techniques applied", "Each step in the order applied, against the model before it; "
