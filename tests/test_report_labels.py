@@ -170,3 +170,14 @@ def test_an_export_report_shows_the_export(tmp_path):
 @pytest.mark.parametrize("before, after, text", [(0.9, 0.9, "+0.00 pt"), (0.9, 0.95, "+5.00 pt")])
 def test_accuracy_changes_in_points(before, after, text):
     assert change("accuracy", before, after).text == text
+
+
+def test_a_noisy_timing_is_flagged(tmp_path):
+    data = synthetic_results()
+    data["baseline"]["host_latency_iqr_ms"] = 0.5  # 40% of the 1.25 ms median
+    page = page_of(tmp_path, data)
+    assert "⚠ wide spread: IQR 40% of the median" in row(page, "host latency")
+    assert row(page, "host latency").count("wide spread") == 1  # the chosen model's timing is tight
+    exported = export_results()
+    exported["runtimes"]["rows"][1]["iqr_ms"] = 0.05  # 50% of openvino's 0.1 ms
+    assert visible(page_of(tmp_path, exported)).count("wide spread: IQR 50% of the median") == 1

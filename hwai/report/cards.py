@@ -7,7 +7,7 @@ from html import escape
 from typing import Any
 
 from hwai.report import snn
-from hwai.report.labels import fmt, label, number, threads
+from hwai.report.labels import fmt, label, number, spread, threads
 from hwai.report.parts import badge, card, changed
 from hwai.report.run import Run
 
@@ -48,6 +48,8 @@ def _latency(run: Run) -> str:
     notes = [f"{_at(run, head, base)} → {_at(run, head, best)}" if number(base.get(head)) else _at(run, head, best)]
     _, _, how = run.stored_ratio(head)
     notes += [escape(how)] if how else []
+    notes += [escape(f"{who}: {noisy}") for who, m in (("baseline", base), (run.chosen_word, best))
+              if head == "host_latency_ms" and (noisy := spread(m.get(head), m.get("host_latency_iqr_ms")))]
     notes += [f"{escape(label(m))} on {escape(str(run.section('target').get('name')))}: {changed(run.change(m))} "
               f"{badge(run.kind(m))}" for m in rest if run.change(m).text]
     value = found.text or fmt(head, best[head])

@@ -71,6 +71,17 @@ def number(value: Any) -> float | None:
     return float(value)
 
 
+WIDE_SPREAD = 0.2  # an IQR above this fraction of the median marks a noisy measurement (issue 25: flag, repeat)
+
+
+def spread(median: Any, iqr: Any) -> str:
+    """'⚠ wide spread: IQR 42% of the median' for a noisy timing; '' otherwise (or when either is missing)."""
+    m, q = number(median), number(iqr)
+    if m is None or q is None or m <= 0 or q <= WIDE_SPREAD * m:
+        return ""
+    return f"⚠ wide spread: IQR {q / m:.0%} of the median"
+
+
 def threads(n: object) -> str:
     """'1 thread', '2 threads'."""
     return f"{n} thread" + ("" if str(n) == "1" else "s")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from hwai.report.labels import METRICS, change, fmt, label, number, threads
+from hwai.report.labels import METRICS, change, fmt, label, number, spread, threads
 from hwai.report.parts import badge, cell, changed, section, span
 from hwai.report.run import Run
 
@@ -77,7 +77,9 @@ def _setup(run: Run, key: str, metrics: dict[str, Any]) -> str:
     """The runtime and threads under a measured host latency."""
     if number(metrics.get(key)) is None:
         return ""
-    if key in ("host_latency_ms", "host_latency_iqr_ms"):
+    if key == "host_latency_ms":
+        return " · ".join(t for t in (run.host_setup(metrics), spread(metrics[key], metrics.get("host_latency_iqr_ms"))) if t)
+    if key == "host_latency_iqr_ms":
         return run.host_setup(metrics)
     n = run.section("calibration").get("threads")
     return f"onnxruntime, {threads(n)}" if key == "host_feedback_ms" and n else ""
@@ -159,8 +161,8 @@ def _trial_table(run: Run, shown: list[dict[str, Any]], metrics: list[str]) -> s
     for t in shown:
         star = chosen is not None and t.get("number") == chosen
         values = t.get("metrics") if isinstance(t.get("metrics"), dict) else {}
-        cells = "".join(cell(m, values.get(m), f"trials.{t.get('number')}.metrics.{m}",
-                             run.host_setup(values) if m == "host_latency_ms" and m in values else "") for m in metrics)
+        cells = "".join(cell(m, values.get(m), f"trials.{t.get('number')}.metrics.{m}", _setup(run, m, values))
+                        for m in metrics)
         rows.append(f"<tr{' class=chosen' if star else ''}><td class='num'>{'★ ' if star else ''}"
                     f"{escape(str(t.get('number')))}</td><td>{_described(t)}</td>{cells}<td>{_outcome(t)}</td></tr>")
     return (f"<table class='trials'><tr><th class='num'>trial</th><th>candidate</th>{head}<th>outcome</th></tr>"
@@ -205,7 +207,9 @@ def runtimes(run: Run, plotted: bool = False) -> str:
                                                     if r.get("artifact") else "")
         + f"</td><td>{escape(str(r.get('precision')))}" + (f"<div class='sub'>{threads(r['threads'])}</div>"
                                                             if r.get("threads") else "") + "</td>"
-        + "".join(cell(metric, r.get(key), f"runtimes.rows.{i}.{key}") for key, _, metric in RUNTIME_COLUMNS)
+        + "".join(cell(metric, r.get(key), f"runtimes.rows.{i}.{key}",
+                       spread(r.get("median_ms"), r.get("iqr_ms")) if key == "median_ms" else "")
+                  for key, _, metric in RUNTIME_COLUMNS)
         + (f"<td>{escape(str(r.get('note') or ''))}</td>" if notes else "") + "</tr>" for i, r in enumerate(rows))
     chosen = (f"<p>Chosen for this host: <b>{escape(str(data['chosen']))}</b> — {escape(str(data.get('verdict')))}"
               "</p>") if data.get("chosen") else ""
@@ -241,5 +245,7 @@ def _option(run: Run, rows: list, runtime: Any, threads: Any, metrics: dict[str,
         return f"<td class='num'>refused: {escape(str(row['refused']))}</td>"
     star = "★ " if (metrics.get("host_runtime"), metrics.get("host_threads")) == (runtime, threads) else ""
     key = f"{path}.host_deployments.{i}"
+    noisy = spread(row.get("median_ms"), row.get("iqr_ms"))
     return (f"<td class='num'>{star}{span('host_latency_ms', row.get('median_ms'), f'{key}.median_ms')} "
-            f"({span('host_latency_ms', row.get('iqr_ms'), f'{key}.iqr_ms')})</td>")
+            f"({span('host_latency_ms', row.get('iqr_ms'), f'{key}.iqr_ms')})"
+            + (f"<div class='sub'>{escape(noisy)}</div>" if noisy else "") + "</td>")
