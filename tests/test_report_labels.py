@@ -176,8 +176,8 @@ def test_a_noisy_timing_is_flagged(tmp_path):
     data = synthetic_results()
     data["baseline"]["host_latency_iqr_ms"] = 0.5  # 40% of the 1.25 ms median
     page = page_of(tmp_path, data)
-    assert "⚠ wide spread: IQR 40% of the median" in row(page, "host latency")
-    assert row(page, "host latency").count("wide spread") == 1  # the chosen model's timing is tight
+    assert "⚠ noisy: IQR 40% of median" in row(page, "host latency")
+    assert row(page, "host latency").count("noisy") == 1  # the chosen model's timing is tight
     exported = export_results()
     exported["runtimes"]["rows"][1]["iqr_ms"] = 0.05  # 50% of openvino's 0.1 ms
-    assert visible(page_of(tmp_path, exported)).count("wide spread: IQR 50% of the median") == 1
+    assert visible(page_of(tmp_path, exported)).count("noisy: IQR 50% of median") == 1

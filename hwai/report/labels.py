@@ -75,11 +75,11 @@ WIDE_SPREAD = 0.2  # an IQR above this fraction of the median marks a noisy meas
 
 
 def spread(median: Any, iqr: Any) -> str:
-    """'⚠ wide spread: IQR 42% of the median' for a noisy timing; '' otherwise (or when either is missing)."""
+    """'⚠ noisy: IQR 42% of median' for a timing with a wide spread; '' otherwise (or when either is missing)."""
     m, q = number(median), number(iqr)
     if m is None or q is None or m <= 0 or q <= WIDE_SPREAD * m:
         return ""
-    return f"⚠ wide spread: IQR {q / m:.0%} of the median"
+    return f"⚠ noisy: IQR {q / m:.0%} of median"
 
 
 def threads(n: object) -> str:
