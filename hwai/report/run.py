@@ -247,5 +247,7 @@ def load(run_dir: str | Path) -> Run:
         raise UserError(f"{file} holds a {type(data).__name__}, not a results object; re-run the command that wrote it")
     schema = str(data.get("schema", "hwai.results/1"))
     if not schema.startswith("hwai.results/"):
-        raise UserError(f"{file} has schema {schema!r}, not hwai.results/N; it was not written by hwai")
+        who = "another hwai command" if schema.startswith("hwai.") else "something other than hwai"
+        raise UserError(f"{file} has schema {schema!r}, not hwai.results/N (written by {who}); `hwai report` reads "
+                        "the runs of optimize, compress, export and snn")
     return Run(run_dir, file, data)
