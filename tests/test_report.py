@@ -10,7 +10,7 @@ from conftest import run_cli
 
 from hwai.errors import UserError
 from hwai.report import report
-from hwai.report.run import fmt
+from hwai.report.labels import fmt
 
 N_TRIALS, BASE_ACCURACY, MAX_DROP, MAX_TARGET_MS = 16, 0.975, 0.02, 30.0
 
@@ -26,7 +26,9 @@ def _trial(n: int) -> dict:
                   if metrics["target_latency_ms"] > MAX_TARGET_MS else [])
     violations += ([f"accuracy drop {BASE_ACCURACY - metrics['accuracy']:.4f} > {MAX_DROP}"]
                    if BASE_ACCURACY - metrics["accuracy"] > MAX_DROP else [])
+    metrics.update(host_runtime="onnxruntime", host_threads=1 + n % 2)
     return {"number": n, "state": "COMPLETE", "params": {"width": width, "prune_ratio": ratio, "bits": bits},
+            "description": f"cnn width {0.5 * width:g}, input 32x32, prune {ratio:.0%}, {bits} bits",
             "metrics": metrics, "feasible": not violations, "violations": violations}
 
 
@@ -53,13 +55,13 @@ def synthetic_results() -> dict:
         "schema": "hwai.results/1", "command": "optimize", "created": "2026-11-23T07:00:00Z",
         "environment": {"cpu": "TEST CPU (synthetic)", "threads": 2, "python": "3.11.7", "torch": "2.13.0+cpu",
                         "onnxruntime": "1.32.0", "optuna": "5.0.0", "hwai": "0.1.0"},
-        "model": {"name": "cnn", "data": "digits", "spec": {"name": "cnn", "width": 1.0}},
+        "model": {"name": "cnn", "data": "digits", "spec": {"name": "cnn", "width": 0.5, "input_size": [32, 32]}},
         "target": {"name": "stm32h743", "file": "hwai/targets/stm32h743.yaml", "sram_bytes": 1048576},
         "constraints": {"max_latency_ms": MAX_TARGET_MS, "max_size_kb": None, "max_sram_kb": None,
                         "max_accuracy_drop": MAX_DROP},
         "objectives": ["accuracy", "host_latency_ms", "target_latency_ms", "size_kb", "energy_mj"],
         "baseline": {"accuracy": BASE_ACCURACY, "host_latency_ms": 1.25, "host_latency_iqr_ms": 0.08,
-                     "target_latency_ms": 42.5,
+                     "host_runtime": "onnxruntime", "host_threads": 2, "target_latency_ms": 42.5,
                      "size_kb": 1100.0, "energy_mj": 0.5, "peak_sram_kb": 300.0},
         "kinds": {"accuracy": "measured", "host_latency_ms": "measured", "host_latency_iqr_ms": "measured",
                   "size_kb": "measured", "target_latency_ms": "predicted", "energy_mj": "predicted",
@@ -86,9 +88,14 @@ def synthetic_results() -> dict:
     }
 
 
+def visible(page: str) -> str:
+    """The page without its scripts and styles (plotly.js carries words of its own)."""
+    return re.sub(r"<(script|style)[^>]*>.*?</\1>", "", page, flags=re.S)
+
+
 def write_run(tmp_path, data: dict | None = None, name: str = "results.json"):
     run = tmp_path / "run"
-    run.mkdir(exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
     (run / name).write_text(json.dumps(synthetic_results() if data is None else data))
     return run
 
@@ -118,6 +125,14 @@ def test_html_is_self_contained(tmp_path):
     assert "Not available" not in page
 
 
+def shown_value(text: str) -> float:
+    """What people read, parsed back: '97.50%', '1,100 KiB', '10.77 MiB', '0.0459 ms', '1.2e-05'."""
+    words = html.unescape(text).replace(",", "").split()
+    if words[0].endswith("%"):
+        return float(words[0][:-1]) / 100
+    return float(words[0]) * (1024 if words[1:2] == ["MiB"] else 1)
+
+
 def test_numbers_in_html_equal_results_json(tmp_path):
     data = synthetic_results()
     page = report(write_run(tmp_path, data)).read_text()
@@ -126,12 +141,11 @@ def test_numbers_in_html_equal_results_json(tmp_path):
     for key, raw, text in cells:
         expected = _lookup(data, key)
         assert float(raw) == expected, key
-        # what people read, parsed back: rounded to 3 significant digits (accuracy to 0.01 pt)
-        shown = html.unescape(text).replace(",", "").split()[0]
-        value = float(shown.rstrip("%")) / 100 if shown.endswith("%") else float(shown)
-        assert value == pytest.approx(expected, rel=5e-3, abs=5e-5), (key, text)
-    metrics = data["baseline"].keys()
-    assert {f"baseline.{m}" for m in metrics} <= keys and {f"best.metrics.{m}" for m in data["best"]["metrics"]} <= keys
+        # rounded to 3 significant digits (accuracy to 0.01 pt, MiB to 0.01)
+        assert shown_value(text) == pytest.approx(expected, rel=5e-3, abs=5e-5), (key, text)
+    metrics = {k for k, v in data["baseline"].items() if isinstance(v, float)}
+    shown = {k for k, v in data["best"]["metrics"].items() if isinstance(v, float)}
+    assert {f"baseline.{m}" for m in metrics} <= keys and {f"best.metrics.{m}" for m in shown} <= keys
     assert {f"trials.{n}.metrics.accuracy" for n in range(N_TRIALS)} <= keys
     assert {f"layers.{i}.int8_measured_ms" for i in range(len(data["layers"]))} <= keys
     assert "techniques.1.metric_after.size_kb" in keys and "best.parity.max_abs_diff" in keys
@@ -152,17 +166,20 @@ def test_figures_carry_the_run_data(tmp_path):
     assert traces[("infeasible", "x")]["customdata"] == [t["number"] for t in data["trials"] if not t["feasible"]]
     assert traces[("chosen", "x2")]["x"] == [data["best"]["metrics"]["target_latency_ms"]]
     bars = {t["name"]: t["y"] for t in figs["layers-plot"]["data"]}
-    assert bars["INT8 measured"] == [layer["int8_measured_ms"] for layer in data["layers"]]
-    assert bars["predicted"] == [layer["predicted_ms"] for layer in data["layers"]]
+    assert bars["INT8 (measured)"] == [layer["int8_measured_ms"] for layer in data["layers"]]
+    assert bars["predicted for stm32h743"] == [layer["predicted_ms"] for layer in data["layers"]]
     live = figs["memory-plot"]["data"][0]["y"]
     assert live == pytest.approx([e["live_bytes"] / 1024 for e in data["memory"]["timeline"]])
 
 
-def test_missing_optional_sections_say_not_available(tmp_path):
+def test_parts_that_do_not_apply_are_left_out(tmp_path):
+    """A run without figures gets a page without empty cards or "Not available" sections (and a short summary)."""
     page = report(write_run(tmp_path, {"schema": "hwai.results/1", "command": "optimize"})).read_text()
-    assert page.count("Not available") >= 6 and 'id="hwai-figures">{}' in page
+    assert "<section" not in page and 'class="card' not in page and 'id="hwai-figures">{}' in page
+    text = visible(page)
+    assert "not available" not in text.lower() and "n/a" not in text
     md = report(tmp_path / "run", format="md")
-    assert "Metrics: not available" in md and "not available (peak memory or SRAM unknown)" in md
+    assert md == "## hwai optimize: model\n"
 
 
 def test_compress_metrics_json(tmp_path):
@@ -196,19 +213,20 @@ def test_best_metrics_taken_from_the_chosen_trial(tmp_path):
 
 
 def test_wrong_types_do_not_crash(tmp_path):
-    """Sections of the wrong type are skipped ("not available"), not fatal."""
+    """Sections of the wrong type are left out, not fatal."""
     data = {"schema": "hwai.results/1", "environment": None, "model": "cnn", "target": {"sram_bytes": "big"},
             "constraints": {"max_latency_ms": "fast"}, "baseline": {"accuracy": 0.9, "size_kb": None}, "kinds": [],
             "trials": [{"number": 0, "metrics": None}, "junk", {"metrics": {"accuracy": 0.8, "host_latency_ms": 1}}],
             "pareto": [0, 99], "best": {"trial": 99, "parity": "ok"}, "techniques": [{"metric_before": None}, 5],
             "layers": [{"name": "a", "fp32_measured_ms": "x"}, {"op": "conv"}], "memory": {"timeline": "nope"}}
     page = report(write_run(tmp_path, data)).read_text()
-    assert "Not available: no memory timeline" in page and "Not available: no per-layer latencies" in page
+    assert '<section id="memory">' not in page and '<section id="layers">' not in page
     assert "| accuracy | unknown | 90.00% | n/a |" in report(tmp_path / "run", format="md")
 
 
 @pytest.mark.parametrize("setup, message", [
     (lambda d: None, "does not exist"),
+    (lambda d: d.write_text("# a readme"), "is a file, not a run directory"),
     (lambda d: d.mkdir(), "neither results.json"),
     (lambda d: (d.mkdir(), (d / "results.json").write_text("{nope")), "not valid JSON"),
     (lambda d: (d.mkdir(), (d / "results.json").write_text("[1]")), "holds a list"),
@@ -232,6 +250,10 @@ def test_cli(tmp_path):
     assert "| accuracy | measured |" in done.stdout
     done = run_cli("report", tmp_path / "missing", timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("hwai: error: run directory") and done.stderr.count("\n") == 1
+    (tmp_path / "README.md").write_text("# not a run")
+    done = run_cli("report", tmp_path / "README.md", timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "README.md is a file, not a run directory" in done.stderr and "does not exist" not in done.stderr
 
 
 def test_a_run_without_a_chosen_model_says_why(tmp_path):

@@ -5,6 +5,7 @@ Needs Debian's `chromium` (.ci/run installs it); skipped locally without it, a f
 """
 from __future__ import annotations
 
+import copy
 import html
 import json
 import os
@@ -67,8 +68,8 @@ def test_report_renders_offline_in_chromium(chromium, tmp_path):
     assert points("pareto-plot", "Pareto front") == [len(data["pareto"])] * 2  # host and target panels
     assert points("pareto-plot", "infeasible") == [len(data["trials"]) - len(feasible)] * 2
     assert points("pareto-plot", "chosen") == [1, 1] and points("pareto-plot", "baseline") == [1, 1]
-    assert points("layers-plot", "FP32 measured") == points("layers-plot", "INT8 measured") == [len(data["layers"])]
-    assert points("layers-plot", "predicted") == [len(data["layers"])]
+    assert points("layers-plot", "FP32 (measured)") == points("layers-plot", "INT8 (measured)") == [len(data["layers"])]
+    assert points("layers-plot", "predicted for stm32h743") == [len(data["layers"])]
     assert sum(t["points"] for t in figures["memory-plot"]) == len(data["memory"]["timeline"])
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -116,10 +117,123 @@ def test_report_of_a_real_optimize_run_renders_its_results(chromium, real_run, t
     assert figures["pareto-plot"]["Pareto front"] == len(results["pareto"]) >= 1
     measured = [r for r in results["layers"] if r.get("baseline_fp32_measured_ms") and r.get("chosen_fp32_measured_ms")]
     assert measured and all(r["predicted_ms"] > 0 for r in measured if r["op"] in ("linear", "conv"))
-    assert figures["layers-plot"]["baseline FP32 measured"] == len(results["layers"])
+    assert figures["layers-plot"]["baseline, FP32 (measured)"] == len(results["layers"])
     # every number the page shows with its source key is the number in results.json
     text = page.read_text()
     cells = re.findall(r'data-key="([^"]+)" data-value="([^"]+)">', text)
     assert len(cells) > 20
     for key, raw in cells:
         assert float(raw) == pytest.approx(_lookup(results, key), rel=1e-12), key
+
+
+# Runs after the page's own status script: for every card and section, the elements wider than it (scrollWidth or
+# box), the sections with nothing in them, and table cells squeezed to more than 9 lines (one word per line).
+LAYOUT_JS = """
+(function check() {
+  if (document.body.getAttribute("data-hwai-status") !== "ready") { return setTimeout(check, 50); }
+  var problems = [];
+  function name(el) { return el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
+                      (typeof el.className === "string" && el.className ? "." + el.className.split(" ")[0] : ""); }
+  document.querySelectorAll("section, .card").forEach(function (card) {
+    var box = card.getBoundingClientRect();
+    [card].concat(Array.prototype.slice.call(card.querySelectorAll("*"))).forEach(function (el) {
+      var r = el.getBoundingClientRect();
+      if (el.scrollWidth > card.clientWidth + 1 || (r.width && (r.right > box.right + 1 || r.left < box.left - 1)))
+        problems.push("wider than its card " + name(card) + ": " + name(el) + " " + Math.round(Math.max(el.scrollWidth,
+                      r.width)) + " px > " + card.clientWidth + " px: " + (el.textContent || "").slice(0, 60));
+    });
+  });
+  document.querySelectorAll("section").forEach(function (s) {
+    var parts = Array.prototype.filter.call(s.children, function (c) { return c.tagName !== "H2" && !c.classList.contains("lead"); });
+    var filled = parts.some(function (c) { return c.textContent.trim() || c.querySelector("svg.main-svg"); });
+    if (!filled || /not available/i.test(s.textContent)) problems.push("empty section #" + s.id);
+  });
+  document.querySelectorAll("td, th").forEach(function (c) {
+    var line = parseFloat(getComputedStyle(c).lineHeight) || 21;
+    if (c.getBoundingClientRect().height > 9 * line) problems.push("squeezed cell (" + Math.round(c.getBoundingClientRect().height) +
+                                                                 " px): " + c.textContent.slice(0, 60));
+  });
+  var out = document.createElement("pre");
+  out.id = "layout-check";
+  out.textContent = JSON.stringify({width: window.innerWidth, sections: document.querySelectorAll("section").length,
+                                    cards: document.querySelectorAll(".card").length, problems: problems});
+  document.body.appendChild(out);
+})();
+"""
+
+
+def layout(chromium: str, page: Path, profile: Path, width: int = 1400) -> dict:
+    """LAYOUT_JS's findings on a copy of `page` opened at `width` px."""
+    checked = page.with_name(page.stem + "-layout.html")
+    checked.write_text(page.read_text().replace("</body>", f"<script>{LAYOUT_JS}</script></body>"))
+    done = browse(chromium, checked, profile, "--dump-dom", f"--window-size={width},2000")
+    found = re.search(r'<pre id="layout-check">(.*?)</pre>', done.stdout, re.S)
+    assert found, "the layout check never ran"
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.fixture(scope="module")
+def real_compress(tmp_path_factory, _resnet8_on_digits, digits) -> Path:
+    """A real (tiny) `hwai compress` run: prune, fuse and quantize, each kept or rolled back."""
+    from test_compress import QUICK
+
+    from hwai.models import ModelSpec
+    from hwai.search.compress import CompressConfig, compress
+
+    out = tmp_path_factory.mktemp("compress") / "out"
+    cfg = CompressConfig(prune=0.5, finetune_epochs=0, quantize="int8", max_accuracy_drop=0.05, measure=QUICK)
+    compress(copy.deepcopy(_resnet8_on_digits), digits, cfg, out=out, spec=ModelSpec("resnet8", 10, 1, (8, 8), 0.5),
+             log=lambda s: None, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_export(tmp_path_factory, _resnet8_on_digits, digits) -> Path:
+    """A real `hwai export` run (ONNX Runtime and OpenVINO where installed), reported by `hwai report`."""
+    from test_runtimes import FAST
+
+    from hwai import io
+    from hwai import runtimes as hrt
+
+    out = tmp_path_factory.mktemp("export") / "out"
+    names = [n for n in ("onnxruntime", "openvino") if n in hrt.available()]
+    rows = hrt.measure_all(copy.deepcopy(_resnet8_on_digits), digits, out, False, names, FAST, passes=3)
+    choice = hrt.fastest(rows) if len(rows) > 1 else None
+    io.write_json(out / "results.json", hrt.document(rows, FAST, "resnet8", "digits", None, choice, passes=3))
+    report(out)
+    return out
+
+
+def test_reports_fit_their_cards_at_1400_px(chromium, real_run, real_compress, real_export, tmp_path):
+    """The optimize (real and synthetic), compress and export reports at 1400 px: nothing wider than its card, no
+    empty section, no cell squeezed to a word per line; each keeps a screenshot in tests/artifacts/."""
+    from test_report_labels import export_results
+
+    from hwai.report.labels import METRICS
+
+    synthetic = report(write_run(tmp_path, synthetic_results()))
+    exported = report(write_run(tmp_path / "export", export_results(size_kb=11030.0)))
+    pages = {"optimize": real_run[0] / "report.html", "optimize-synthetic": synthetic,
+             "compress": real_compress / "report.html", "export": real_export / "report.html", "export-synthetic": exported}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for name, page in pages.items():
+        found = layout(chromium, page, tmp_path / f"profile-{name}")
+        assert found["width"] == 1400 and found["sections"] >= 2 and found["cards"] >= 3, (name, found)
+        assert found["problems"] == [], (name, found["problems"][:5])
+        browse(chromium, page, tmp_path / f"shot-{name}", f"--screenshot={ARTIFACTS / f'report-{name}.png'}",
+               "--window-size=1400,3000", "--hide-scrollbars")
+    for run in (real_run[0], real_compress):  # every figure the producers label has a human label
+        kinds = json.loads(next(run.glob("*.json")).read_text())["kinds"]
+        assert set(kinds) - {"fits"} <= set(METRICS), run
+
+
+def test_the_layout_check_sees_a_wide_table(chromium, tmp_path):
+    """Not vacuous: a table wider than its card, and an empty section, are found."""
+    page = report(write_run(tmp_path))
+    wide = page.with_name("wide.html")
+    wide.write_text(page.read_text().replace('<section id="environment">', '<section id="empty"><h2>Empty</h2>'
+                                             '</section><section id="environment"><table><tr><td><code style="'
+                                             'white-space:nowrap">' + "x" * 300 + "</code></td></tr></table>"))
+    problems = layout(chromium, wide, tmp_path / "profile")["problems"]
+    assert any("wider than its card section#environment" in p for p in problems)
+    assert "empty section #empty" in problems

@@ -2,6 +2,9 @@
 
     hwai.report.report("runs/demo")               # writes runs/demo/report.html, returns its path
     hwai.report.report("runs/demo", format="md")  # returns a markdown summary for a pull request
+
+Modules: run (reading a run and the questions every view asks), labels (what each figure is called and how it is
+written), parts / cards / tables / html (the page), figures and snn (its plots), markdown (the summary).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ __all__ = ["report", "load", "Run", "FORMATS"]
 
 
 def report(run_dir: str | Path, format: str = "html") -> Path | str:
-    """Report on DIR/results.json (optimize) or DIR/metrics.json (compress).
+    """Report on DIR/results.json (optimize, export, snn) or DIR/metrics.json (compress).
 
     html: writes DIR/report.html atomically and returns its path; md: returns the markdown text.
     """

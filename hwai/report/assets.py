@@ -46,7 +46,17 @@ tr:last-child td { border-bottom: none; }
 .grid2 { display: grid; grid-template-columns: 1fr 1fr; gap: 20px; }
 details summary { cursor: pointer; color: var(--measured); margin-top: 8px; font-size: 14px; }
 .notes dt { font-weight: 600; margin-top: 8px; } .notes dd { margin: 2px 0 0; color: #374151; }
-code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px; }
+code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 13px; overflow-wrap: anywhere; }
+.sub { color: var(--muted); font-size: 12px; font-weight: 400; white-space: normal; }
+table.compare { table-layout: fixed; }
+table.compare th:nth-child(1) { width: 34%; } table.compare th:nth-child(2) { width: 11%; }
+table.compare th:nth-child(3), table.compare th:nth-child(4) { width: 17%; } table.compare th:nth-child(5) { width: 21%; }
+tr.group td { background: #f8fafc; color: #374151; font-size: 13px; padding-top: 12px; }
+section h3 { font-size: 15px; font-weight: 650; margin: 18px 0 6px; }
+.step + .step { border-top: 1px solid var(--line); margin-top: 8px; }
+table.trials td:nth-child(2) { min-width: 220px; }
+table.pairs td:first-child { width: 32%; color: #374151; }
+details details summary { margin-top: 2px; font-size: 12px; }
 footer { color: var(--muted); font-size: 13px; padding: 8px 0 40px; }
 @media (max-width: 900px) { .cards { grid-template-columns: repeat(2, 1fr); } .grid2 { grid-template-columns: 1fr; } }
 """

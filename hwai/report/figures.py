@@ -9,15 +9,17 @@ import math
 from typing import Any
 
 from hwai.report import style as look
-from hwai.report.run import Run, fmt, label, number
-from hwai.report.style import BLUE, DARK, GREEN, GREY, ORANGE, PRECISION_COLORS, RED, plain
+from hwai.report.labels import fmt, label, number
+from hwai.report.run import Run
+from hwai.report.style import BASELINE, BLUE, DARK, GREEN, GREY, ORANGE, PRECISION_COLORS, RED, plain
 
 
 def figures(run: Run) -> dict[str, dict[str, Any]]:
     """{div id: figure} for every figure the run has data for."""
     from hwai.report import snn
 
-    built = {"pareto-plot": pareto(run), "layers-plot": layers(run), "memory-plot": memory(run)}
+    built = {"pareto-plot": pareto(run), "layers-plot": layers(run), "memory-plot": memory(run),
+             "runtimes-plot": runtimes(run)}
     return {**{key: plain(fig) for key, fig in built.items() if fig is not None}, **snn.figures(run)}
 
 
@@ -91,11 +93,11 @@ def layers(run: Run):
     names = [str(r["name"]) for r in rows]
     for key in series:
         kind = _series_kind(run, key)
-        precision = next((p for p in PRECISION_COLORS if p in key), None)
-        fig.add_bar(x=names, y=[number(r.get(key)) for r in rows], name=_series_label(key),
+        name = series_label(run, key)
+        fig.add_bar(x=names, y=[number(r.get(key)) for r in rows], name=name,
                     customdata=[str(r.get("op", "")) for r in rows],
-                    hovertemplate="%{x} (%{customdata})<br>%{y:.4g} ms<extra>" + _series_label(key) + "</extra>",
-                    marker=dict(color=PRECISION_COLORS.get(precision, GREEN), pattern=_hatch(kind)),
+                    hovertemplate="%{x} (%{customdata})<br>%{y:.4g} ms<extra>" + name + "</extra>",
+                    marker=dict(color=_series_color(name), pattern=_hatch(kind)),
                     row=panels.index(kind) + 1, col=1)
     for i, _ in enumerate(panels, start=1):
         fig.update_yaxes(title_text="ms", row=i, col=1)
@@ -125,7 +127,7 @@ def memory(run: Run):
     log = sram is not None and min(levels) > 0 and sram / 1024 > 10 * max(levels)
     at = math.log10 if log else float
     fig = go.Figure(go.Scatter(x=list(range(len(nodes))), y=kib, customdata=nodes, mode="lines+markers",
-                               name=f"live activations, layer by layer ({run.kind('peak_sram_kb')})",
+                               name=f"live activations, layer by layer ({run.memory_kind()})",
                                line=dict(color=DARK, shape="hv", width=2.5), fill="tozeroy",
                                fillcolor="rgba(29, 78, 216, 0.12)", marker=dict(size=6),
                                hovertemplate="%{customdata}<br>%{y:,.1f} KiB live<extra></extra>"))
@@ -149,9 +151,36 @@ def memory(run: Run):
     ticks = list(range(0, len(nodes), math.ceil(len(nodes) / 30)))  # at most 30 readable labels
     fig.update_xaxes(title_text="operator in execution order", tickmode="array", tickvals=ticks,
                      ticktext=[nodes[i] for i in ticks], tickangle=-45, showgrid=False)
+    top = max(levels + ([sram / 1024] if sram is not None else []))
     fig.update_yaxes(title_text="live activation memory (KiB" + (", log scale)" if log else ")"),
-                     type="log" if log else "linear", dtick=1 if log else None, rangemode="tozero")
-    look.style(fig, height=400, showlegend=bool(planned or peaks), legend=dict(orientation="h", y=1.08, x=0))
+                     type="log" if log else "linear", dtick=1 if log else None,
+                     range=None if log else [0, 1.3 * top])  # headroom: the peak's label stays inside the plot
+    look.style(fig, height=420, showlegend=bool(planned or peaks), margin=dict(l=60, r=30, t=70, b=40),
+               legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    return fig
+
+
+def runtimes(run: Run):
+    """An export's latency per artifact: the median (bar) and each interleaved pass's median (dots), measured."""
+    rows = [r for r in run.section("runtimes").get("rows") or [] if isinstance(r, dict)
+            and number(r.get("median_ms")) is not None]
+    if len(rows) < 2:  # one artifact: its figures are in the table
+        return None
+    import plotly.graph_objects as go
+
+    names = [" ".join(str(r[k]) for k in ("model", "runtime", "precision") if r.get(k)) for r in rows]
+    chosen = run.section("runtimes").get("chosen")
+    fig = go.Figure(go.Bar(x=names, y=[r["median_ms"] for r in rows], name="median (measured; the chosen runtime orange)",
+                           marker=dict(color=[ORANGE if r.get("runtime") == chosen else DARK for r in rows]),
+                           customdata=[number(r.get("iqr_ms")) or 0.0 for r in rows],
+                           hovertemplate="%{x}<br>median %{y:.4g} ms, IQR %{customdata:.3g} ms<extra></extra>"))
+    passes = [(name, v) for name, r in zip(names, rows) for v in r.get("pass_medians_ms") or [] if number(v) is not None]
+    if passes:
+        fig.add_scatter(x=[n for n, _ in passes], y=[v for _, v in passes], mode="markers", name="median of each pass",
+                        marker=dict(color="#111827", size=7, symbol="line-ew-open", line=dict(width=2)),
+                        hovertemplate="%{x}<br>pass median %{y:.4g} ms<extra></extra>")
+    fig.update_yaxes(title_text="latency, batch 1 (ms, measured)", rangemode="tozero")
+    look.style(fig, height=340, legend=dict(orientation="h", y=1.1, x=0))
     return fig
 
 
@@ -190,10 +219,12 @@ def _diameter(size_kb: Any, biggest: float) -> float:
 
 def _hover(run: Run, trial: dict[str, Any]) -> str:
     lines = [f"trial {trial['number']}"] if "number" in trial else []
-    params = trial.get("params") if isinstance(trial.get("params"), dict) else {}
-    if params:
-        lines.append(", ".join(f"{k}={v}" for k, v in params.items()))
-    lines += [f"{label(k)}: {fmt(k, v)} ({run.kind(k)})" for k, v in _metrics(trial).items() if number(v) is not None]
+    if trial.get("description"):
+        lines.append(str(trial["description"]))
+    metrics = _metrics(trial)
+    setup = run.host_setup(metrics)
+    lines += [f"{label(k)}: {fmt(k, metrics[k])} ({run.kind(k)}" + (f", {setup})" if k == "host_latency_ms" and setup
+                                                                    else ")") for k in run.figures([metrics])]
     if trial.get("violations"):
         lines.append("violates: " + "; ".join(map(str, trial["violations"])))
     return "<br>".join(lines)
@@ -236,8 +267,25 @@ def _hatch(kind: str) -> dict[str, Any]:
     return dict(shape="")
 
 
-def _series_label(key: str) -> str:
-    words = key[:-3].replace("_", " ")
-    for p in PRECISION_COLORS:
-        words = words.replace(p, p.upper())
-    return words
+ROLES = ("baseline", "original", "chosen", "compressed")  # whose layers a series times
+
+
+def series_label(run: Run, key: str) -> str:
+    """'baseline, FP32 (measured)', 'predicted for stm32h743' from a layers column such as baseline_fp32_measured_ms."""
+    words = key[:-3].split("_")
+    kind = _series_kind(run, key)
+    if kind == "predicted" and not any(w in PRECISION_COLORS or w in ROLES for w in words):
+        target = run.section("target").get("name")
+        return f"predicted for {target}" if target else "predicted"
+    precision = next((w.upper() for w in words if w in PRECISION_COLORS), "")
+    role = next((w for w in words if w in ROLES), "")
+    if not role and run.command == "compress":  # compress times the original and the compressed model
+        role = "original" if precision == "FP32" else "compressed"
+    return ", ".join(w for w in (role, precision) if w) + f" ({kind})"
+
+
+def _series_color(name: str) -> str:
+    """By the series' label: the baseline's (or original's) bars muted, the others by precision (predicted: green)."""
+    if name.startswith(("baseline", "original")):
+        return BASELINE
+    return PRECISION_COLORS.get(next((p for p in PRECISION_COLORS if p.upper() in name), ""), GREEN)

@@ -1,7 +1,8 @@
 """report.html: one self-contained page (plotly.js inlined, data embedded), readable offline.
 
 Every number shown in a table or card carries `data-key` (its path in results.json) and `data-value`
-(the exact number), so tests and scripts can check the page against the file it came from.
+(the exact number), so tests and scripts can check the page against the file it came from. Parts of the page
+that do not apply to a run are left out (hwai.report.parts.section returns '' for them), never shown empty.
 """
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from html import escape
 from typing import Any
 
 from hwai import __version__
-from hwai.report import assets, snn
-from hwai.report.figures import figures
-from hwai.report.run import Run, change, fmt, label, number
+from hwai.report import assets, snn, tables
+from hwai.report.cards import cards
+from hwai.report.figures import figures, series_label
+from hwai.report.labels import ENVIRONMENT, METRICS, fmt, label, number, threads
+from hwai.report.parts import badge, cell, section, span
+from hwai.report.run import Run
 
 
 def render(run: Run) -> str:
@@ -20,12 +24,15 @@ def render(run: Run) -> str:
     from plotly.offline import get_plotlyjs
 
     figs = figures(run)
-    search = (run.command == "optimize" or bool(run.trials)) and not run.command.startswith("snn")  # else no trade-off
-    body = "\n".join([_cards(run), _pareto(run, "pareto-plot" in figs) if search else "", _comparison(run),
-                      _runtimes(run) if run.section("runtimes") else "", snn.section(run, figs, _section, _num, _badge),
-                      _layers(run, "layers-plot" in figs), _memory(run, "memory-plot" in figs), _techniques(run),
-                      _trials(run) if search else "", _export(run), _provenance(run), _environment(run)])
+    body = "\n".join(part for part in [
+        cards(run), _pareto(run, "pareto-plot" in figs), tables.comparison(run), tables.deployments(run),
+        tables.runtimes(run, "runtimes-plot" in figs), snn.section(run, figs), _layers(run, "layers-plot" in figs),
+        _memory(run, "memory-plot" in figs), tables.techniques(run), tables.trials(run), _export(run),
+        _provenance(run), _environment(run)] if part)
     created = escape(str(run.data.get("created", "")))
+    base = run.baseline_spec()
+    predicted = (' · <span class="badge predicted">predicted</span> by the cost model'
+                 if "predicted" in run.kinds.values() or run.section("memory").get("timeline") else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(run.title())}</title>
@@ -35,8 +42,8 @@ def render(run: Run) -> str:
 </head><body>
 <header><div class="wrap"><h1>{escape(run.title())}</h1>
 <div class="sub">{created + " · " if created else ""}run <code>{escape(str(run.dir))}</code>
-· from <code>{run.file.name}</code> · <span class="badge measured">measured</span> on this host
-· <span class="badge predicted">predicted</span> by the cost model</div>
+· from <code>{run.file.name}</code>{" · baseline " + escape(base) if base else ""}
+· <span class="badge measured">measured</span> on this host{predicted}</div>
 </div></header>
 <main>
 {body}
@@ -51,64 +58,9 @@ no network needed.</footer>
 """
 
 
-def _cards(run: Run) -> str:
-    """Four numbers at the top: accuracy, speedup, size reduction, fit on the target."""
-    base, best = run.baseline, run.best
-    acc = best.get("accuracy")
-    cards = [_card(f"accuracy ({run.chosen_word})", fmt("accuracy", acc), f"{run.best_path}.accuracy", acc,
-                   f"baseline {fmt('accuracy', base.get('accuracy'))} · "
-                   f"{change('accuracy', base.get('accuracy'), acc) or 'n/a'}",
-                   run.kind("accuracy"))]
-    latencies = [m for m in ("host_latency_ms", "target_latency_ms") if number(base.get(m)) and number(best.get(m))]
-    cards.append(_ratio_card(run, "speedup", latencies[0] if latencies else None,
-                             "".join(f"<br>{escape(_where(run, m))}: {base[m] / best[m]:.2f}× {_badge(run.kind(m))}"
-                                     for m in latencies[1:])))
-    has_size = number(base.get("size_kb")) and number(best.get("size_kb"))
-    cards.append(_ratio_card(run, "size reduction", "size_kb" if has_size else None, ""))
-    fits = run.fits()
-    peak, sram = best.get("peak_sram_kb"), run.sram_bytes
-    note = (f"peak {fmt('peak_sram_kb', peak)} of {sram / 1024:,.0f} KiB SRAM" if fits is not None
-            else "peak memory or target SRAM not available")
-    feasible = _chosen_feasibility(run)
-    cards.append(_card(f"fits {run.section('target').get('name', 'the target')}?",
-                       {True: "fits", False: "does not fit", None: "unknown"}[fits], None, None,
-                       note + (f"<br>{feasible}" if feasible else ""), run.kind("peak_sram_kb"),
-                       state={True: "good", False: "bad", None: ""}[fits]))
-    if run.section("snn"):  # a spiking run: energy ratio and spikes instead of size and fit
-        cards = cards[:2] + snn.cards(run, _card)
-    return f'<div class="cards">{"".join(cards)}</div>'
-
-
-def _ratio_card(run: Run, title: str, metric: str | None, extra: str) -> str:
-    """baseline / chosen for a cost metric, e.g. '3.10×' speedup."""
-    if metric is None:
-        return _card(title, "n/a", None, None, "not available", "unknown")
-    before, after = run.baseline[metric], run.best[metric]
-    where = f" ({_where(run, metric)})" if metric.endswith("latency_ms") else ""
-    return _card(f"{title}{where}", f"{before / after:.2f}×", None, None,
-                 f"{fmt(metric, before)} → {fmt(metric, after)}{extra}", run.kind(metric))
-
-
-def _where(run: Run, metric: str) -> str:
-    return "host" if metric.startswith("host") else str(run.section("target").get("name", "target"))
-
-
-def _card(title: str, value: str, key: str | None, raw: Any, note: str, kind: str, state: str = "") -> str:
-    data = f' data-key="{key}" data-value="{raw!r}"' if key and number(raw) is not None else ""
-    return (f'<div class="card {state}"><div class="label">{escape(title)} {_badge(kind)}</div>'
-            f'<div class="value"{data}>{escape(value)}</div><div class="note">{note}</div></div>')
-
-
-def _chosen_feasibility(run: Run) -> str:
-    trial = run.trial(run.section("best").get("trial"))
-    if not trial or "feasible" not in trial:
-        return ""
-    if trial["feasible"]:
-        return '<span class="badge ok">meets all constraints</span>'
-    return '<span class="badge fail">violates: ' + escape("; ".join(map(str, trial.get("violations") or []))) + "</span>"
-
-
 def _pareto(run: Run, plotted: bool) -> str:
+    if not plotted or run.command.startswith("snn"):
+        return ""
     limits = run.section("constraints")
     chips = "".join(f'<span class="chip">{_limit(k, v)}</span>' for k, v in limits.items() if v is not None) \
         or '<span class="chip">no constraints given</span>'
@@ -119,14 +71,11 @@ def _pareto(run: Run, plotted: bool) -> str:
         reason = f'<p>Chosen: <b>trial {escape(str(best["trial"]))}</b>{why}</p>'
     elif best.get("reason"):  # nothing met the limits, or nothing beat the baseline: say so, with the closest
         reason = f'<p><b>No model chosen</b> — {escape(str(best["reason"]))}</p>'
-    n = len(run.trials)
-    lead = (f"{n} trials ({escape(run.outcomes())}); {len(run.pareto)} on the Pareto front (dark), infeasible ones grey, "
-            "the chosen model a star, "
-            "the baseline an open diamond. Marker area grows with model size; dashed red lines are constraints.")
-    if not plotted:
-        return _section("pareto", "Trade-off: accuracy vs latency", "", _na("no trials with accuracy and latency"))
-    return _section("pareto", "Trade-off: accuracy vs latency", lead,
-                    f'<div class="chips">{chips}</div><div id="pareto-plot"></div>{reason}')
+    lead = (f"{len(run.trials)} trials ({escape(run.outcomes())}); {len(run.pareto)} on the Pareto front (dark), "
+            "infeasible ones grey, the chosen model a star, the baseline an open diamond. Marker area grows with model "
+            "size; dashed red lines are constraints.")
+    return section("pareto", "Trade-off: accuracy vs latency", lead,
+                   f'<div class="chips">{chips}</div><div id="pareto-plot"></div>{reason}')
 
 
 def _limit(key: str, value: Any) -> str:
@@ -142,199 +91,83 @@ def _limit(key: str, value: Any) -> str:
     return f"{escape(name)}: <b>{escape(text)}</b>"
 
 
-def _comparison(run: Run) -> str:
-    keys = run.metric_keys()
-    if not keys:
-        return _section("comparison", f"Baseline vs {run.chosen_word} model", "", _na("no baseline or model metrics"))
-    rows = "".join(
-        f"<tr><td>{escape(label(k))}</td><td>{_badge(run.kind(k))}</td>{_num(k, run.baseline.get(k), f'baseline.{k}')}"
-        f"{_num(k, run.best.get(k), f'{run.best_path}.{k}')}"
-        f"<td class='num'>{_change(k, run.baseline.get(k), run.best.get(k))}</td></tr>"
-        for k in keys)
-    table = f"<table><tr><th>metric</th><th>kind</th><th class='num'>baseline</th>" \
-            f"<th class='num'>{run.chosen_word}</th><th class='num'>change</th></tr>{rows}</table>"
-    return _section("comparison", f"Baseline vs {run.chosen_word} model", "The same metrics for the starting model and "
-                    f"the {run.chosen_word} one; each row says whether it was measured on this host or predicted for "
-                    "the target.", table)
-
-
-RUNTIME_COLUMNS = (("accuracy", "accuracy", "accuracy"), ("top1_agreement", "top-1 agreement", "accuracy"),
-                   ("max_abs_diff", "max |Δ logit|", ""), ("size_kb", "size (KiB)", ""),
-                   ("median_ms", "median (ms)", ""), ("iqr_ms", "IQR (ms)", ""))
-
-
-def _runtimes(run: Run) -> str:
-    """One row per artifact (model, runtime, precision) from results JSON `runtimes.rows`, as measured."""
-    section = run.section("runtimes")
-    rows = [r for r in section.get("rows") or [] if isinstance(r, dict)]
-    if not rows:
-        return _section("runtimes", "Runtimes", "", _na("no runtime rows"), "measured")
-    models = any("model" in r for r in rows)
-    head = ("<th>model</th>" if models else "") + "<th>runtime</th><th>precision</th>" + "".join(
-        f"<th class='num'>{escape(title)}</th>" for _, title, _ in RUNTIME_COLUMNS) + "<th>note</th>"
-    body = "".join(
-        "<tr>" + (f"<td>{escape(str(r.get('model', '')))}</td>" if models else "")
-        + f"<td>{escape(str(r.get('runtime')))}</td><td>{escape(str(r.get('precision')))}</td>"
-        + "".join(_num(metric, r.get(key), f"runtimes.rows.{i}.{key}", digits=None if metric else 4)
-                  for key, _, metric in RUNTIME_COLUMNS)
-        + f"<td>{escape(str(r.get('note') or ''))}</td></tr>" for i, r in enumerate(rows))
-    chosen = (f"<p>Chosen for this host: <b>{escape(str(section['chosen']))}</b> — {escape(str(section.get('verdict')))}"
-              "</p>") if section.get("chosen") else ""
-    return _section("runtimes", "Runtimes: the same model in each deployment runtime",
-                    escape(str(section.get("measurement") or "")),
-                    f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>{chosen}", "measured")
-
-
 def _layers(run: Run, plotted: bool) -> str:
-    rows = [r for r in run.items("layers") if isinstance(r, dict)]
     if not plotted:
-        return _section("layers", "Where the time goes: per-layer latency", "", _na("no per-layer latencies in this run"))
+        return ""
+    rows = [r for r in run.items("layers") if isinstance(r, dict)]
     series = [k for k in dict.fromkeys(k for r in rows for k in r) if k.endswith("_ms")]
-    head = "".join(f"<th class='num'>{escape(k[:-3].replace('_', ' '))} (ms)</th>" for k in series)
+    head = "".join(f"<th class='num'>{escape(series_label(run, k))} (ms)</th>" for k in series)
     body = "".join(f"<tr><td><code>{escape(str(r.get('name')))}</code></td><td>{escape(str(r.get('op', '')))}</td>"
-                   + "".join(_num(k, r.get(k), f"layers.{i}.{k}", digits=4) for k in series) + "</tr>"
+                   + "".join(cell("", r.get(k), f"layers.{i}.{k}") for k in series) + "</tr>"
                    for i, r in enumerate(rows))
     table = f"<details><summary>table of all {len(rows)} layers</summary><table><tr><th>layer</th><th>op</th>{head}</tr>" \
             f"{body}</table></details>"
-    return _section("layers", "Where the time goes: per-layer latency",
-                    "Solid bars are measured on this host (FP32 and INT8 side by side); hatched bars are predicted "
-                    "for the target by the cost model.", '<div id="layers-plot"></div>' + table)
+    predicted = any("predicted" in k for k in series)
+    lead = "Bars measured on this host (ONNX Runtime's profiler) are solid" + (
+        "; hatched bars are predicted for the target by the cost model." if predicted else ".")
+    return section("layers", "Where the time goes: per-layer latency", lead, '<div id="layers-plot"></div>' + table)
 
 
 def _memory(run: Run, plotted: bool) -> str:
-    content = '<div id="memory-plot"></div>' if plotted else _na("no memory timeline in this run")
+    if not plotted:
+        return ""
     sram = run.sram_bytes
     lead = "Activation bytes alive after each operator runs (tensor lifetimes over the execution order)" + (
-        f", against the target's {sram / 1024:,.0f} KiB of SRAM." if sram else "; the target's SRAM is not available.")
-    return _section("memory", "Memory: live activations vs SRAM", lead, content, run.kind("peak_sram_kb"))
-
-
-def _techniques(run: Run) -> str:
-    techniques = [t for t in run.items("techniques") if isinstance(t, dict)]
-    if not techniques:
-        return _section("techniques", "Techniques applied", "", _na("no techniques recorded"))
-    metrics = run.figures([t.get(part) or {} for t in techniques for part in ("metric_before", "metric_after")])
-    head = "".join(f"<th class='num'>{escape(label(m))} {_badge(run.kind(m))}</th>" for m in metrics)
-    rows = []
-    for i, t in enumerate(techniques):
-        before, after = t.get("metric_before") or {}, t.get("metric_after") or {}
-        cells = "".join(
-            f"<td class='num'>{_span(m, before.get(m), f'techniques.{i}.metric_before.{m}')} → "
-            f"{_span(m, after.get(m), f'techniques.{i}.metric_after.{m}')}<br>{_change(m, before.get(m), after.get(m))}</td>"
-            if m in before or m in after else "<td class='num'>—</td>" for m in metrics)
-        rows.append(f"<tr><td><b>{escape(str(t.get('name', f'technique {i + 1}')))}</b></td>{cells}</tr>")
-    table = f"<table><tr><th>technique</th>{head}</tr>{''.join(rows)}</table>"
-    return _section("techniques", "Techniques applied", "Each technique in the order applied, with the metrics "
-                    "before and after it.", table)
-
-
-def _trials(run: Run) -> str:
-    trials = run.trials
-    if not trials:
-        return _section("trials", "Trials", "", _na("no search trials in this run"))
-    pareto = [t for t in trials if t.get("number") in set(run.pareto)]
-    metrics = run.figures([t.get("metrics") or {} for t in trials])
-    return _section("trials", "Pareto-optimal trials", "No other trial is at least as good on every objective.",
-                    _trial_table(run, pareto, metrics) +
-                    f"<details><summary>all {len(trials)} trials</summary>{_trial_table(run, trials, metrics)}</details>")
-
-
-def _trial_table(run: Run, trials: list[dict[str, Any]], metrics: list[str]) -> str:
-    head = "".join(f"<th class='num'>{escape(label(m))}</th>" for m in metrics)
-    chosen = run.section("best").get("trial")
-    rows = []
-    for t in trials:
-        star = chosen is not None and t.get("number") == chosen
-        params = ", ".join(f"{k}={v}" for k, v in (t.get("params") or {}).items())
-        rows.append(f"<tr{' class=chosen' if star else ''}><td class='num'>{'★ ' if star else ''}"
-                    f"{escape(str(t.get('number')))}</td><td>{escape(str(t.get('state', '')))}</td>"
-                    f"<td><code>{escape(params)}</code></td>"
-                    + "".join(_num(m, (t.get("metrics") or {}).get(m), f"trials.{t.get('number')}.metrics.{m}")
-                              for m in metrics) + f"<td>{_feasible(t)}</td></tr>")
-    return (f"<div class='scroll'><table><tr><th class='num'>trial</th><th>state</th><th>params</th>{head}"
-            f"<th>constraints</th></tr>{''.join(rows)}</table></div>")
-
-
-def _feasible(trial: dict[str, Any]) -> str:
-    if trial.get("feasible") is True:
-        return '<span class="badge ok">feasible</span>'
-    if trial.get("feasible") is False:
-        violations = "; ".join(map(str, trial.get("violations") or ["infeasible"]))
-        return f'<span class="badge fail">{escape(violations)}</span>'
-    return ""
+        f", against the target's {fmt('peak_sram_kb', sram / 1024)} of SRAM." if sram else "; no target SRAM in this run.")
+    return section("memory", "Memory: live activations", lead, '<div id="memory-plot"></div>', run.memory_kind())
 
 
 def _export(run: Run) -> str:
+    """The chosen model's files, where it ships, and its parity with PyTorch."""
     best = run.section("best")
     parity = best.get("parity") if isinstance(best.get("parity"), dict) else {}
     if not best.get("onnx") and not parity:
-        return _section("export", "Exported model", "", _na("no exported artifact recorded"))
+        return ""
     ok = parity.get("ok")
-    badge = {True: '<span class="badge ok">parity ok</span>',
+    state = {True: '<span class="badge ok">parity ok</span>',
              False: '<span class="badge fail">parity failed</span>'}.get(ok, "")
-    rows = [("ONNX file", f"<code>{escape(str(best.get('onnx', 'n/a')))}</code>"),
-            ("max |ONNX − PyTorch| on test inputs", _span("", parity.get("max_abs_diff"), "best.parity.max_abs_diff")),
-            ("top-1 agreement", _span("accuracy", parity.get("top1_agreement"), "best.parity.top1_agreement"))]
-    table = "<table>" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
-    return _section("export", "Exported model", f"The chosen model as ONNX, checked against PyTorch. {badge}", table)
+    rows = [("ONNX file", f"<code>{escape(str(best.get('onnx') or 'n/a'))}</code>")]
+    if best.get("artifact"):
+        rows.append((f"{best.get('runtime')} artifact", f"<code>{escape(str(best['artifact']))}</code>"))
+    if best.get("runtime"):
+        n = best.get("threads")
+        rows.append(("ships on", escape(f"{best['runtime']}" + (f", {threads(n)}" if n else ""))))
+    if parity:
+        samples = f" over {parity['samples']} inputs" if parity.get("samples") else ""
+        rows += [(f"max |ONNX − PyTorch| logit{samples}", span("", parity.get("max_abs_diff"), "best.parity.max_abs_diff")),
+                 ("top-1 agreement with PyTorch", span("accuracy", parity.get("top1_agreement"),
+                                                       "best.parity.top1_agreement"))]
+    if best.get("test_accuracy_source"):
+        rows.append(("test accuracy measured on", escape(str(best["test_accuracy_source"]))))
+    table = "<table class='pairs'>" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    return section("export", "Exported model", f"The {run.chosen_word} model as deployed, checked against PyTorch. "
+                   f"{state}", table)
 
 
 def _provenance(run: Run) -> str:
-    kinds = "".join(f'<span class="chip">{escape(label(k))} {_badge(v)}</span>' for k, v in run.kinds.items())
-    notes = "".join(f"<dt>{_badge(kind)} {title}</dt><dd>{escape(str(run.data.get(key) or 'not available'))}</dd>"
+    kinds = "".join(f'<span class="chip">{escape(label(k))} {badge(v)}</span>' for k, v in run.kinds.items()
+                    if k in METRICS)
+    notes = "".join(f"<dt>{badge(kind)} {title}</dt><dd>{escape(str(run.data[key]))}</dd>"
                     for kind, title, key in (("measured", "how measured numbers were measured", "measurement"),
-                                             ("predicted", "how predicted numbers were predicted", "prediction")))
-    return _section("provenance", "Measured vs predicted", "Which number is which, and where it came from.",
-                    f'<div class="chips">{kinds or _na("no kinds recorded")}</div><dl class="notes">{notes}</dl>')
+                                             ("predicted", "how predicted numbers were predicted", "prediction"))
+                    if run.data.get(key))
+    if not kinds and not notes:
+        return ""
+    return section("provenance", "Measured vs predicted", "Which number is which, and where it came from.",
+                   (f'<div class="chips">{kinds}</div>' if kinds else "") + f'<dl class="notes">{notes}</dl>')
 
 
 def _environment(run: Run) -> str:
-    env = run.section("environment")
-    target = run.section("target")
-    rows = [(k, v) for k, v in env.items()] + [(f"target {k}", v) for k, v in target.items()]
+    env, target = run.section("environment"), run.section("target")
+    rows = [(ENVIRONMENT.get(k, k), v) for k, v in env.items()]
+    rows += [("target", target["name"])] if target.get("name") else []
+    rows += [("target file", target["file"])] if target.get("file") else []
+    rows += [("target SRAM", fmt("peak_sram_kb", run.sram_bytes / 1024))] if run.sram_bytes else []
     if not rows:
-        return _section("environment", "Environment", "", _na("environment not recorded"))
-    table = "<table>" + "".join(f"<tr><td>{escape(str(k))}</td><td><code>{escape(str(v))}</code></td></tr>"
-                                for k, v in rows) + "</table>"
-    return _section("environment", "Environment", "The machine, threads and software versions of this run.", table)
-
-
-def _section(ident: str, title: str, lead: str, content: str, kind: str | None = None) -> str:
-    lead_html = f'<p class="lead">{lead}</p>' if lead else ""
-    badge = f" {_badge(kind)}" if kind else ""
-    return f'<section id="{ident}"><h2>{escape(title)}{badge}</h2>{lead_html}{content}</section>'
-
-
-def _na(why: str) -> str:
-    return f'<div class="na">Not available: {escape(why)}.</div>'
-
-
-def _badge(kind: str) -> str:
-    kind = kind if kind in ("measured", "predicted") else "unknown"
-    return f'<span class="badge {kind}">{kind}</span>'
-
-
-def _span(metric: str, value: Any, key: str) -> str:
-    if number(value) is None:
-        return "n/a"
-    text = fmt(metric, value) if metric else f"{value:.3g}"
-    return f'<span data-key="{escape(key)}" data-value="{value!r}">{escape(text)}</span>'
-
-
-def _num(metric: str, value: Any, key: str, digits: int | None = None) -> str:
-    if number(value) is None:
-        return "<td class='num'>n/a</td>"
-    text = f"{value:.{digits}g}" if digits else fmt(metric, value)
-    return f'<td class="num" data-key="{escape(key)}" data-value="{value!r}">{escape(text)}</td>'
-
-
-def _change(metric: str, before: Any, after: Any) -> str:
-    text = change(metric, before, after)
-    if not text:
         return ""
-    good = any(w in text for w in ("faster", "smaller", "less")) or (text.startswith("+") and text.endswith("pt"))
-    bad = any(w in text for w in ("slower", "larger", "more")) or (text.startswith("-") and text.endswith("pt"))
-    return f'<span class="{"better" if good else "worse" if bad else ""}">{escape(text)}</span>'
+    table = "<table class='pairs'>" + "".join(f"<tr><td>{escape(str(k))}</td><td><code>{escape(str(v))}</code></td></tr>"
+                                              for k, v in rows) + "</table>"
+    return section("environment", "Environment", "The machine, threads and software versions of this run.", table)
 
 
 def _script_json(data: Any) -> str:

@@ -1,7 +1,8 @@
-"""Read a run directory (results.json from `hwai optimize`, metrics.json from `hwai compress`) and
-answer the questions every report view asks: which metrics, which kind, the chosen model's numbers.
+"""Read a run directory (results.json from `hwai optimize`, `hwai export` and `hwai snn`, metrics.json from
+`hwai compress`) and answer the questions every report view asks: which metrics, which kind, the chosen model's
+numbers, where a host latency was measured, and the figures the run itself stored for a comparison.
 
-Optional sections may be absent or empty; accessors return None / [] and the views say "not available".
+Optional sections may be absent or empty; accessors return None / [] and the views leave those parts out.
 """
 from __future__ import annotations
 
@@ -11,27 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from hwai.errors import UserError
+from hwai.report.labels import METRICS, Change, change, number
+from hwai.report.labels import threads as count
 
-RESULT_FILES = ("results.json", "metrics.json")  # optimize writes the first, compress the second
-
-# metric key -> (label, unit, True when higher is better); unknown keys are shown with their raw name
-METRICS: dict[str, tuple[str, str, bool]] = {
-    "accuracy": ("accuracy", "%", True),
-    "host_latency_ms": ("host latency", "ms", False),
-    "host_latency_iqr_ms": ("host latency IQR", "ms", False),
-    "target_latency_ms": ("target latency", "ms", False),
-    "size_kb": ("model size", "KiB", False),
-    "energy_mj": ("energy per inference", "mJ", False),
-    "peak_sram_kb": ("peak activation memory", "KiB", False),
-    "test_accuracy": ("test accuracy", "%", True),
-    "host_predicted_ms": ("host latency, corrected prediction", "ms", False),
-    "host_predicted_raw_ms": ("host latency, roofline prediction", "ms", False),
-    "parity_top1_agreement": ("ONNX top-1 agreement", "%", True),
-    "accuracy_fake_quant": ("accuracy, PyTorch fake-quant", "%", True),
-    "target_latency_raw_ms": ("target latency, uncorrected prediction", "ms", False),
-    "spikes_per_neuron": ("spikes per neuron per inference", "", False),
-    "synaptic_ops": ("synaptic operations per inference", "", False),
-}
+RESULT_FILES = ("results.json", "metrics.json")  # optimize, export and snn write the first, compress the second
 
 
 @dataclass(frozen=True)
@@ -70,15 +54,16 @@ class Run:
         return {str(k): str(v) for k, v in self.section("kinds").items()}
 
     def kind(self, metric: str) -> str:
-        """'measured', 'predicted' or 'unknown' (never guessed from the name)."""
-        return self.kinds.get(metric, "unknown")
+        """'measured' or 'predicted' as the run labels the metric; a count read off the model is 'counted';
+        else 'unknown' (never guessed from the name)."""
+        return self.kinds.get(metric) or ("counted" if metric == "params" else "unknown")
 
     @property
     def trials(self) -> list[dict[str, Any]]:
         return [t for t in self.items("trials") if isinstance(t, dict)]
 
-    def trial(self, number: Any) -> dict[str, Any] | None:
-        return next((t for t in self.trials if t.get("number") == number), None)
+    def trial(self, n: Any) -> dict[str, Any] | None:
+        return next((t for t in self.trials if t.get("number") == n), None)
 
     def outcomes(self) -> str:
         """'3 feasible, 1 infeasible, 2 screened out, 1 failed': each outcome counted apart (results.json
@@ -117,16 +102,109 @@ class Run:
         return f"trials.{self.section('best').get('trial')}.metrics"
 
     def metric_keys(self) -> list[str]:
-        """Numeric figures in baseline or chosen model: known ones in a fixed order, then the rest."""
-        present = self.figures([self.baseline, self.best])
-        return [k for k in METRICS if k in present] + [k for k in present if k not in METRICS]
+        """The figures of baseline and chosen model, in the catalog's order."""
+        return self.figures([self.baseline, self.best])
 
     def figures(self, metric_dicts: list[dict[str, Any]]) -> list[str]:
-        """Keys with a number in any of `metric_dicts`: the known metrics, and others only where the run
-        labels them measured or predicted (search bookkeeping such as correction factors is not a figure)."""
-        keys = dict.fromkeys(k for d in metric_dicts if isinstance(d, dict) for k in d)
-        return [k for k in keys if (k in METRICS or self.kind(k) in ("measured", "predicted"))
-                and any(isinstance(d, dict) and number(d.get(k)) is not None for d in metric_dicts)]
+        """Catalog keys (hwai.report.labels.METRICS) with a number in any of `metric_dicts`, in the catalog's
+        order; search bookkeeping such as correction factors or wall times is not a figure."""
+        dicts = [d for d in metric_dicts if isinstance(d, dict)]
+        return [k for k in METRICS if any(number(d.get(k)) is not None for d in dicts)]
+
+    def distinct_keys(self) -> list[tuple[str, list[str]]]:
+        """metric_keys as (key, [later keys that copy it]): a figure another key merely copies (METRICS[k].same_as,
+        equal for the baseline and the chosen model) is shown once, its other names beside it."""
+        shown: dict[str, list[str]] = {}
+        for key in self.metric_keys():
+            values = (self.baseline.get(key), self.best.get(key))
+            twin = next((k for k in shown if k in METRICS[key].same_as
+                         and (self.baseline.get(k), self.best.get(k)) == values), None)
+            if twin is None:
+                shown[key] = []
+            else:
+                shown[twin].append(key)
+        return list(shown.items())
+
+    def steps(self) -> list[dict[str, Any]]:
+        """The techniques applied, in order; none when the only one goes from the baseline straight to the chosen
+        model (optimize: its figures are the baseline-vs-chosen table's)."""
+        steps = [t for t in self.items("techniques") if isinstance(t, dict)]
+        if len(steps) == 1 and "kept" not in steps[0] and steps[0].get("metric_before") == self.baseline \
+                and steps[0].get("metric_after") == self.best:
+            return []
+        return steps
+
+    def stored_ratio(self, metric: str) -> tuple[float | None, str | None, str]:
+        """(chosen / baseline, the test's verdict, how it was measured) where the run stores its own figure for
+        the change of `metric` (a paired SNN/ANN timing, compress's speedup and size ratio); (None, None, '')."""
+        best = self.section("best")
+        if metric == "host_latency_ms":
+            lat = self.section("snn").get("latency")
+            if isinstance(lat, dict) and number(lat.get("ratio")):
+                p = number(lat.get("p_value"))
+                return (lat["ratio"], str(lat.get("verdict")), f"median of the per-pair SNN / ANN time ratios over "
+                        f"{lat.get('pairs')} interleaved pairs" + (f", Wilcoxon p = {p:.2g}" if p is not None else ""))
+            if number(best.get("speedup")):
+                return 1 / best["speedup"], None, ""
+        if metric == "size_kb" and number(best.get("size_ratio")):
+            return 1 / best["size_ratio"], None, ""
+        return None, None, ""
+
+    def change(self, metric: str) -> Change:
+        """Baseline → chosen model for `metric`, from the run's stored ratio where it has one."""
+        ratio, verdict, _ = self.stored_ratio(metric)
+        return change(metric, self.baseline.get(metric), self.best.get(metric), ratio, verdict)
+
+    def host_setup(self, metrics: dict[str, Any]) -> str:
+        """'onnxruntime, 2 threads': where the host latency in `metrics` was measured ('' when the run does not say)."""
+        runtime, threads = metrics.get("host_runtime"), metrics.get("host_threads")
+        lat = self.section("snn").get("latency")
+        if isinstance(lat, dict):
+            runtime, threads = runtime or "PyTorch eager", threads or lat.get("threads")
+        config = self.section("config")
+        if runtime is None and config.get("runtime") not in (None, "auto"):  # compress: every stage on one runtime
+            runtime = config["runtime"]
+        if threads is None and runtime is not None:
+            threads = (config.get("measure") or {}).get("threads") or self.section("environment").get("threads")
+        if runtime is None:
+            return ""
+        return f"{runtime}" + (f", {count(threads)}" if threads else "")
+
+    def target_is_host(self) -> bool:
+        """The target's predictions come from the host's target file (the feedback's), i.e. the target is this host."""
+        file = self.section("target").get("file")
+        return bool(file) and file == self.section("calibration").get("file")
+
+    def accuracy_split(self) -> str:
+        """Which split `accuracy` was measured on, in words ('' when the run does not say)."""
+        split = (self.section("snn").get("activity") or {}).get("split") if self.section("snn") else None
+        if split:
+            return f"on the {split} split"
+        return "on the validation split" if self.command in ("optimize", "compress") else ""
+
+    def relative(self, path: Any) -> str:
+        """A path relative to the run directory when it lies inside it (artifacts are stored absolute)."""
+        text = str(path or "")
+        try:
+            return str(Path(text).resolve().relative_to(self.dir.resolve()))
+        except ValueError:
+            return text
+
+    def baseline_spec(self) -> str:
+        """'cnn width 0.5, input 32x32': the baseline's architecture, as the trials' descriptions write theirs."""
+        spec = self.section("model").get("spec")
+        if not isinstance(spec, dict) or not spec.get("name"):
+            return ""
+        size = spec.get("input_size")
+        text = f"{spec['name']}" + (f" width {spec['width']:g}" if number(spec.get("width")) is not None else "")
+        if isinstance(size, list) and len(size) == 2:
+            text += f", input {size[0]}x{size[1]}"
+        return text
+
+    def memory_kind(self) -> str:
+        """The memory timeline is computed from tensor shapes: memory.peaks.kind, else the run's label of the peak."""
+        peaks = self.section("memory").get("peaks")
+        return str(peaks["kind"]) if isinstance(peaks, dict) and peaks.get("kind") else self.kind("peak_sram_kb")
 
     @property
     def sram_bytes(self) -> float | None:
@@ -151,6 +229,9 @@ class Run:
 def load(run_dir: str | Path) -> Run:
     """Read DIR/results.json (or DIR/metrics.json); UserError when the directory or file is missing or invalid."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a run directory; pass the folder that `hwai optimize --run`, "
+                        "`hwai compress --out`, `hwai export --out` or `hwai snn ... --out` wrote")
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist; pass the --run/--out directory of "
                         "`hwai optimize` or `hwai compress`")
@@ -166,44 +247,7 @@ def load(run_dir: str | Path) -> Run:
         raise UserError(f"{file} holds a {type(data).__name__}, not a results object; re-run the command that wrote it")
     schema = str(data.get("schema", "hwai.results/1"))
     if not schema.startswith("hwai.results/"):
-        raise UserError(f"{file} has schema {schema!r}, not hwai.results/N; it was not written by hwai")
+        who = "another hwai command" if schema.startswith("hwai.") else "something other than hwai"
+        raise UserError(f"{file} has schema {schema!r}, not hwai.results/N (written by {who}); `hwai report` reads "
+                        "the runs of optimize, compress, export and snn")
     return Run(run_dir, file, data)
-
-
-def number(value: Any) -> float | None:
-    """A finite number, or None (booleans, strings, NaN and missing values are not numbers)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
-        return None
-    return float(value)
-
-
-def label(metric: str) -> str:
-    return METRICS.get(metric, (metric.replace("_", " "), "", True))[0]
-
-
-def fmt(metric: str, value: Any) -> str:
-    """A metric value for people: accuracy in %, times in ms, sizes in KiB; 'n/a' when absent."""
-    v = number(value)
-    if v is None:
-        return "n/a"
-    unit = METRICS.get(metric, ("", "", True))[1]
-    if unit == "%":
-        return f"{v * 100:.2f}%"
-    text = f"{v:.3g}" if abs(v) < 100 else f"{v:,.0f}"
-    return f"{text} {unit}".strip()
-
-
-def change(metric: str, before: Any, after: Any) -> str:
-    """How the chosen model compares with the baseline: points for accuracy, '3.1× faster' for costs."""
-    b, a = number(before), number(after)
-    if b is None or a is None:
-        return ""
-    unit = METRICS.get(metric, ("", "", True))[1]
-    if unit == "%":
-        return f"{(a - b) * 100:+.2f} pt"
-    if a <= 0 or b <= 0:
-        return ""
-    words = {"ms": ("faster", "slower"), "KiB": ("smaller", "larger"), "mJ": ("less", "more")}.get(unit)
-    if words is None:
-        return f"{a / b:.2f}× baseline"
-    return f"{b / a:.2f}× {words[0]}" if b >= a else f"{a / b:.2f}× {words[1]}"

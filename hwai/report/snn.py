@@ -6,7 +6,11 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from hwai.report.run import Run, number
+from hwai.report.labels import number
+from hwai.report.parts import badge, card
+from hwai.report.parts import cell as num
+from hwai.report.parts import section as part
+from hwai.report.run import Run
 from hwai.report.style import DARK, LAYER_COLORS, RED, plain, style
 
 
@@ -86,7 +90,7 @@ def _conversion(snn: dict):
     return plain(fig)
 
 
-def cards(run: Run, card) -> list[str]:
+def cards(run: Run) -> list[str]:
     """Two cards for spiking runs: predicted energy ratio on the headline profile, measured spikes per neuron."""
     snn = _snn(run)
     energies = [e for e in snn.get("energy") or [] if isinstance(e, dict)]
@@ -94,17 +98,19 @@ def cards(run: Run, card) -> list[str]:
     ratio = number(head.get("ratio"))
     act = (snn.get("activity") or {}).get("total") or {}
     spn = number(act.get("spikes_per_neuron"))
-    return [card(f"energy SNN / ANN ({head.get('target', 'n/a')})", "n/a" if ratio is None else f"{ratio:.2f}",
-                 "snn.energy.0.ratio" if ratio is not None else None, ratio,
-                 f"{head.get('snn_uj', 0):.3g} µJ vs {head.get('ann_uj') or 0:.3g} µJ per inference", "predicted",
-                 state="good" if ratio is not None and ratio < 1 else ""),
-            card("spikes per neuron per inference", "n/a" if spn is None else f"{spn:.2f}",
-                 "snn.activity.total.spikes_per_neuron" if spn is not None else None, spn,
-                 f"over {act.get('neurons', 0):,} LIF neurons, {(snn.get('activity') or {}).get('steps', '?')} steps",
-                 "measured")]
+    found = []
+    if ratio is not None:
+        found.append(card(f"energy SNN / ANN ({head.get('target')})", f"{ratio:.2f}", "snn.energy.0.ratio", ratio,
+                          f"{head.get('snn_uj', 0):.3g} µJ vs {head.get('ann_uj') or 0:.3g} µJ per inference",
+                          "predicted", state="good" if ratio < 1 else ""))
+    if spn is not None:
+        found.append(card("spikes per neuron per inference", f"{spn:.2f}", "snn.activity.total.spikes_per_neuron", spn,
+                          f"over {act.get('neurons', 0):,} LIF neurons, {(snn.get('activity') or {}).get('steps', '?')} "
+                          "steps", "measured"))
+    return found
 
 
-def section(run: Run, figs: dict[str, Any], section_html, num, badge) -> str:
+def section(run: Run, figs: dict[str, Any]) -> str:
     """The 'Spiking activity and energy' section (empty string for runs without SNN results)."""
     snn = _snn(run)
     if not snn:
@@ -150,9 +156,10 @@ def section(run: Run, figs: dict[str, Any], section_html, num, badge) -> str:
                      f"<th>target file</th></tr>{energy_rows}</table>")
     lat = snn.get("latency") or {}
     if lat:
+        found = run.change("host_latency_ms")
         verdict = {"slower": "slower than", "faster": "faster than"}.get(lat.get("verdict"), "not measurably different from")
-        parts.append(f"<h3>On this CPU {badge('measured')}</h3><p>The SNN is <b>{verdict}</b>"
-                     f" the ANN here (median ratio {number(lat.get('ratio')) or 0:.1f}×): it runs every time step "
+        parts.append(f"<h3>On this CPU {badge('measured')}</h3><p>The SNN is <b>{verdict}</b> the ANN here "
+                     f"({escape(found.text)}, the median of the per-pair time ratios): it runs every time step "
                      f"as dense tensor work. {escape(str(lat.get('measurement', '')))}</p>")
     lead = escape(str((snn.get("activity") or {}).get("measurement", "")))
-    return section_html("snn", "Spiking activity and energy", lead, "".join(parts))
+    return part("snn", "Spiking activity and energy", lead, "".join(parts))
