@@ -9,7 +9,8 @@ from hwai.cli.common import console
 
 
 def report(
-    run_dir: Path = typer.Argument(..., help="run directory of hwai optimize (results.json) or hwai compress (metrics.json)"),
+    run_dir: Path = typer.Argument(..., help="a run folder: hwai optimize --run, hwai compress/export --out, hwai "
+                                   "snn --out (results.json or metrics.json)"),
     format: str = typer.Option("html", "--format", help="html: write RUN_DIR/report.html; md: print a markdown summary"),
 ) -> None:
     """Report on a run: a self-contained HTML page (plots and tables, opens offline) or a markdown summary."""
