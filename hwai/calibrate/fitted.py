@@ -1,6 +1,6 @@
 """Write a fit to published measurements (hwai.calibrate.published) into a target: its YAML file's efficiency and
-overhead tables, invoke overhead, arena factor and bandwidths (each with a source naming the published rows it
-came from), and `<target>.fit.json` next to it: every fitted number with its rows and pairs, the prior it started
+overhead tables, invoke overhead, arena and memory-time factors (each with a source naming the published rows it
+came from; datasheet figures such as bandwidths stay as they are), and `<target>.fit.json` next to it: every fitted number with its rows and pairs, the prior it started
 from, every row with its published, fitted and held-out predictions, and the leave-one-out summary reports read
 (hwai.targets.evidence.accuracy).
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +20,19 @@ from hwai import io as hio
 from hwai.calibrate.published import CLASSES, Evaluation, FitConfig
 from hwai.targets import DTYPES, Target, evidence
 
-BANDWIDTHS = ("sram_gbps", "flash_gbps", "dram_gbps")
-
 
 def source_of(row: evidence.Row) -> str:
     """The document a row comes from (a repository or a page), for counting sources."""
     return re.split(r"[@ ,]", row.source, maxsplit=1)[0]
 
 
-def priors(target: Target) -> tuple[Target, dict[str, float]]:
-    """The target as it was before any fit (from its fit file's priors) and those priors by parameter name."""
+def priors(target: Target) -> dict[str, float]:
+    """The values a target's parameters had before any fit (its fit file's priors), in fit units (seconds)."""
     fit = evidence.load_fit(target)
     if fit is None:
-        return target, {}
+        return {}
     per_us = ("overhead_us._default", "invoke_overhead_us")  # written in microseconds, fitted in seconds
-    given = {n: p["prior"] * (1e-6 if n in per_us else 1.0) for n, p in fit.parameters.items() if "prior" in p}
-    base = fit.data.get("bandwidth_priors_gbps", {})
-    bw = {**target.bandwidth_bps, **{k.split("_")[0]: v * 1e9 for k, v in base.items()}}
-    return replace(target, bandwidth_bps=bw), given
+    return {n: p["prior"] * (1e-6 if n in per_us else 1.0) for n, p in fit.parameters.items() if "prior" in p}
 
 
 def _shares(ev: Evaluation) -> dict[str, np.ndarray]:
@@ -46,14 +40,14 @@ def _shares(ev: Evaluation) -> dict[str, np.ndarray]:
     p, theta = ev.problem, ev.theta
     e = np.exp(theta)
     eff = np.append(e, 1.0)[p.eff_at]
-    mu, ovh = e[p.index["memory_scale"]], e[p.index["overhead_us._default"]]
+    mu, ovh = e[p.index["memory_time_factor"]], e[p.index["overhead_us._default"]]
     compute, memory = p.compute / eff, p.memory * mu
     layer = np.maximum(compute, memory)
     total = np.bincount(p.layer_row, layer + p.overheads * ovh, minlength=len(p.rows)) + p.fixed + p.link * mu \
         + e[p.index["invoke_overhead_us"]] * p.batch1
     out = {"overhead_us._default": np.bincount(p.layer_row, p.overheads * ovh, minlength=len(p.rows)) / total,
            "invoke_overhead_us": e[p.index["invoke_overhead_us"]] * p.batch1 / total,
-           "memory_scale": (np.bincount(p.layer_row, np.where(memory > compute, layer, 0.0), minlength=len(p.rows))
+           "memory_time_factor": (np.bincount(p.layer_row, np.where(memory > compute, layer, 0.0), minlength=len(p.rows))
                             + p.link * mu) / total}
     for name, i in p.index.items():
         if name.startswith("efficiency."):
@@ -98,14 +92,20 @@ def summary(ev: Evaluation) -> dict:
         limits.append(f"only {len(rows)} usable published rows")
     if len(models) < 3:
         limits.append(f"{len(models)} distinct network(s): leave-one-model-out cannot test other architectures")
+    lomo = float(np.nanmedian(np.abs(ev.errors("lomo")))) if np.isfinite(ev.lomo_ms).any() else None
+    if lomo is not None and lomo > 0.4:
+        limits.append(f"leave-one-model-out median |error| {lomo:.0%}: a network absent from the table is predicted "
+                      f"from {len(models) - 1} others")
+    if all(r.batch == evidence.OFFLINE for r in rows):
+        limits.append("every row is MLPerf Offline (large batch): they fit the per-sample compute and memory terms; "
+                      "batch-1 latency also rests on per-layer and per-inference overheads no row constrains")
     unpaired = [n.split(".", 1)[1] for n, e in provenance(ev).items() if n.startswith("runtime_factor.")
                 and not e.get("pairs")]
     if unpaired:
         limits.append(f"runtime factor(s) {', '.join(unpaired)} fitted from their own rows: no network was "
                       "published with both runtimes on this chip")
     return {"median_abs_error": float(np.nanmedian(np.abs(err))),
-            "median_abs_error_lomo": float(np.nanmedian(np.abs(ev.errors("lomo"))))
-            if np.isfinite(ev.lomo_ms).any() else None,
+            "median_abs_error_lomo": lomo,
             "rows": len(rows), "sources": len({source_of(r) for r in rows}), "models": len(models),
             "worst_row": rows[worst].id, "worst_error": float(err[worst]), "limits": limits,
             "left_out": len(ev.use.left_out)}
@@ -154,37 +154,31 @@ def write(ev: Evaluation, target_yaml: str | Path, cfg: FitConfig = FitConfig())
         pairs = f" and {len(prov[name]['pairs'])} same-chip pairs" if prov[name].get("pairs") else ""
         return f"fitted to published rows {listed}{pairs} ({table}; {path.stem}.fit.json lists them; {loo})"
 
+    # the target predicts one inference at batch 1: numbers only large-batch (offline) rows exercise stay unwritten
+    single = {r.id for r in ev.rows if r.batch != evidence.OFFLINE}
+    written = [n for n, e in prov.items() if set(e["rows"]) & single and not n.startswith("runtime_factor.")]
     lines = path.read_text().splitlines()
-    for name, entry in prov.items():
-        if name.startswith("efficiency.") and entry["rows"]:
-            _set(lines, name.split(".", 1)[1], _entry(entry["value"], cite(name)), "efficiency")
-    if prov["overhead_us._default"]["rows"]:
-        _set(lines, "_default", _entry(prov["overhead_us._default"]["value"], cite("overhead_us._default")),
-             "overhead_us")
-    invoke = prov["invoke_overhead_us"]  # written even when no row constrains it: the fit's rows include it
-    _set(lines, "invoke_overhead_us", _entry(invoke["value"], cite("invoke_overhead_us") if invoke["rows"] else
-                                             f"prior, 10 x the per-layer overhead: no published row constrains it "
-                                             f"(under {cfg.exercised:.0%} of each row's predicted time; {table})"))
-    if "offchip_arena_factor" in prov:
-        _set(lines, "offchip_arena_factor", _entry(prov["offchip_arena_factor"]["value"],
-                                                   cite("offchip_arena_factor")))
-    mu = prov["memory_scale"]["value"]
-    base_bw = {}
-    for field in BANDWIDTHS:
-        level = field.split("_")[0]
-        if level in ev.target.bandwidth_bps and prov["memory_scale"]["rows"]:
-            base = ev.target.bandwidth_bps[level] / 1e9
-            base_bw[field] = base
-            _set(lines, field, _entry(base / mu, f"{base:g} GB/s ({ev.target.sources[field][2]}) / {mu:.3g}, the "
-                                      f"memory-time factor {cite('memory_scale')}"))
+    for name in written:
+        value, field = prov[name]["value"], name.split(".", 1)
+        if name.startswith("efficiency."):
+            _set(lines, field[1], _entry(value, cite(name)), "efficiency")
+        elif name == "overhead_us._default":
+            _set(lines, "_default", _entry(value, cite(name)), "overhead_us")
+        else:
+            _set(lines, name, _entry(value, cite(name)))
+    if single and "invoke_overhead_us" not in written:  # the fit's rows include it: the target must too
+        _set(lines, "invoke_overhead_us", _entry(prov["invoke_overhead_us"]["value"], "prior, 10 x the per-layer "
+                                                 f"overhead: no published row constrains it (under "
+                                                 f"{cfg.exercised:.0%} of each row's predicted time; {table})"))
     hio.write_text(path, "\n".join(lines) + "\n")
     rows = [{"id": r.id, "runtime": r.runtime, "chip": r.chip, "published_ms": r.latency_ms,
              "fitted_ms": float(f"{f:.5g}"), "loo_ms": float(f"{lo:.5g}"),
              "lomo_ms": None if not np.isfinite(lm) else float(f"{lm:.5g}"), "source": r.source}
             for r, f, lo, lm in zip(ev.rows, ev.fitted_ms, ev.loo_ms, ev.lomo_ms)]
     data = {"target": ev.target.name, "table": str(Path(ev.rows[0].file).name), "date": dt.date.today().isoformat(),
-            "classes": list(CLASSES), "dtypes": list(DTYPES), "parameters": prov, "bandwidth_priors_gbps": base_bw,
-            "clock_check": ev.use.clock_check, "left_out": ev.use.left_out, "rows": rows, "leave_one_out": info}
+            "classes": list(CLASSES), "dtypes": list(DTYPES), "parameters": prov,
+            "written": written, "clock_check": ev.use.clock_check, "left_out": ev.use.left_out, "rows": rows,
+            "leave_one_out": info}
     out = evidence.fit_path(path)
     hio.write_text(out, json.dumps(data, indent=1) + "\n")
     return out
@@ -201,9 +195,8 @@ def fit(target: str | Path, table: str | Path | None = None, out: str | Path | N
     from hwai.calibrate.published import evaluate
 
     loaded = targets.load(target)
-    base, given = priors(loaded)
     rows = evidence.read(table or evidence.table_path(loaded.name))
-    ev = evaluate(base, rows, cfg, given, holdout or out is not None)  # a written fit cites its held-out error
+    ev = evaluate(loaded, rows, cfg, priors(loaded), holdout or out is not None)  # a written fit cites its held-out error
     if out is None:
         return ev, None
     out = Path(out).expanduser()

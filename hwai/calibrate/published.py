@@ -60,7 +60,8 @@ _CACHE: dict[tuple, Features] = {}
 def _graph(row: evidence.Row):
     import torch
 
-    from hwai import graph as hgraph, models
+    from hwai import graph as hgraph
+    from hwai import models
 
     c, h, w = row.input
     try:
@@ -73,9 +74,9 @@ def _graph(row: evidence.Row):
 
 
 def unit_target(target: Target) -> Target:
-    """The target at efficiency 1, no per-layer or per-inference overhead and no arena factor."""
+    """The target at efficiency 1, no per-layer or per-inference overhead, no arena or memory-time factor."""
     return replace(target, efficiency={"_default": 1.0}, overhead_s={"_default": 0.0}, invoke_overhead_s=0.0,
-                   offchip_arena_factor=1.0)
+                   offchip_arena_factor=1.0, memory_time_factor=1.0)
 
 
 def features(row: evidence.Row, target: Target) -> Features:
@@ -185,7 +186,7 @@ class Problem:
         feats = [features(r, target) for r in self.rows]
         kinds = sorted({int(k) for f in feats for k in f.kind if k >= 0})
         self.names = [f"efficiency.{CLASSES[k // len(DTYPES)]}:{DTYPES[k % len(DTYPES)]}" for k in kinds]
-        self.names += ["overhead_us._default", "invoke_overhead_us", "memory_scale"]
+        self.names += ["overhead_us._default", "invoke_overhead_us", "memory_time_factor"]
         own = target.runtime_id
         runtimes = sorted({r.runtime for r in self.rows + use.pair_rows} - {own})
         self.names += [f"runtime_factor.{r}" for r in runtimes]
@@ -223,7 +224,8 @@ class Problem:
                 out.append(t.lookup(t.efficiency, op, dtype))
             else:
                 out.append({"overhead_us._default": ovh, "invoke_overhead_us": max(t.invoke_overhead_s, 10 * ovh),
-                            "memory_scale": 1.0, "offchip_arena_factor": t.offchip_arena_factor}.get(n, 1.0))
+                            "memory_time_factor": t.memory_time_factor,
+                            "offchip_arena_factor": t.offchip_arena_factor}.get(n, 1.0))
         return np.log(np.array(out, dtype=float))
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +250,7 @@ class Problem:
         """Predicted seconds of every row."""
         p = np.exp(theta)
         eff = np.append(p, 1.0)[self.eff_at]  # -1 -> the appended 1.0: host layers' time is already final
-        mu, ovh, invoke = (p[self.index[n]] for n in ("memory_scale", "overhead_us._default", "invoke_overhead_us"))
+        mu, ovh, invoke = (p[self.index[n]] for n in ("memory_time_factor", "overhead_us._default", "invoke_overhead_us"))
         layers = np.maximum(self.compute / eff, self.memory * mu) + self.overheads * ovh
         base = np.bincount(self.layer_row, layers, minlength=len(self.rows)) + self.fixed + self.link * mu \
             + invoke * self.batch1

@@ -8,14 +8,14 @@ uses it; the numbers come from the target file, fitted to published measurements
   output (or the tensor at the cut) back, every inference;
 - `invoke_overhead_us`: a fixed cost per inference (interpreter setup, USB round trip, kernel launches);
 - `offchip_arena_factor`: the slowdown when peak activations exceed on-chip SRAM and the arena lives off-chip
-  (ESP32-S3 PSRAM), applied to the whole inference.
+  (ESP32-S3 PSRAM), applied to the whole inference (`memory_time_factor` scales the link like every memory time).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from hwai.graph import Graph
-from hwai.targets import Target
+from hwai.targets import DTYPES, Target
 
 
 def host_target(target: Target) -> Target | None:
@@ -44,6 +44,24 @@ def host_nodes(graph: Graph, keys: list[str], target: Target) -> np.ndarray:
     return out
 
 
+def host_rates(target: Target, keys: list[str], on_host: np.ndarray, rate: np.ndarray, overhead: np.ndarray,
+               resolve) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per node and dtype (N, 4) achieved ops/s and per-op overhead with the nodes on the fallback CPU priced by
+    that CPU's target file (`resolve(target, dtype)`: the dtype it runs a layer in); and its DRAM bandwidth (inf
+    without a fallback)."""
+    if not on_host.any():
+        return rate, overhead, np.inf
+
+    host = host_target(target)
+    dtypes = [resolve(host, d) for d in DTYPES]
+    host_rate = np.array([host.peak_ops[d] for d in dtypes]) * np.array(
+        [[host.lookup(host.efficiency, k, d) for d in dtypes] for k in keys])
+    host_ovh = np.array([[host.lookup(host.overhead_s, k, d) for d in dtypes] for k in keys])
+    col = on_host[:, None]
+    return (np.where(col, host_rate, rate), np.where(col, host_ovh, overhead),
+            host.bandwidth_bps.get("dram", host.bandwidth_bps["sram"]))
+
+
 def link_bytes(graph: Graph, on_host: np.ndarray, int8_io: bool) -> float:
     """Bytes over the host link per inference: the input in, and back the output or the tensor at the cut (at the
     captured dtype's size; one byte per element where the runtime takes int8 input)."""
@@ -60,7 +78,7 @@ def fixed_seconds(target: Target, link: float) -> float:
     """Per-inference seconds outside the layers: the invoke overhead and the link transfer."""
     seconds = target.invoke_overhead_s
     if target.fallback_cpu and link:
-        seconds += link / target.bandwidth_bps.get("dram", target.bandwidth_bps["sram"])
+        seconds += link / target.bandwidth_bps.get("dram", target.bandwidth_bps["sram"]) * target.memory_time_factor
     return seconds
 
 

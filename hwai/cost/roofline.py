@@ -164,20 +164,10 @@ class Scorer:
         self.dtype_index = np.array([DTYPES.index(r) for r in self.resolved])
         peak = np.array([target.peak_ops[d] for d in self.resolved])
         eff = np.array([[target.lookup(target.efficiency, k, d) for d in self.resolved] for k in self.keys])
-        self.inv_rate = (1.0 / (peak * eff)).ravel().astype(_F)
         ovh = np.array([[target.lookup(target.overhead_s, k, d) for d in self.resolved] for k in self.keys])
         self.on_host = offload.host_nodes(graph, self.keys, target)  # nodes an accelerator leaves to its host CPU
-        self.host_bw = np.inf
-        if self.on_host.any():
-            host = offload.host_target(target)
-            hres = [resolve_dtype(host, d) for d in DTYPES]
-            heff = np.array([[host.lookup(host.efficiency, k, d) for d in hres] for k in self.keys])
-            rate = np.where(self.on_host[:, None], np.array([host.peak_ops[d] for d in hres]) * heff,
-                            (1.0 / self.inv_rate).reshape(n, 4))
-            self.inv_rate = (1.0 / rate).ravel().astype(_F)
-            ovh = np.where(self.on_host[:, None], [[host.lookup(host.overhead_s, k, d) for d in hres]
-                                                    for k in self.keys], ovh)
-            self.host_bw = host.bandwidth_bps.get("dram", host.bandwidth_bps["sram"])
+        rate, ovh, self.host_bw = offload.host_rates(target, self.keys, self.on_host, peak * eff, ovh, resolve_dtype)
+        self.inv_rate = (1.0 / rate).ravel().astype(_F)
         self.ovh = (ovh * is_head[:, None]).ravel().astype(_F)
         self.e_mac = np.array([target.energy_per_mac_j[d] for d in self.resolved], dtype=_F)
         self.width = (np.array([BITS[d] for d in self.resolved]) / 32.0).astype(_F)
@@ -262,7 +252,8 @@ class Scorer:
                   else (total_w <= room).astype(_F)) if w_level == "dram" else np.zeros_like(total_w)
         off = "dram" if "dram" in tgt.bandwidth_bps else "sram"
         bw, e = tgt.bandwidth_bps, tgt.energy_per_byte_j
-        mem = act / np.where(act_sram, bw["sram"], bw[off]) + w_bytes * (cached / bw["sram"] + (1 - cached) / bw[w_level]) \
+        mem = (act / np.where(act_sram, bw["sram"], bw[off]) + w_bytes * (cached / bw["sram"] + (1 - cached) /
+                                                                          bw[w_level])) * tgt.memory_time_factor \
             if latency else None
         if latency and self.on_host.any():
             mem = np.where(col(self.on_host), (act + w_bytes) / self.host_bw, mem)

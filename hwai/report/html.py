@@ -284,6 +284,9 @@ def _provenance(run: Run) -> str:
     notes = "".join(f"<dt>{_badge(kind)} {title}</dt><dd>{escape(str(run.data.get(key) or 'not available'))}</dd>"
                     for kind, title, key in (("measured", "how measured numbers were measured", "measurement"),
                                              ("predicted", "how predicted numbers were predicted", "prediction")))
+    evidence = run.target_evidence()
+    if evidence:
+        notes += f"<dt>{_badge('predicted')} how far predictions were from published measurements</dt><dd>{escape(evidence)}</dd>"
     return _section("provenance", "Measured vs predicted", "Which number is which, and where it came from.",
                     f'<div class="chips">{kinds or _na("no kinds recorded")}</div><dl class="notes">{notes}</dl>')
 

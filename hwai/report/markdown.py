@@ -27,6 +27,9 @@ def render(run: Run) -> str:
                         f"of {(sram or 0) / 1024:,.0f} KiB SRAM.",
                   False: f"**Fits {target}:** no, predicted peak {fmt('peak_sram_kb', run.best.get('peak_sram_kb'))} "
                          f"exceeds {(sram or 0) / 1024:,.0f} KiB SRAM."}[fits])
+    evidence = run.target_evidence()
+    if evidence:
+        lines.append(f"**Predictions vs published measurements:** {evidence}.")
     if run.trials and run.section("counts"):
         lines.append(f"**Search:** {len(run.trials)} trials: {run.outcomes()}; {len(run.pareto)} on the Pareto front.")
     elif run.trials:  # a run written before outcomes were counted

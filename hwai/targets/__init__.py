@@ -32,10 +32,11 @@ DEPLOY_RUNTIMES = ("onnxruntime", "openvino", "executorch", "litert", "tensorrt"
 # optional: what ties a target to published measurements (hwai.targets.evidence, hwai/targets/published/*.csv) and
 # the terms fitted to them: the runtime id rows use, the chip and core family (clock scaling stays within one),
 # per-inference overhead, the host CPU target an accelerator falls back to for ops it lacks (and whose link,
-# dram_gbps, carries the input, output and cut tensors), the slowdown when the tensor arena is off-chip (PSRAM)
+# dram_gbps, carries the input, output and cut tensors), the slowdown when the tensor arena is off-chip (PSRAM),
+# a factor on every memory time (the bandwidth the runtime reaches, against the figures above)
 OPTIONAL_TEXT = ("runtime_id", "chip", "family", "fallback_cpu")
 OPTIONAL_NUMBERS = {"clock_mhz": (1e6, "clock"), "invoke_overhead_us": (1e-6, "overhead_us"),
-                    "offchip_arena_factor": (1.0, "sparse")}
+                    "offchip_arena_factor": (1.0, "sparse"), "memory_time_factor": (1.0, "factor")}
 _PEAK = re.compile(rf"peak_({'|'.join(DTYPES)})_({'|'.join(PEAK_UNITS)})")
 _SIZE = re.compile(rf"({'|'.join(LEVELS)})_({'|'.join(SIZE_UNITS)})")
 _BW = re.compile(rf"({'|'.join(LEVELS)})_gbps")
@@ -62,6 +63,7 @@ PLAUSIBLE = {
     "efficiency": (0.0, 1.0, "fraction of peak, in (0, 1]"),
     "overhead_us": (0.0, 1.0, "seconds per op (0 .. 1 s)"),
     "clock": (1e6, 1e11, "Hz (1 MHz .. 100 GHz)"),
+    "factor": (0.01, 100.0, "x (0.01 .. 100)"),
 }
 
 
@@ -102,6 +104,7 @@ class Target:
     invoke_overhead_s: float = 0.0  # fixed cost per inference (interpreter setup, USB round trip, launch)
     fallback_cpu: str = ""  # accelerators: target running the ops this one lacks (the first one and all after it)
     offchip_arena_factor: float = 1.0  # latency factor when peak activations exceed SRAM (arena in PSRAM/DRAM)
+    memory_time_factor: float = 1.0  # multiplies every memory time (bytes / bandwidth), fitted to measurements
     energy_per_sop_j: float | None = None  # spiking nets: one synaptic operation (a spike reaching a synapse)
     energy_per_neuron_update_j: float | None = None  # spiking nets: one neuron's state update in one time step
 

@@ -156,6 +156,16 @@ def _row(path: Path, n: int, raw: dict) -> Row:
                raw["source"].strip(), raw["notes"].strip(), n, str(path))
 
 
+def is_table(path: str | Path) -> bool:
+    """Whether a file looks like a table of published measurements (its first non-comment line is the header)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip() and not line.startswith("#")), "")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.strip() == ",".join(COLUMNS)
+
+
 def read(path: str | Path) -> list[Row]:
     """Parse and validate a table of published measurements (UserError, one line, on the first problem)."""
     path = Path(path)
@@ -217,8 +227,52 @@ def load_fit(target) -> Fit | None:
 
 def accuracy(target) -> dict | None:
     """How far a target's predictions were from published measurements, for reports: {median_abs_error, rows,
-    sources, models, worst_row, worst_error, limits, file}, or None where no fit exists."""
+    sources, models, worst_row, worst_error, limits, written (how many fitted numbers the target file took), file},
+    or None where no fit exists."""
     fit = load_fit(target)
     if fit is None or not fit.error:
         return None
-    return {**fit.error, "file": str(fit_path(getattr(target, "path", target)))}
+    return {**fit.error, "written": len(fit.data.get("written", [])), "file": str(fit_path(getattr(target, "path", target)))}
+
+
+def describe(target) -> dict | None:
+    """What `hwai targets show` prints about a target's published evidence: a headline and, per fitted number,
+    its value, prior and every row (and runtime pair) behind it; None where no fit exists."""
+    fit = load_fit(target)
+    if fit is None:
+        return None
+    info = fit.error
+    if not info.get("rows"):
+        headline = ("no published measurement usable for this target: "
+                    + "; ".join(info.get("limits", [])) + f" ({fit_path(target.path).name})")
+        return {"headline": headline, "parameters": []}
+    lomo = info.get("median_abs_error_lomo")
+    headline = (f"fitted to {info['rows']} published rows of {info['models']} networks from {info['sources']} sources "
+                f"({fit.data.get('table', '?')}, {fit_path(target.path).name}): leave-one-out median |error| "
+                f"{info['median_abs_error']:.1%}" + ("" if lomo is None else f", leave-one-model-out {lomo:.1%}")
+                + (f"; limits: {'; '.join(info['limits'])}" if info.get("limits") else ""))
+    params = []
+    for name, p in fit.parameters.items():
+        rows = ", ".join(p.get("rows", [])) or "none (the prior is kept: no row exercises it)"
+        pairs = "; pairs " + ", ".join(f"{a}/{b}" for a, b in p["pairs"]) if p.get("pairs") else ""
+        params.append((name, f"{p['value']:g}", f"{p.get('prior', float('nan')):g}", rows + pairs))
+    return {"headline": headline, "parameters": params}
+
+
+def report_line(target_name: str, target_file: str | Path) -> str | None:
+    """One sentence for a run report: how far `target`'s predictions were from published measurements (None
+    without a fit file next to the target file)."""
+    info = accuracy(target_file)
+    if info is None:
+        return None
+    if not info.get("rows"):
+        return (f"{target_name}: no published measurement could check its predictions ("
+                + "; ".join(info.get("limits", [])) + ")")
+    lomo = info.get("median_abs_error_lomo")
+    if not info.get("written"):
+        return (f"{target_name}: its {info['rows']} published rows are large-batch only (MLPerf Offline, "
+                f"{info['median_abs_error']:.0%} leave-one-out); they do not set its batch-1 numbers, which remain "
+                "unchecked estimates")
+    return (f"{target_name} has no measurement path here: its predictions were {info['median_abs_error']:.0%} from "
+            f"published measurements (leave-one-out median |error| over {info['rows']} rows from {info['sources']} "
+            f"source{'s' if info['sources'] != 1 else ''}" + ("" if lomo is None else f"; {lomo:.0%} for networks left out entirely") + ")")
