@@ -177,3 +177,15 @@ def test_offload_terms_invoke_link_fallback_and_offchip_arena():
     small = toy(sram_kib={"value": 1, "source": "hand-made test figure"})
     assert cost.predict(g, tight, precision="int8").latency_ms == pytest.approx(
         2 * cost.predict(g, small, precision="int8").latency_ms)
+
+
+def test_run_report_says_how_far_the_target_was_from_published_measurements(tmp_path):
+    from hwai.report import report
+    from tests.test_report import synthetic_results, write_run
+
+    data = synthetic_results()
+    data["target"]["file"] = targets.load("stm32h743").path
+    md = report(write_run(tmp_path, data), format="md")
+    assert "Predictions vs published measurements" in md and "from published measurements" in md
+    html = (report(write_run(tmp_path, data), format="html")).read_text()
+    assert "how far predictions were from published measurements" in html
