@@ -172,6 +172,7 @@ def test_offload_terms_invoke_link_fallback_and_offchip_arena():
     assert linked.latency_ms == pytest.approx(plain + io, rel=1e-3)
     fallback = cost.predict(g, toy(fallback_cpu="x86-avx2"), precision="int8")  # no linear: the classifier falls back
     assert any("run on x86-avx2" in n for n in fallback.notes) and fallback.latency_ms != linked.latency_ms
+    assert sum(l.latency_ms for l in fallback.layers) == pytest.approx(fallback.latency_ms)  # layers add up
     tight = toy(sram_kib={"value": 1, "source": "hand-made test figure"},
                 offchip_arena_factor={"value": 2, "source": "hand-made test figure"})
     small = toy(sram_kib={"value": 1, "source": "hand-made test figure"})

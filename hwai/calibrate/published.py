@@ -95,7 +95,7 @@ def features(row: evidence.Row, target: Target) -> Features:
     ratio = {k: v / max(target.overhead_s["_default"], 1e-9) for k, v in target.overhead_s.items()}
     for h, layer in zip(scorer.groups, layers):
         op, dt = scorer.keys[h], layer.dtype
-        cls = op if op in CLASSES else "linear" if op == "matmul" else "_default"
+        cls = op if op in CLASSES else "_default"  # as the cost model looks an op up in a catalog target file
         host = bool(scorer.on_host[h])
         compute.append(layer.compute_ms * 1e-3)
         if offline:  # per sample at a large batch: activations stream from DRAM, weights are amortised

@@ -67,6 +67,12 @@ def _node_dtype(node: Node) -> str:
             "quint8": "int8"}.get(node.dtype, "fp32")
 
 
+def _fed_by_layer(node: Node, nodes: list[Node], index: dict[str, int]) -> bool:
+    """Whether a node reads a layer's output, not the model input (nor a node standing in for it, attrs
+    model_input, as a part's source in hwai.shard): SIMD padding of input channels applies only then."""
+    return bool(node.inputs) and not any(nodes[index[p]].attrs.get("model_input") for p in node.inputs if p in index)
+
+
 @dataclass
 class LayerPrediction:
     """One layer (fusion group or single node) on the target."""
@@ -147,7 +153,8 @@ class Scorer:
         self.sparse_ok = np.array([nd.op in _MAC_OPS for nd in nodes])
         # SIMD lane padding: output channels of conv/linear, and input channels of full convs fed by a layer
         self.cout0 = np.array([nd.attrs.get("out_channels", nd.attrs.get("out_features", 0)) for nd in nodes], float)
-        self.cin0 = np.array([nd.attrs.get("in_channels", 0) // nd.attrs.get("groups", 1) if ch and nd.inputs else 0
+        self.cin0 = np.array([nd.attrs.get("in_channels", 0) // nd.attrs.get("groups", 1)
+                              if ch and _fed_by_layer(nd, nodes, index) else 0
                               for nd, ch in zip(nodes, self.channel_node)], float)
         # fusion groups: the head carries the work, its input and weights; the last member writes the output
         heads = [index[nd.fused_into] if (fuse and nd.fused_into in index) else i for i, nd in enumerate(nodes)]
