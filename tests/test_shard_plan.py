@@ -153,9 +153,10 @@ def test_limits_exclude_options_and_no_feasible_option_says_so():
 
 
 def test_mobilenetv2_split_beats_both_devices_as_neurosurgeon_predicts():
-    g = _graph("mobilenetv2", 96, 1)
+    # RGB input; with esp32s3 fitted to published measurements (issue 28) a split gains ~1.14x, no longer >1.2x
+    g = _graph("mobilenetv2", 96, 3)
     result = plan(g, *_chain("esp32s3", "rpi4", precision="int8"))
-    assert result.chosen.single() is None and result.speedup() > 1.2
+    assert result.chosen.single() is None and result.speedup() > 1.1
     hop = result.chosen.hops[0]
     assert 0 < hop.bytes < g.nodes[0].input_bytes / 4  # far less than the int8 input
 

@@ -26,7 +26,7 @@ from hwai.errors import UserError
 from hwai.measure import ort_trace, physical_cores
 from hwai.measure.ort_trace import cpu_name as cpu_model
 
-__all__ = ["CalibrateConfig", "CalibrationResult", "Case", "build", "calibrate", "calibrate_from", "choose_method",
+__all__ = ["CalibrateConfig", "CalibrationResult", "Case", "build", "calibrate", "calibrate_from", "calibrate_published", "choose_method",
            "cpu_model", "cross_validate", "export_kit", "import_measurements", "write_kit"]
 
 
@@ -212,10 +212,35 @@ def choose_method(path: Path, folds: int) -> tuple[str, dict[str, float], list[d
 
 def calibrate_from(source: str | Path, target: str = "host", cfg: CalibrateConfig = CalibrateConfig()) -> CalibrationResult:
     """Import measurements taken on a device (the kit's measure_kernels.py) for `target`: stored next to its
-    YAML file in the user target folder, then checked by cross-validation."""
+    YAML file in the user target folder, then checked by cross-validation. A table of published measurements
+    (hwai.targets.evidence) instead fits the target's roofline to its rows (`calibrate_published`)."""
+    from hwai.targets import evidence
+
+    if evidence.is_table(source):
+        return calibrate_published(source, target)
     started = time.perf_counter()
     stored, meas = import_measurements(Path(source), target)
     method, errors, rows = choose_method(stored, cfg.folds)
     loaded = targets.load(target)
     return CalibrationResult(Path(loaded.path), stored, loaded, {}, rows, len(meas.kernels["us"]),
                              time.perf_counter() - started, (0, 0), method, errors)
+
+
+def calibrate_published(table: str | Path, target: str) -> CalibrationResult:
+    """Fit `target`'s roofline numbers to a table of published measurements and write the fitted target (a
+    catalog target: to the user target folder, where it shadows the catalog; a YAML path: that file) with its
+    fit file next to it. Rows: every usable published row beside its leave-one-out prediction."""
+    from hwai.calibrate import fitted
+
+    started = time.perf_counter()
+    loaded = targets.load(target)
+    out = Path(target).expanduser() if Path(target).expanduser().is_file() else targets.user_dir() / f"{loaded.name}.yaml"
+    ev, _ = fitted.fit(target, table=table, out=out)
+    rows = [{"case": r.id, "family": r.runtime, "dtype": r.precision, "measured_ms": r.latency_ms, "spread_ms": 0.0,
+             "runs": 0, "predicted_ms": float(p), "error": float(p / r.latency_ms - 1.0), "source": r.source}
+            for r, p in zip(ev.rows, ev.loo_ms)]
+    info = fitted.summary(ev)
+    errors = {"leave-one-out": info.get("median_abs_error", float("nan")),
+              "leave-one-model-out": info.get("median_abs_error_lomo") or float("nan")}
+    return CalibrationResult(out, Path(table), targets.load(out), {}, rows, 0, time.perf_counter() - started, (0, 0),
+                             "published", errors)

@@ -17,7 +17,8 @@ def calibrate(
     threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime threads (default: physical cores)"),
     quick: bool = typer.Option(False, "--quick", help="a few models, one pass (seconds; for tests, not accuracy)"),
     from_file: Optional[Path] = typer.Option(None, "--from", help="import measurements taken on a device with "
-                                             "the kit's measure_kernels.py (see --export-kit)"),
+                                             "the kit's measure_kernels.py (see --export-kit), or fit the target "
+                                             "to a table of published measurements (hwai/targets/published/*.csv)"),
     target: str = typer.Option("host", help="with --from: the target the measurements belong to"),
     export_kit: Optional[Path] = typer.Option(None, help="write the models and a standalone measuring script "
                                               "to this folder, for a device hwai cannot run on"),
@@ -54,6 +55,8 @@ def calibrate(
                       f"{m['ort_int8_ops'] / 1e9:.1f} GOP/s, copy {m['sram_bps'] / 1e9:.1f} GB/s (cache) / "
                       f"{m['dram_bps'] / 1e9:.1f} GB/s (DRAM), per-op overhead {m['overhead_s'] * 1e6:.2f} us; "
                       f"fitted memory-time factor {m['memory_scale']:.3g}")
+    if result.method == "published":  # a table of published measurements: the target's roofline fitted to it
+        return _published(result)
     table = Table("model", "measured ms (fast half, best pass)", "spread ms", "runs", "predicted ms", "error",
                   title="whole-model latency: measured (onnxruntime) vs predicted by the learned kernel model "
                         f"({result.method}) fitted without the model ({cfg.folds}-fold cross-validation)")
@@ -69,3 +72,19 @@ def calibrate(
                   + (f"Kernel detection: {result.detected[0]} of the {result.detected[1]} kernels ONNX Runtime ran for "
                      "the models whose graphs were captured. " if result.detected[1] else "")
                   + f"--target {result.target.name} now predicts latency with the learned kernel model")
+
+
+def _published(result) -> None:
+    """The rows of a published table beside the fit's leave-one-out predictions."""
+    from rich.table import Table
+
+    table = Table("row", "runtime", "published ms", "predicted ms (fit without the row)", "error", "source",
+                  title=f"published latency vs predicted by {result.target.name}'s roofline fitted without that row "
+                        "(leave-one-out)")
+    for r in result.rows:
+        table.add_row(r["case"], r["family"], f"{r['measured_ms']:.4g}", f"{r['predicted_ms']:.4g}",
+                      f"{r['error']:+.1%}", r["source"])
+    show(table)
+    console.print(f"{len(result.rows)} usable rows of {result.measurements}; median |error| "
+                  + ", ".join(f"{k} {v:.1%}" for k, v in result.method_errors.items())
+                  + f"; wrote {result.path} and its fit file ({result.seconds:.0f} s)")

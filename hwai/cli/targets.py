@@ -39,8 +39,11 @@ def targets(
 
     for_target(t)  # a target file naming an unknown runtime: one line now
     if json_out is not None:
+        from hwai.targets import evidence
+
         return write_json(json_out, {**_summary(t), "fields": {f: {"value": v, "unit": u, "source": s}
-                                                                for f, (v, u, s) in t.sources.items()}})
+                                                                for f, (v, u, s) in t.sources.items()},
+                                     "published": evidence.describe(t)})
     console.print(styled((t.name, "bold"), f" ({t.kind}): {t.description}\nruntime: {t.runtime}\nfile: {t.path}\n"
                          + (f"dtypes: {', '.join(t.dtypes)}; weights in {t.weights_in}; sparsity accelerated: "
                             f"{'yes' if t.sparsity_accelerated else 'no'}" if t.kind != "neuromorphic" else
@@ -49,6 +52,16 @@ def targets(
     for field, (value, unit, source) in t.sources.items():
         table.add_row(field, f"{value:g}", unit, source)
     show(table)
+    from hwai.targets import evidence
+
+    fit = evidence.describe(t)
+    if fit is not None:
+        console.print(f"published measurements: {fit['headline']}")
+        if fit["parameters"]:
+            table = Table("fitted number", "value", "prior", "published rows behind it (hwai/targets/published)")
+            for row in fit["parameters"]:
+                table.add_row(*row)
+            show(table)
 
 
 def _summary(t) -> dict:

@@ -86,6 +86,28 @@ def activation_timeline(graph: Graph, target: Target, precision: str | dict[str,
     return scorer.timeline(bits=bits)
 
 
+def _roofline_total(roof: Scorer, layers: list, peak_act: float) -> tuple[float, list[str]]:
+    """The roofline's whole-model ms (layers, per-inference terms, off-chip arena factor) and notes on them. The
+    per-inference time goes to the last layer and the arena factor to every layer, so layers add up to the whole."""
+    from hwai.cost import offload
+
+    fixed_ms, factor = roof.fixed_s * 1e3, float(offload.arena_factor(roof.target, peak_act))
+    out = []
+    if fixed_ms and layers:
+        layers[-1].latency_ms += fixed_ms
+        out.append(f"the last layer's prediction carries {fixed_ms:.4f} ms per inference (invoke overhead"
+                   + (", input/output over the host link)" if roof.target.fallback_cpu else ")"))
+    if roof.on_host.any():
+        first = int(roof.on_host.argmax())
+        out.append(f"{roof.target.name} cannot run {roof.node_names[first]} ({roof.keys[first]}): it and the "
+                   f"{int(roof.on_host.sum()) - 1} nodes after it run on {roof.target.fallback_cpu}")
+    if factor != 1.0:
+        for layer in layers:
+            layer.latency_ms *= factor
+        out.append(f"peak activations exceed {roof.target.name}'s SRAM: the arena is off-chip, latency x {factor:.3g}")
+    return sum(l.latency_ms for l in layers), out
+
+
 def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,
             sparsity: dict[str, float] | None = None, fuse: bool = True, model: str = "auto",
             corrections: dict[str, float] | None = None) -> Prediction:
@@ -103,11 +125,11 @@ def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None
     peak_act, weights = float(t["peak_act"]), float(t["weights"])
     sram, _, fits = roof._fit(peak_act, weights)
     learned = scorer is not roof
-    return Prediction(target.name, target.path, layers,
-                      float(t["latency_ms"]) if learned else sum(l.latency_ms for l in layers),
+    latency, extra = (float(t["latency_ms"]), []) if learned else _roofline_total(roof, layers, peak_act)
+    return Prediction(target.name, target.path, layers, latency,
                       float(t["energy"].sum()) * 1e3, int(peak_act), int(weights), int(sram), bool(fits),
                       fit_message(target, float(sram), weights, peak_act),
-                      notes(roof, bits, bool(sparsity)) + t.get("notes", []),
+                      notes(roof, bits, bool(sparsity)) + t.get("notes", []) + extra,
                       model="learned" if learned else "roofline",
                       model_source=scorer.model.describe() if learned else "")
 

@@ -8,8 +8,10 @@ with 1 MAC = 2 ops (elementwise ops: 1 op per element). INT8/INT4/FP16 use their
 target lists the dtype; otherwise the nearest supported dtype is used and the prediction says so. Zero
 weights cut work only where the target accelerates sparsity (capped by `sparse_speedup_max`); structurally
 pruned models are simply smaller graphs. Activations move at SRAM bandwidth when a layer's activations
-fit in SRAM, else DRAM; weights come from `weights_in`, or from SRAM when a DRAM target holds the
-whole model in cache. Peak memory = peak live activations (hwai.memory, best operator order) + weights,
+fit in SRAM, else DRAM; weights come from `weights_in`, or from SRAM when a DRAM target holds the whole
+model in cache (an accelerator on a host link caches the share that fits and streams the rest). Per inference, hwai.cost.offload adds the target's invoke
+overhead and an accelerator's host-link transfers, prices the ops it lacks on its fallback CPU, and scales the
+total when the arena does not fit in SRAM. Peak memory = peak live activations (hwai.memory, best operator order) + weights,
 compared with the target's SRAM and flash/DRAM. Every buffer has the size of its maker's dtype: an INT8 layer
 writes one byte per element (a runtime keeps int8 tensors between int8 kernels and folds Quantize/Dequantize
 into them); on MCU and NPU targets the model input is int8 too when the first layer is (TFLite Micro,
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from hwai import memory
+from hwai.cost import offload
 from hwai.errors import UserError
 from hwai.graph import Graph, Node
 from hwai.targets import DTYPES, Target
@@ -62,6 +65,12 @@ def resolve_dtype(target: Target, dtype: str) -> str:
 def _node_dtype(node: Node) -> str:
     return {"float16": "fp16", "bfloat16": "fp16", "int8": "int8", "uint8": "int8", "qint8": "int8",
             "quint8": "int8"}.get(node.dtype, "fp32")
+
+
+def _fed_by_layer(node: Node, nodes: list[Node], index: dict[str, int]) -> bool:
+    """Whether a node reads a layer's output, not the model input (nor a node standing in for it, attrs
+    model_input, as a part's source in hwai.shard): SIMD padding of input channels applies only then."""
+    return bool(node.inputs) and not any(nodes[index[p]].attrs.get("model_input") for p in node.inputs if p in index)
 
 
 @dataclass
@@ -144,7 +153,8 @@ class Scorer:
         self.sparse_ok = np.array([nd.op in _MAC_OPS for nd in nodes])
         # SIMD lane padding: output channels of conv/linear, and input channels of full convs fed by a layer
         self.cout0 = np.array([nd.attrs.get("out_channels", nd.attrs.get("out_features", 0)) for nd in nodes], float)
-        self.cin0 = np.array([nd.attrs.get("in_channels", 0) // nd.attrs.get("groups", 1) if ch and nd.inputs else 0
+        self.cin0 = np.array([nd.attrs.get("in_channels", 0) // nd.attrs.get("groups", 1)
+                              if ch and _fed_by_layer(nd, nodes, index) else 0
                               for nd, ch in zip(nodes, self.channel_node)], float)
         # fusion groups: the head carries the work, its input and weights; the last member writes the output
         heads = [index[nd.fused_into] if (fuse and nd.fused_into in index) else i for i, nd in enumerate(nodes)]
@@ -161,9 +171,11 @@ class Scorer:
         self.dtype_index = np.array([DTYPES.index(r) for r in self.resolved])
         peak = np.array([target.peak_ops[d] for d in self.resolved])
         eff = np.array([[target.lookup(target.efficiency, k, d) for d in self.resolved] for k in self.keys])
-        self.inv_rate = (1.0 / (peak * eff)).ravel().astype(_F)
-        self.ovh = (np.array([[target.lookup(target.overhead_s, k, d) for d in self.resolved] for k in self.keys])
-                    * is_head[:, None]).ravel().astype(_F)
+        ovh = np.array([[target.lookup(target.overhead_s, k, d) for d in self.resolved] for k in self.keys])
+        self.on_host = offload.host_nodes(graph, self.keys, target)  # nodes an accelerator leaves to its host CPU
+        rate, ovh, self.host_bw = offload.host_rates(target, self.keys, self.on_host, peak * eff, ovh, resolve_dtype)
+        self.inv_rate = (1.0 / rate).ravel().astype(_F)
+        self.ovh = (ovh * is_head[:, None]).ravel().astype(_F)
         self.e_mac = np.array([target.energy_per_mac_j[d] for d in self.resolved], dtype=_F)
         self.width = (np.array([BITS[d] for d in self.resolved]) / 32.0).astype(_F)
         self.lanes = np.array([target.lanes.get(d, 1) for d in self.resolved], dtype=_F)
@@ -178,6 +190,7 @@ class Scorer:
         own = np.where(makers >= 0, self.own_bits[np.maximum(makers, 0)], self.own_bits[self.root] if n else 32)
         self.buffer_fp32 = self.life.buffer_bytes * 32 / own
         self.int8_io = target.kind in INT8_IO_KINDS
+        self.fixed_s = offload.fixed_seconds(target, offload.link_bytes(graph, self.on_host, self.int8_io))
         self.factors = np.ones(len(self.groups))  # per layer: latency correction (see `corrected`)
 
     def corrected(self, factors: dict[str, float]) -> "Scorer":
@@ -239,13 +252,20 @@ class Scorer:
         act_sram = (self.G @ act_sram) > 0  # back to nodes: the level of their group
         total_w = w_bytes.sum(axis=0)
         w_level = tgt.weights_in
-        w_cached = (w_level == "dram") & (total_w + peak_act <= tgt.capacity_bytes["sram"])
+        # share of the weights a DRAM target reads from its cache: all when they fit beside the peak activations;
+        # an accelerator on a host link caches what fits and streams the rest (the Edge TPU's parameter cache)
+        room = tgt.capacity_bytes["sram"] - peak_act
+        cached = (np.clip(room / np.maximum(total_w, 1.0), 0.0, 1.0) if tgt.fallback_cpu
+                  else (total_w <= room).astype(_F)) if w_level == "dram" else np.zeros_like(total_w)
         off = "dram" if "dram" in tgt.bandwidth_bps else "sram"
         bw, e = tgt.bandwidth_bps, tgt.energy_per_byte_j
-        mem = act / np.where(act_sram, bw["sram"], bw[off]) + w_bytes / np.where(w_cached, bw["sram"], bw[w_level]) \
+        mem = (act / np.where(act_sram, bw["sram"], bw[off]) + w_bytes * (cached / bw["sram"] + (1 - cached) /
+                                                                          bw[w_level])) * tgt.memory_time_factor \
             if latency else None
+        if latency and self.on_host.any():
+            mem = np.where(col(self.on_host), (act + w_bytes) / self.host_bw, mem)
         energy = (np.where(col(self.macs > 0), macs, ops) * self.e_mac[dt] + act * np.where(act_sram, e["sram"], e[off])
-                  + w_bytes * np.where(w_cached, e["sram"], e[w_level]))
+                  + w_bytes * (cached * e["sram"] + (1 - cached) * e[w_level]))
         return {"compute": compute, "memory": mem, "overhead": self.ovh[flat], "energy": energy,
                 "bytes": act + w_bytes, "dtype": dt, "peak_act": peak_act, "weights": total_w, "ops": ops}
 
@@ -288,7 +308,8 @@ class Scorer:
         if latency:
             layers = np.maximum(gt @ t["compute"], gt @ t["memory"]) + gt @ np.broadcast_to(t["overhead"],
                                                                                            t["compute"].shape)
-            total = (layers * self.factors[:, None]).sum(axis=0) * 1e3
+            total = ((layers * self.factors[:, None]).sum(axis=0) + self.fixed_s) * 1e3
+            total = total * offload.arena_factor(self.target, t["peak_act"])
         else:
             total = np.full(t["peak_act"].shape, np.nan)
         sram, _, fits = self._fit(t["peak_act"], t["weights"])

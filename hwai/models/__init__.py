@@ -13,8 +13,13 @@ from torch import nn
 from hwai.errors import UserError, first_line
 from hwai.models.cnn import cnn
 from hwai.models.dscnn import dscnn
+from hwai.models.efficientnet_lite import LITE
+from hwai.models.imagenet import resnet50, resnet152, vgg16, vgg19
 from hwai.models.mlp import mlp
+from hwai.models.mlperf_tiny import tiny_autoencoder, tiny_dscnn
+from hwai.models.mobilenetv1 import mobilenetv1
 from hwai.models.mobilenetv2 import mobilenetv2
+from hwai.models.mobilenetv3 import mobilenetv3_large, mobilenetv3_small
 from hwai.models.resnet import resnet8, resnet18
 from hwai.models.subnet import nas_mobilenetv2, nas_resnet
 from hwai.models.vit import vit
@@ -29,6 +34,17 @@ REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "vit": vit,
     "nas_mobilenetv2": nas_mobilenetv2,  # subnets extracted from hwai.nas supernets
     "nas_resnet": nas_resnet,
+    # architectures of published device measurements (hwai/targets/published/)
+    "mobilenetv1": mobilenetv1,
+    "mobilenetv3_small": mobilenetv3_small,
+    "mobilenetv3_large": mobilenetv3_large,
+    "tiny_dscnn": tiny_dscnn,  # MLPerf Tiny keyword spotting (49x10x1, 12 classes)
+    "tiny_autoencoder": tiny_autoencoder,  # MLPerf Tiny anomaly detection (640 features)
+    "resnet50": resnet50,
+    "resnet152": resnet152,
+    "vgg16": vgg16,
+    "vgg19": vgg19,
+    **LITE,  # efficientnet_lite0 .. efficientnet_lite4
 }
 
 

@@ -151,6 +151,10 @@ def _provenance(run: Run) -> str:
                     for kind, title, key in (("measured", "how measured numbers were measured", "measurement"),
                                              ("predicted", "how predicted numbers were predicted", "prediction"))
                     if run.data.get(key))
+    evidence = run.target_evidence()
+    if evidence:
+        notes += (f"<dt>{badge('predicted')} how far predictions were from published measurements</dt>"
+                  f"<dd>{escape(evidence)}</dd>")
     if not kinds and not notes:
         return ""
     return section("provenance", "Measured vs predicted", "Which number is which, and where it came from.",

@@ -21,6 +21,9 @@ def render(run: Run) -> str:
                   for k, same in run.distinct_keys()]
         lines.append("")
     lines += _fit(run)
+    evidence = run.target_evidence()
+    if evidence:
+        lines.append(f"**Predictions vs published measurements:** {evidence}.")
     if run.trials and run.section("counts"):
         lines.append(f"**Search:** {len(run.trials)} trials: {run.outcomes()}; {len(run.pareto)} on the Pareto front.")
     elif run.trials:  # a run written before outcomes were counted

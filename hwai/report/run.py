@@ -216,6 +216,19 @@ class Run:
         peak, sram = number(self.best.get("peak_sram_kb")), self.sram_bytes
         return None if peak is None or sram is None else peak * 1024 <= sram
 
+    def target_evidence(self) -> str | None:
+        """For a target without a measurement path (no stored measurements next to its file): how far its
+        predictions were from published measurements (hwai.targets.evidence), or None."""
+        file = self.section("target").get("file")
+        if not file or not Path(file).is_file():
+            return None
+        from hwai.cost import measurements
+        from hwai.targets import evidence
+
+        if measurements.path_for(file).is_file():
+            return None
+        return evidence.report_line(str(self.section("target").get("name", "the target")), file)
+
     def title(self) -> str:
         model, target = self.section("model"), self.section("target")
         text = f"hwai {self.command}: {model.get('name') or 'model'}"

@@ -253,7 +253,8 @@ class Planner:
         """Nodes [start, stop) with the tensors crossing `start` as source nodes and, before another device,
         a sink node reading the tensors crossing `stop` (they stay alive until sent)."""
         sources = {t.name: f"{MARK}in:{t.name}" for t in self.crossing(start)}
-        nodes = [Node(sources[t.name], "identity", "receive", t.shape, t.dtype, 0, 0, 0, 0, t.nbytes)
+        nodes = [Node(sources[t.name], "identity", "receive", t.shape, t.dtype, 0, 0, 0, 0, t.nbytes,
+                      attrs={"model_input": t.name == INPUT})  # the cost model pads no channels of the model input
                  for t in self.crossing(start)]
         for node in self.nodes[start:stop]:
             nodes.append(dataclasses.replace(node, inputs=[sources.get(p, p) for p in node.inputs or [INPUT]],

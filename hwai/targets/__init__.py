@@ -26,6 +26,14 @@ SIZE_UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30}
 TEXT_FIELDS = {"name", "description", "kind", "runtime", "weights_in"}
 LIST_FIELDS = {"dtypes", "ops"}
 TABLE_FIELDS = {"efficiency", "overhead_us"}  # {op or op:dtype or _default: {value, source}}
+# optional: what ties a target to published measurements (hwai.targets.evidence, hwai/targets/published/*.csv) and
+# the terms fitted to them: the runtime id rows use, the chip and core family (clock scaling stays within one),
+# per-inference overhead, the host CPU target an accelerator falls back to for ops it lacks (and whose link,
+# dram_gbps, carries the input, output and cut tensors), the slowdown when the tensor arena is off-chip (PSRAM),
+# a factor on every memory time (the bandwidth the runtime reaches, against the figures above)
+OPTIONAL_TEXT = ("runtime_id", "chip", "family", "fallback_cpu")
+OPTIONAL_NUMBERS = {"clock_mhz": (1e6, "clock"), "invoke_overhead_us": (1e-6, "overhead_us"),
+                    "offchip_arena_factor": (1.0, "sparse"), "memory_time_factor": (1.0, "factor")}
 _PEAK = re.compile(rf"peak_({'|'.join(DTYPES)})_({'|'.join(PEAK_UNITS)})")
 _SIZE = re.compile(rf"({'|'.join(LEVELS)})_({'|'.join(SIZE_UNITS)})")
 _BW = re.compile(rf"({'|'.join(LEVELS)})_gbps")
@@ -51,6 +59,8 @@ PLAUSIBLE = {
     "sparse": (1, 100, "x"),
     "efficiency": (0.0, 1.0, "fraction of peak, in (0, 1]"),
     "overhead_us": (0.0, 1.0, "seconds per op (0 .. 1 s)"),
+    "clock": (1e6, 1e11, "Hz (1 MHz .. 100 GHz)"),
+    "factor": (0.01, 100.0, "x (0.01 .. 100)"),
 }
 
 
@@ -85,6 +95,14 @@ class Target:
     sources: dict  # YAML field (e.g. "sram_kib", "efficiency.conv") -> (value as written, unit, source)
     deploy_runtimes: tuple[str, ...] = ()  # runtimes a deployment uses, in order of preference (optional; names
     # checked against hwai.runtimes' registry by hwai.runtimes.for_target)
+    runtime_id: str = ""  # the runtime id published rows of this runtime carry (hwai/targets/published/*.csv)
+    chip: str = ""  # the chip its numbers are for (published rows of other chips enter by clock scaling only)
+    family: str = ""  # core family (clock scaling between chips only within one)
+    clock_hz: float | None = None  # core clock its numbers are for
+    invoke_overhead_s: float = 0.0  # fixed cost per inference (interpreter setup, USB round trip, launch)
+    fallback_cpu: str = ""  # accelerators: target running the ops this one lacks (the first one and all after it)
+    offchip_arena_factor: float = 1.0  # latency factor when peak activations exceed SRAM (arena in PSRAM/DRAM)
+    memory_time_factor: float = 1.0  # multiplies every memory time (bytes / bandwidth), fitted to measurements
     energy_per_sop_j: float | None = None  # spiking nets: one synaptic operation (a spike reaching a synapse)
     energy_per_neuron_update_j: float | None = None  # spiking nets: one neuron's state update in one time step
 
@@ -196,6 +214,8 @@ def parse(raw: object, path: str = "<target>") -> Target:
     for key, entry in raw.items():
         if key in TEXT_FIELDS | LIST_FIELDS | TABLE_FIELDS | {"sparsity_accelerated", "deploy_runtimes"}:
             continue
+        if key in OPTIONAL_TEXT or key in OPTIONAL_NUMBERS:
+            continue
         for pattern, store, unit_of, kind in ((_PEAK, peak, lambda m: PEAK_UNITS[m[2]], "peak"),
                                               (_SIZE, cap, lambda m: SIZE_UNITS[m[2]], "capacity"),
                                               (_BW, bw, lambda m: 1e9, "bandwidth"), (_E_MAC, e_mac, lambda m: 1e-12, "energy_mac"),
@@ -230,13 +250,32 @@ def parse(raw: object, path: str = "<target>") -> Target:
         _fail(path, "sparse_speedup_max", "missing required field (sparsity_accelerated is true)")
     efficiency, eff_src = _table(path, "efficiency", raw["efficiency"], 1.0)
     overhead, ovh_src = _table(path, "overhead_us", raw["overhead_us"], 1e-6)
-    return Target(name=text["name"], kind=text["kind"], description=text["description"], runtime=text["runtime"],
+    extra = _optional(raw, path, sources)
+    return Target(**extra, name=text["name"], kind=text["kind"], description=text["description"], runtime=text["runtime"],
                   path=path, dtypes=lists["dtypes"], ops=lists["ops"],
                   sparsity_accelerated=raw["sparsity_accelerated"], weights_in=text["weights_in"], peak_ops=peak,
                   capacity_bytes=cap, bandwidth_bps=bw, energy_per_mac_j=e_mac, energy_per_byte_j=e_byte,
                   lanes={d: int(v) for d, v in lanes.items()}, sparse_speedup_max=sparse.get("sparse", 1.0) if raw["sparsity_accelerated"] else 1.0,
                   efficiency=efficiency, overhead_s=overhead, sources={**sources, **eff_src, **ovh_src},
                   deploy_runtimes=tuple(deploy))
+
+
+def _optional(raw: dict, path: str, sources: dict) -> dict:
+    """The optional published-evidence fields (OPTIONAL_TEXT, OPTIONAL_NUMBERS) as Target keywords."""
+    out: dict = {}
+    for field in OPTIONAL_TEXT:
+        if field in raw:
+            if not isinstance(raw[field], str) or not raw[field].strip():
+                _fail(path, field, "must be non-empty text")
+            out[field] = raw[field].strip()
+    names = {"clock_mhz": "clock_hz", "invoke_overhead_us": "invoke_overhead_s"}
+    for field, (scale, kind) in OPTIONAL_NUMBERS.items():
+        if field in raw:
+            value, source = _number(path, field, raw[field], allow_zero=field == "invoke_overhead_us")
+            _plausible(path, field, kind, value * scale, value)
+            out[names.get(field, field)] = value * scale
+            sources[field] = (value, {"clock_mhz": "MHz", "invoke_overhead_us": "us"}.get(field, "x"), source)
+    return out
 
 
 def _parse_neuromorphic(raw: dict, path: str) -> Target:
