@@ -275,3 +275,15 @@ def write_nir(export: NIRExport, path: str | Path) -> Path:
     nir = require_nir()
     export.path = io.atomic_write(Path(path), lambda tmp: nir.write(tmp, export.graph))
     return export.path
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, dt: float = DT) -> tuple[NIRExport, SpikingNet, dict]:
+    """Write OUT/model.nir for an SNN checkpoint (hwai snn train writes them); returns the export, the net and the
+    checkpoint's metadata."""
+    from hwai.snn.model import load_checkpoint
+
+    require_nir()
+    net, _, meta = load_checkpoint(checkpoint)
+    export = to_nir(net, tuple(meta["input_shape"]), dt)
+    write_nir(export, Path(out) / "model.nir")
+    return export, net, meta
