@@ -95,9 +95,9 @@ def chip_fit(net: SpikingNet, activity: Activity, target) -> ChipFit:
     if total and npc and neurons > total * npc:
         result.reasons.append(f"neurons {neurons:,} > {total:,} cores x {npc:,} per core ({src['neurons_per_core']})")
     if "max_fan_in" in limits and fan_in > limits["max_fan_in"]:
-        worst = max(layers, key=lambda l: l.fan_in)
-        result.reasons.append(f"fan-in {fan_in:,} inputs per neuron into {worst.name} > max_fan_in "
-                              f"{limits['max_fan_in']:,} ({src['max_fan_in']})")
+        over = ", ".join(f"{l.fan_in:,} into {l.name}" for l in layers if l.fan_in > limits["max_fan_in"])
+        result.reasons.append(f"fan-in (inputs per neuron) {over} > max_fan_in {limits['max_fan_in']:,} "
+                              f"({src['max_fan_in']})")
     if total and spc and syn_bytes > total * spc:
         result.reasons.append(f"synapse memory {syn_bytes / 2**20:,.1f} MiB ({result.usage['synapses']:,} synapses x "
                               f"{bits} bits) > {total:,} cores x {spc / 1024:g} KiB ({src['synapse_bytes_per_core']})")
