@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "executorch==1.5.1" "torchao>=0.18,<0.19"
 	$(BIN)/python -m pip install -q -c constraints.txt "ruamel.yaml>=0.18"
 	$(BIN)/python -m pip install -q --no-deps "snntorch==1.0.0"  # spiking nets: declares no dependencies
+	# NIR export and its round trip in Norse and SpikingJelly (torch held by the constraints file)
+	$(BIN)/python -m pip install -q -c constraints.txt "nir>=1.0.8,<1.1" "nirtorch>=2.6,<2.7" "norse==1.1.0" "loguru>=0.7"
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps "spikingjelly==2.0.0"
 	$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 

@@ -16,11 +16,14 @@ and threshold, 12 epochs at peak lr 2e-3. SNN validation accuracy at width 0.5 (
 fixed neurons 96.6%; 12 epochs 98.0%; learnable neurons 98.6% at 4 and at 6 steps; threshold-balanced start
 (99th percentile, spikes carry the threshold) 96.6% / 97.4% at 4 / 6 steps. Width 1.0, 4 steps, learnable: 99.2%.
 
-Ends with: P6: SNN NN.N% vs ANN NN.N% on mnist; predicted energy SNN/ANN 0.NN (<profile>); N.N spikes/neuron/inference
+Ends with: P6: SNN NN.N% (95% CI) vs ANN NN.N% (95% CI) on mnist; predicted energy SNN/ANN 0.NN (<profile>); N.N
+spikes/neuron/inference, then P6 (NIR): the SNN exported as NIR and run from the file in Norse and SpikingJelly on the
+test split (top-1 agreement with hwai, spike counts per layer, file size).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--fixed-neurons", action="store_true", help="keep beta and threshold fixed (default: learn "
                                                                  "them per layer with the weights)")
     ap.add_argument("--beta", type=float, default=0.9)
+    ap.add_argument("--reset", default="zero", help="after a spike: zero (NIR's reset, exportable) or subtract")
     ap.add_argument("--convert-steps", default="", help="also convert the ANN and measure it at these steps, e.g. 16,32,64")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     ap.add_argument("--seed", type=int, default=0)
@@ -83,7 +87,7 @@ def main() -> None:
         htrain.save_checkpoint(args.out / "ann.pt", ann, spec, bundle.describe(), {"epochs_done": args.ann_epochs})
     ann.eval()
 
-    cfg = SNNConfig(steps=args.steps, beta=args.beta, learn=not args.fixed_neurons)
+    cfg = SNNConfig(steps=args.steps, beta=args.beta, learn=not args.fixed_neurons, reset=args.reset)
     net = spiking(ann, bundle, cfg)
     tcfg = htrain.TrainConfig(epochs=args.snn_epochs, lr=args.snn_lr, warmup_epochs=0.1, seed=args.seed)
     tuned = clock("fine-tune SNN", lambda: htrain.train(net, bundle, tcfg, description="fine-tune SNN",
@@ -158,9 +162,45 @@ def main() -> None:
                                                       if converted else None))
     console.print(f"report: {report(args.out)}; checkpoints {args.out / 'snn.pt'}" + ("" if args.ann else
                                                                                      f", {args.out / 'ann.pt'}"))
-    console.print(f"P6: SNN {100 * prof.activity.accuracy:.1f}% vs ANN {100 * prof.ann_accuracy:.1f}% on mnist; "
-                  f"predicted energy SNN/ANN {head.ratio:.2f} ({head.target}); "
+    for f in prof.fits:
+        console.print(f"fit on {f.verdict()} (predicted: {f.usage['neurons']:,} neurons, {f.usage['cores']:,} cores, "
+                      f"max fan-in {f.usage['max_fan_in']:,})", highlight=False, soft_wrap=True)
+    nir_line = nir_round_trip(net, bundle, args.out) if args.reset == "zero" else "P6 (NIR): not exported (reset by subtraction has no NIR neuron)"
+    n = prof.activity.samples
+    snn_lo, snn_hi = wilson(round(prof.activity.accuracy * n), n)
+    ann_lo, ann_hi = wilson(round(prof.ann_accuracy * n), n)
+    console.print(f"P6: SNN {100 * prof.activity.accuracy:.1f}% (95% CI {100 * snn_lo:.1f}-{100 * snn_hi:.1f}) vs ANN "
+                  f"{100 * prof.ann_accuracy:.1f}% ({100 * ann_lo:.1f}-{100 * ann_hi:.1f}) on mnist ({n} test samples, "
+                  f"Wilson intervals); predicted energy SNN/ANN {head.ratio:.2f} ({head.target}); "
                   f"{prof.activity.spikes_per_neuron:.1f} spikes/neuron/inference", highlight=False, soft_wrap=True)
+    console.print(nir_line, highlight=False, soft_wrap=True)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (95% for z = 1.96)."""
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return mid - half, mid + half
+
+
+def nir_round_trip(net, bundle, out: Path) -> str:
+    """Export the SNN as NIR, run the test split in Norse and SpikingJelly from the file, compare with hwai."""
+    from hwai.snn.nir_check import check, file_kib
+    from hwai.snn.nir_export import to_nir, write_nir
+
+    export = to_nir(net, tuple(bundle.sample_shape))
+    write_nir(export, out / "model.nir")
+    checks = check(net, export, bundle, "test")
+    for c in checks:
+        console.print(f"{c.simulator} {c.version}: top-1 agreement {c.agreement:.2%} on {c.samples} test samples, "
+                      f"accuracy {c.accuracy:.2%} (hwai {c.hwai_accuracy:.2%}), max |readout difference| "
+                      f"{c.max_logit_diff:.2g}; spikes/inference per layer (hwai, {c.simulator}): "
+                      + ", ".join(f"{k} {h:,.0f}/{s:,.0f}" for k, (h, s) in c.spikes.items()), highlight=False,
+                      soft_wrap=True)
+    a, b = checks
+    return (f"P6 (NIR): {a.simulator} {100 * a.agreement:.1f}%, {b.simulator} {100 * b.agreement:.1f}% top-1 agreement "
+            f"with hwai's SNN on the test split; spike counts per layer within {100 * max(a.spike_diff, b.spike_diff):.2g}%; "
+            f"NIR file {file_kib(export.path):,.0f} KiB")
 
 
 if __name__ == "__main__":

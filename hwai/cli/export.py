@@ -25,7 +25,15 @@ def export(
     input_size: Optional[int] = typer.Option(None, help="resize images (default: the checkpoint's size)"),
     out: Path = typer.Option(Path("deploy"), help="output directory: <runtime>/model*.{onnx,xml,pte,tflite}, results.json"),
 ) -> None:
-    """Export a model to a runtime (or a target's runtimes, or auto), verify parity, measure latency and accuracy."""
+    """Export a model to a runtime (or a target's runtimes, or auto), verify parity, measure latency and accuracy;
+    a spiking checkpoint (hwai snn train) is written as a NIR graph instead (hwai snn export --nir)."""
+    if model.endswith((".pt", ".pth")):
+        from hwai.snn.model import is_checkpoint
+
+        if is_checkpoint(model):
+            from hwai.cli.snn import export_snn
+
+            return export_snn(Path(model), out)
     from hwai import io
     from hwai import runtimes as hrt
     from hwai import targets as htargets

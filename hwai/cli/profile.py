@@ -33,9 +33,9 @@ def profile(
 
         if is_checkpoint(model):
             from hwai.cli.snn import profile_checkpoint
+            from hwai.snn.config import TARGETS
 
-            return profile_checkpoint(Path(model), data, (target,) if target else ("neuromorphic-45nm", "loihi"),
-                                      json_out=json_out)
+            return profile_checkpoint(Path(model), data, (target,) if target else TARGETS, json_out=json_out)
     onnx_file = model.endswith(".onnx")
     if onnx_file:
         check_path(model)  # before loading data: a wrong path fails fast

@@ -10,6 +10,7 @@ import typer
 
 from hwai.cli.common import DATA_HELP, JSON_HELP, console, show, write_json
 from hwai.errors import UserError
+from hwai.snn.config import TARGETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Spiking neural networks (snnTorch): train with surrogate gradients, convert a trained ANN, "
@@ -59,6 +60,12 @@ def _summary(prof, out: Path | None) -> None:
                       f"{e.updates_uj:.2f}" + (f", input MACs {e.macs_uj:.2f}" if e.macs_uj is not None else "")
                       + f"){ann} (predicted, {e.target_file})", highlight=False)
         for note in e.notes:
+            console.print(f"  note: {note}", highlight=False)
+    for f in prof.fits:
+        console.print(f"fit on {f.verdict()} (predicted, {f.target_file}: {f.usage['neurons']:,} neurons, "
+                      f"{f.usage['cores']:,} cores, max fan-in {f.usage['max_fan_in']:,}, "
+                      f"{f.usage['synapses']:,} synapses at {f.usage['weight_bits']} bits)", highlight=False)
+        for note in f.notes:
             console.print(f"  note: {note}", highlight=False)
     for a in prof.ann_targets:
         console.print(f"same-shape ANN on {a['target']} ({a['precision']}): {a['energy_uj']:.1f} uJ, "
@@ -113,7 +120,7 @@ def train(
     input_size: Optional[int] = typer.Option(None, help="resize images to this size"),
     ann: Optional[Path] = typer.Option(None, help="a trained checkpoint of the same-shape ANN: its test accuracy "
                                                   "is the baseline (default: --model, when that is a checkpoint)"),
-    target: List[str] = typer.Option(["neuromorphic-45nm", "loihi"], help=TARGET_HELP),
+    target: List[str] = typer.Option(list(TARGETS), help=TARGET_HELP),
     ann_target: str = typer.Option("stm32h743", help=ANN_TARGET_HELP),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="run directory: model.pt (every epoch), results.json, report.html "
@@ -167,7 +174,7 @@ def convert(
                                                               "activations on training data (validation chooses)"),
     coding: str = typer.Option("rate", help="input coding: rate or direct"),
     calibration_samples: int = typer.Option(1000, min=1, help="training samples for the activation percentiles"),
-    target: List[str] = typer.Option(["neuromorphic-45nm", "loihi"], help=TARGET_HELP),
+    target: List[str] = typer.Option(list(TARGETS), help=TARGET_HELP),
     ann_target: str = typer.Option("stm32h743", help=ANN_TARGET_HELP),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="run directory: results.json, report.html "
@@ -222,7 +229,7 @@ def convert(
 def profile_cmd(
     model: Path = typer.Option(..., help="an SNN checkpoint (hwai snn train writes RUN/model.pt)"),
     data: Optional[str] = typer.Option(None, help="data set (default: the one the checkpoint was trained on)"),
-    target: List[str] = typer.Option(["neuromorphic-45nm", "loihi"], help=TARGET_HELP),
+    target: List[str] = typer.Option(list(TARGETS), help=TARGET_HELP),
     ann_target: str = typer.Option("stm32h743", help=ANN_TARGET_HELP),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
@@ -230,7 +237,7 @@ def profile_cmd(
     profile_checkpoint(model, data, tuple(target), ann_target, json_out)
 
 
-def profile_checkpoint(model: Path, data: str | None, targets: tuple[str, ...] = ("neuromorphic-45nm", "loihi"),
+def profile_checkpoint(model: Path, data: str | None, targets: tuple[str, ...] = TARGETS,
                        ann_target: str = "stm32h743", json_out: Path | None = None) -> None:
     """`hwai snn profile`, also what `hwai profile --model snn.pt [--target T]` runs for a spiking checkpoint
     (a neuromorphic T prices the SNN, any other T predicts the same-shape ANN)."""
@@ -243,7 +250,7 @@ def profile_checkpoint(model: Path, data: str | None, targets: tuple[str, ...] =
     conventional = [t for t, kind in kinds.items() if kind != "neuromorphic"]
     if conventional:
         ann_target = conventional[0]
-        targets = tuple(t for t, kind in kinds.items() if kind == "neuromorphic") or ("neuromorphic-45nm", "loihi")
+        targets = tuple(t for t, kind in kinds.items() if kind == "neuromorphic") or TARGETS
     from hwai import data as hdata
     from hwai.snn.model import load_checkpoint
     from hwai.snn.profile import profile, results
@@ -259,3 +266,63 @@ def profile_checkpoint(model: Path, data: str | None, targets: tuple[str, ...] =
     _summary(prof, None)
     if json_out is not None:
         write_json(json_out, results(prof, "snn profile"))
+
+
+@app.command("export")
+def export_cmd(
+    model: Path = typer.Argument(..., help="an SNN checkpoint (hwai snn train writes RUN/model.pt)"),
+    nir: bool = typer.Option(False, "--nir", help="write a NIR graph (neuroir.org), the format this command writes"),
+    out: Path = typer.Option(Path("deploy"), help="output directory: model.nir, results.json"),
+    check: int = typer.Option(0, min=0, help="also run this many test samples in Norse and SpikingJelly from the "
+                                             "file and compare classes and spikes with hwai (0: no check)"),
+    data: Optional[str] = typer.Option(None, help="data set of the check (default: the checkpoint's)"),
+) -> None:
+    """Export a spiking net as a NIR graph (Conv2d, SumPool2d, Flatten, Affine, LIF/IF as trained) for other
+    simulators and neuromorphic toolchains; optionally check it in Norse and SpikingJelly."""
+    if not nir:
+        raise UserError("name the format to write: --nir (NIR, the format neuromorphic toolchains read)")
+    export_snn(model, out, check, data)
+
+
+def export_snn(model: Path, out: Path, check: int = 0, data: str | None = None) -> None:
+    """`hwai snn export --nir`, also what `hwai export --model snn.pt` runs for a spiking checkpoint."""
+    from rich.table import Table
+
+    from hwai import data as hdata
+    from hwai import io
+    from hwai.snn import require_snntorch
+    from hwai.snn.nir_check import check as run_check
+    from hwai.snn.nir_check import file_kib
+    from hwai.snn.nir_export import export_checkpoint
+
+    require_snntorch()
+    export, net, meta = export_checkpoint(model, out)
+    table = Table(title=f"NIR graph of {model}: {export.steps} steps, dt {export.dt:g} s")
+    for col in ("node", "NIR type", "hwai layer", "threshold", "tau (s)", "weights"):
+        table.add_column(col, justify="left" if col in ("node", "NIR type", "hwai layer") else "right")
+    rows = export.summary()
+    for r in rows:
+        table.add_row(r["node"], r["type"], r["hwai"] or "", _opt(r.get("threshold"), ".4g"),
+                      _opt(r.get("tau_s"), ".4g"), _opt(r.get("weights"), ","))
+    show(table)
+    checks = []
+    if check:
+        stored = meta.get("data", {})
+        size = stored.get("input_size")
+        bundle = hdata.load(data or stored.get("spec") or "mnist", input_size=tuple(size) if size else None,
+                            deskew=stored.get("deskew"))
+        checks = run_check(net, export, bundle, "test", limit=check)
+        for c in checks:
+            console.print(f"{c.simulator} {c.version}: {c.agreement:.1%} top-1 agreement with hwai on {c.samples} test "
+                          f"samples (accuracy {c.accuracy:.2%} vs hwai {c.hwai_accuracy:.2%}); spike counts per layer "
+                          f"within {c.spike_diff:.2%}; max |readout difference| {c.max_logit_diff:.2g} (measured)",
+                          highlight=False)
+    io.write_json(out / "results.json", {"format": "nir", "file": str(export.path), "kib": file_kib(export.path),
+                                         "dt": export.dt, "steps": export.steps, "nodes": rows,
+                                         "checks": [c.to_dict() for c in checks]})
+    console.print(f"wrote {export.path} ({file_kib(export.path):.0f} KiB) and "
+                  f"{out / 'results.json'}", highlight=False)
+
+
+def _opt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)

@@ -8,6 +8,7 @@ until a function needs it, so `import hwai.snn` stays lean.
     from hwai.snn import SNNConfig, spiking, measure_activity
     net = hwai.snn.create("cnn", data, SNNConfig(steps=8))            # a spiking zoo model
     net = hwai.snn.spiking(my_conv_net, data, SNNConfig(coding="rate"))  # any conv net: ReLU -> LIF
+    hwai.snn.write_nir(hwai.snn.to_nir(net, (1, 28, 28)), "model.nir")   # for Norse, SpikingJelly, Lava, ...
 """
 from importlib import import_module
 
@@ -32,6 +33,11 @@ _LAZY = {
     "measure_activity": ("hwai.snn.activity", "measure_activity"),
     "energy": ("hwai.snn.energy", "energy"),
     "compare_latency": ("hwai.snn.energy", "compare_latency"),
+    "to_nir": ("hwai.snn.nir_export", "to_nir"),
+    "write_nir": ("hwai.snn.nir_export", "write_nir"),
+    "export_nir": ("hwai.snn.nir_export", "export_checkpoint"),
+    "check_nir": ("hwai.snn.nir_check", "check"),
+    "chip_fit": ("hwai.snn.chips", "chip_fit"),
 }
 
 

@@ -33,6 +33,7 @@ class EnergyEstimate:
     updates_uj: float
     ann_uj: float | None  # the same-shape ANN on the same process (needs energy_fp32_pj_per_mac)
     notes: list[str] = field(default_factory=list)
+    static_uj: float = 0.0  # static power x steps x time step, where the profile gives both (included in snn_uj)
     kind: str = "predicted"
 
     @property
@@ -63,8 +64,15 @@ def energy(activity: Activity, target) -> EnergyEstimate:
     if macs is None and activity.macs:
         notes.append(f"{t.name} prices no multiply-accumulates: the {activity.macs:,.0f} MACs on non-spike input "
                      "(e.g. the image under direct coding) are not included")
-    return EnergyEstimate(t.name, t.path, sops + updates + (macs or 0.0), sops, macs, updates,
-                          activity.dense_synops * e_mac * 1e6 if e_mac is not None else None, notes)
+    static = 0.0
+    if "static_w" in t.chip and "timestep_s" in t.chip:
+        static = t.chip["static_w"] * activity.steps * t.chip["timestep_s"] * 1e6
+    elif t.chip and not t.energy_per_neuron_update_j:
+        notes.append(f"{t.name}'s energy per synaptic operation is all-in: static power and neuron updates are inside it")
+    elif t.chip:
+        notes.append(f"{t.name}'s profile has no static power and time step (not published): static energy is not included")
+    return EnergyEstimate(t.name, t.path, sops + updates + (macs or 0.0) + static, sops, macs, updates,
+                          activity.dense_synops * e_mac * 1e6 if e_mac is not None else None, notes, static)
 
 
 def ann_prediction(ann: nn.Module, example: torch.Tensor, target: str = "stm32h743", precision: str = "fp32"):

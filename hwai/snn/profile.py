@@ -14,10 +14,11 @@ from hwai.data import DataBundle
 from hwai.errors import UserError
 from hwai.models import ModelSpec, build
 from hwai.snn.activity import Activity, measure_activity
+from hwai.snn.chips import ChipFit, chip_fit
+from hwai.snn.config import TARGETS
 from hwai.snn.energy import EnergyEstimate, LatencyComparison, ann_prediction, compare_latency, energy
 from hwai.snn.model import SpikingNet
 
-TARGETS = ("neuromorphic-45nm", "loihi")  # neuromorphic profiles priced by default; the first is the headline
 ANN_TARGET = "stm32h743"  # where the same-shape ANN is predicted by hwai.cost
 
 
@@ -34,6 +35,7 @@ class SNNProfile:
     latency: LatencyComparison | None  # measured on this CPU
     ann_macs: dict[str, int]  # graph node -> MACs of the same-shape ANN (hwai.graph, padding included)
     ann_accuracy: float | None  # a trained same-shape ANN on the test split (measured), if one was given
+    fits: list[ChipFit] = field(default_factory=list)  # predicted: fits / does not fit, per chip with limits
 
     @property
     def headline(self) -> EnergyEstimate:
@@ -48,7 +50,8 @@ class SNNProfile:
         return {"model": self.model, "data": self.data, "config": self.net.cfg.to_dict(), "notice": self.net.notice,
                 "activity": self.activity.to_dict(), "layers": self.rows(),
                 "energy": [e.to_dict() for e in self.energies], "ann_targets": self.ann_targets,
-                "latency": self.latency.to_dict() if self.latency else None, "ann_accuracy": self.ann_accuracy}
+                "latency": self.latency.to_dict() if self.latency else None, "ann_accuracy": self.ann_accuracy,
+                "fits": [f.to_dict() for f in self.fits]}
 
 
 def profile(net: SpikingNet, spec: ModelSpec, data: DataBundle, targets: tuple[str, ...] = TARGETS,
@@ -78,9 +81,10 @@ def profile(net: SpikingNet, spec: ModelSpec, data: DataBundle, targets: tuple[s
                                 "energy_uj": p.energy_mj * 1e3, "latency_ms": p.latency_ms, "kind": "predicted",
                                 "prediction": p.describe()})
     latency = compare_latency(net, same_shape, example, pairs) if pairs else None
+    fits = [f for f in (chip_fit(net, activity, t) for t in targets) if f.fits is not None]
     return SNNProfile(spec.name, data.spec, net, activity, energies, ann_targets, latency,
                       {n.name: n.macs for n in graph.nodes if n.macs},
-                      evaluate(ann, data, "test", limit=limit) if ann is not None else None)
+                      evaluate(ann, data, "test", limit=limit) if ann is not None else None, fits)
 
 
 def results(prof: SNNProfile, command: str, extra: dict | None = None) -> dict:

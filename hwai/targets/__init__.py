@@ -12,6 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from hwai.errors import UserError
@@ -42,6 +43,11 @@ _E_BYTE = re.compile(rf"energy_({'|'.join(LEVELS)})_pj_per_byte")
 _LANES = re.compile(rf"lanes_({'|'.join(DTYPES)})")  # SIMD width in channels: convs pad channels to a multiple
 _SPARSE = re.compile(r"(sparse)_speedup_max")  # cap on the speed-up from zero weights (2:4 sparsity: 2x)
 _E_SPIKE = re.compile(r"energy_(sop|neuron_update)_pj")  # spiking nets: per synaptic operation / neuron update
+# neuromorphic chips, all optional: YAML field -> (key in Target.chip, scale to SI, unit, whole number?)
+CHIP_FIELDS = {"static_mw": ("static_w", 1e-3, "mW", False), "timestep_us": ("timestep_s", 1e-6, "us", False),
+               "cores": ("cores", 1, "", True), "neurons_per_core": ("neurons_per_core", 1, "", True),
+               "synapse_kib_per_core": ("synapse_bytes_per_core", 1024, "KiB", False),
+               "max_fan_in": ("max_fan_in", 1, "", True), "weight_bits": ("weight_bits", 1, "bits", True)}
 _UNIT_HINTS = {r"\w*lanes\w*": "lanes_<dtype> (channels)", r"peak_\w+": "peak_<dtype>_tops|gops|mops", r"(sram|flash|dram)_(kb|mb|gb|bytes)": "<level>_kib|mib|gib",
                r"(sram|flash|dram)_\w*(bw|bandwidth|gb_s|mbps)\w*": "<level>_gbps",
                r"energy_\w+": "energy_<dtype>_pj_per_mac or energy_<level>_pj_per_byte"}
@@ -105,6 +111,7 @@ class Target:
     memory_time_factor: float = 1.0  # multiplies every memory time (bytes / bandwidth), fitted to measurements
     energy_per_sop_j: float | None = None  # spiking nets: one synaptic operation (a spike reaching a synapse)
     energy_per_neuron_update_j: float | None = None  # spiking nets: one neuron's state update in one time step
+    chip: dict = dataclass_field(default_factory=dict)  # neuromorphic chips: static_w, timestep_s and limits (CHIP_FIELDS)
 
     def lookup(self, table: dict, op: str, dtype: str) -> float:
         """Per-op factor: `op:dtype`, then `op` (depthwise falls back to conv), then `_default:dtype`, `_default`."""
@@ -289,15 +296,24 @@ def _parse_neuromorphic(raw: dict, path: str) -> Target:
         if not isinstance(raw[field], str) or not raw[field].strip():
             _fail(path, field, "must be non-empty text")
         text[field] = raw[field].strip()
-    spike, e_mac, sources = {}, {}, {}
+    spike, e_mac, chip, sources = {}, {}, {}, {}
     for key, entry in raw.items():
         if key in text:
+            continue
+        if key in CHIP_FIELDS:
+            name, scale, unit, whole = CHIP_FIELDS[key]
+            value, source = _number(path, key, entry)
+            if whole and value != int(value):
+                _fail(path, key, f"value must be a whole number, got {value}")
+            chip[name] = int(value) if whole else value * scale
+            sources[key] = (value, unit, source)
             continue
         m = _E_SPIKE.fullmatch(str(key)) or _E_MAC.fullmatch(str(key))
         if m is None:
             _fail(path, key, "unknown field for kind neuromorphic (energy_sop_pj, energy_neuron_update_pj, "
-                             "energy_<dtype>_pj_per_mac)")
-        value, source = _number(path, key, entry)
+                             f"energy_<dtype>_pj_per_mac, {', '.join(CHIP_FIELDS)})")
+        # a neuron update may cost 0 apart: where energy_sop_pj is an all-in figure (chip energy / synaptic events)
+        value, source = _number(path, key, entry, allow_zero=m.re is _E_SPIKE and m[1] == "neuron_update")
         (spike if m.re is _E_SPIKE else e_mac)[m[1]] = value * 1e-12
         sources[key] = (value, "pJ", source)
     for what in ("sop", "neuron_update"):
@@ -307,4 +323,5 @@ def _parse_neuromorphic(raw: dict, path: str) -> Target:
                   path=path, dtypes=tuple(d for d in DTYPES if d in e_mac), ops=(), sparsity_accelerated=False,
                   weights_in="sram", peak_ops={}, capacity_bytes={}, bandwidth_bps={}, energy_per_mac_j=e_mac,
                   energy_per_byte_j={}, lanes={}, sparse_speedup_max=1.0, efficiency={}, overhead_s={},
-                  sources=sources, energy_per_sop_j=spike["sop"], energy_per_neuron_update_j=spike["neuron_update"])
+                  sources=sources, energy_per_sop_j=spike["sop"], energy_per_neuron_update_j=spike["neuron_update"],
+                  chip=chip)
