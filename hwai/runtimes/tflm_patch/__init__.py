@@ -12,7 +12,7 @@ TensorFlow Lite Micro measures it.
     hwai.runtimes.tflm_patch.run_c("bundle/", images)                            # the C glue, compiled here
 
 Modules: `cut` (the quantized graph and where the split is in it), `pieces` (tile and rest models as fx
-modules), `choose` (which plan, for TFLM's arena), `bundle` (convert, measure, write), `glue` (Python glue over
+modules), `scoring` (which plan, for TFLM's arena), `bundle` (convert, measure, write), `glue` (Python glue over
 the TFLM interpreter), `csource` (generated headers, README), `host` (compile and run the C glue on this host).
 """
 from hwai.lazy import exports
@@ -21,8 +21,8 @@ _LAZY = {
     "export": ("hwai.runtimes.tflm_patch.bundle", "export"),
     "PatchBundle": ("hwai.runtimes.tflm_patch.bundle", "PatchBundle"),
     "Inexpressible": ("hwai.runtimes.tflm_patch.cut", "Inexpressible"),
-    "choose": ("hwai.runtimes.tflm_patch.choose", "choose"),
-    "predict": ("hwai.runtimes.tflm_patch.choose", "predict"),
+    "choose": ("hwai.runtimes.tflm_patch.scoring", "choose"),
+    "predict": ("hwai.runtimes.tflm_patch.scoring", "predict"),
     "PatchRunner": ("hwai.runtimes.tflm_patch.glue", "PatchRunner"),
     "WholeRunner": ("hwai.runtimes.tflm_patch.glue", "WholeRunner"),
     "parity": ("hwai.runtimes.tflm_patch.glue", "parity"),

@@ -19,7 +19,7 @@ from hwai.errors import UserError
 from hwai.runtimes import litert, tflm
 from hwai.runtimes.common import artifact_name, float_model, one_input, pt2e_int8, silenced
 from hwai.runtimes.tflm_patch import csource
-from hwai.runtimes.tflm_patch.choose import aligned, choose, predict
+from hwai.runtimes.tflm_patch.scoring import aligned, choose, predict
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ def export(model: nn.Module, example: torch.Tensor, out_dir: str | Path, calib: 
            grid: int | None = None, tolerance: float = 0.05) -> PatchBundle:
     """Write the patch bundle of `model` into out_dir (int8, one example row's shape). split / grid: the patch plan
     (a split point of hwai.memory.capture's graph and an n x n grid); None: chosen for TFLite Micro's arena
-    (hwai.runtimes.tflm_patch.choose, within `tolerance` of the lowest). A stage the tile models cannot express,
+    (hwai.runtimes.tflm_patch.scoring.choose, within `tolerance` of the lowest). A stage the tile models cannot express,
     or no plan at all, writes the whole-model bundle with the reason in bundle.json."""
     from hwai import memory
     from hwai.runtimes.tflm_patch import cut
@@ -81,20 +81,29 @@ def export(model: nn.Module, example: torch.Tensor, out_dir: str | Path, calib: 
     graph = memory.capture(float_model(model), example)
     quantizer, options = litert.int8_quantizer()
     q = pt2e_int8(model, example, calib, quantizer, fold=False)
-    moved = cut.requantize_skips(q)
-    whole = to_tflite(q, example, options, channels_last_output=False)
-    whole_arena = measure(whole)
-    chosen = choose(graph, whole_arena["tail_bytes"], tolerance) if split is None else None
-    split, grid = (chosen.split, chosen.grid) if chosen is not None else (split, grid)
-    context = {"graph": graph, "whole": whole, "whole_arena": whole_arena, "requantized_edges": moved,
-               "chosen": chosen, "tolerance": tolerance}
+    ctx = {"graph": graph, "requantized_edges": cut.requantize_skips(q), "chosen": None, "tolerance": tolerance}
+    qg = cut.qgraph(q)
     if split is None:
-        return _fallback(model, example, out_dir, calib, "no patch plan lowers the predicted TensorFlow Lite Micro "
-                         "arena below the whole model's", None, None)
+        _whole(ctx, q, example, options)
+        ctx["chosen"] = choose(graph, ctx["whole_arena"]["tail_bytes"], tolerance)
+        split, grid = ctx["chosen"].split, ctx["chosen"].grid
+        if split is None:
+            return _fallback(model, example, out_dir, calib, "no patch plan lowers the predicted TensorFlow Lite "
+                             "Micro arena below the whole model's", None, None)
     try:
-        return _write(cut.qgraph(q), split, grid, out_dir, options, context)
+        pieces = _cut(qg, graph, split, grid)
+        _whole(ctx, q, example, options)
+        models, blobs = _convert(pieces, options)
     except cut.Inexpressible as exc:
         return _fallback(model, example, out_dir, calib, str(exc), split, grid)
+    return _files(out_dir, _meta(qg, pieces, models, blobs, split, grid, ctx), blobs, ctx["whole"])
+
+
+def _whole(ctx: dict, q, example, options: dict) -> None:
+    """The whole quantized model as .tflite (channels-last input) and its arena, measured, into ctx (once)."""
+    if "whole" not in ctx:
+        ctx["whole"] = to_tflite(q, example, options, channels_last_output=False)
+        ctx["whole_arena"] = measure(ctx["whole"])
 
 
 def _fallback(model, example, out_dir: Path, calib, why: str, split: str | None, grid: int | None) -> PatchBundle:
@@ -107,73 +116,104 @@ def _fallback(model, example, out_dir: Path, calib, why: str, split: str | None,
     return PatchBundle(out_dir, meta, why)
 
 
-def _models(qg, split: str, grid: int, options: dict) -> tuple[list, list[dict], list[bytes], object]:
-    """The tiles; per model (tile models, then the rest) its description with the arena TFLite Micro measured, and
-    its .tflite bytes; the patch plan of the quantized graph."""
+@dataclass
+class _Pieces:
+    """A patch plan cut out of the quantized graph, before conversion."""
+
+    split: str  # the split's node in the quantized graph
+    qplan: object  # hwai.memory plan of the quantized graph
+    tiles: list  # pieces.Tile
+    modules: list  # fx modules: tile models, then the rest
+    examples: list  # an input of each module's shape (NCHW)
+
+
+def _cut(qg, graph, float_split: str, grid: int) -> _Pieces:
+    """Tile and rest modules for the plan (float_split, grid) of the float graph; Inexpressible when the stage has
+    an op the tile models cannot express."""
     import torch
 
     from hwai import memory
     from hwai.runtimes.tflm_patch import cut, pieces
 
+    split = cut.locate(qg, graph, float_split)
     try:
         qplan = memory.plan(qg.graph, "int8", split=split, grid=grid)
-    except UserError:
-        odd = next(n for n in qg.graph.nodes if not n.attrs.get("local"))
-        raise cut.Inexpressible(odd.target, "no tile form for this op in the quantized graph") from None
+    except UserError as exc:
+        odd = _first_non_local(qg.graph, split)
+        if odd is None:
+            raise
+        raise cut.Inexpressible(odd.target, f"node {odd.name} of the quantized graph has no tile form (a patch "
+                                "stage holds convolutions, pools and pointwise ops)") from exc
     tiles, reps = pieces.plan_tiles(qg, split, qplan)
+    modules = [pieces.tile_module(qg, split, own, box) for own, box in reps] + [pieces.rest_module(qg, split)]
+    examples = [torch.zeros(1, qg.input_shape[1], box[1] - box[0], box[3] - box[2]) for _, box in reps]
+    return _Pieces(split, qplan, tiles, modules, examples + [torch.zeros(qg.graph[split].output_shape)])
+
+
+def _first_non_local(graph, split: str):
+    """The first node the split depends on that is not a spatially local op (hwai.memory's `local` mark), or None."""
+    ancestors, todo = set(), [split]
+    while todo:
+        name = todo.pop()
+        if name not in ancestors:
+            ancestors.add(name)
+            todo.extend(graph[name].inputs)
+    return next((n for n in graph.nodes if n.name in ancestors and not n.attrs.get("local")), None)
+
+
+def _convert(pieces: _Pieces, options: dict) -> tuple[list[dict], list[bytes]]:
+    """Each module as an int8 .tflite (tile models with channels-last output) and its description with the arena
+    TFLite Micro measured; Inexpressible naming the op when TFLite Micro cannot run one."""
+    from hwai.runtimes.tflm_patch import cut
+
     described, blobs = [], []
-    for k, (own, box) in enumerate(reps):
-        shape = (1, qg.input_shape[1], box[1] - box[0], box[3] - box[2])
-        blobs.append(to_tflite(pieces.tile_module(qg, split, own, box), torch.zeros(shape), options, True))
-        described.append({"file": f"tile_{k}.tflite", "array": f"g_hwai_tile_{k}", "input_hw": list(shape[2:])})
-    rest = pieces.rest_module(qg, split)
-    blobs.append(to_tflite(rest, torch.zeros(qg.graph[split].output_shape), options, False))
-    described.append({"file": "rest.tflite", "array": "g_hwai_rest"})
-    for entry, data in zip(described, blobs):
+    last = len(pieces.modules) - 1
+    for k, (module, example) in enumerate(zip(pieces.modules, pieces.examples)):
+        data = to_tflite(module, example, options, channels_last_output=k < last)
+        entry = {"file": f"tile_{k}.tflite", "array": f"g_hwai_tile_{k}", "input_hw": list(example.shape[2:])} \
+            if k < last else {"file": "rest.tflite", "array": "g_hwai_rest"}
         try:
             entry.update(bytes=len(data), **measure(data))
         except UserError as exc:  # TFLite Micro has no kernel for an op the converter chose
             op = str(exc).split("opcode '")[1].split("'")[0] if "opcode '" in str(exc) else entry["file"]
             raise cut.Inexpressible(op, str(exc)) from None
-    return tiles, described, blobs, qplan
+        described.append(entry)
+        blobs.append(data)
+    return described, blobs
 
 
-def _write(qg, float_split: str, grid: int, out_dir: Path, options: dict, ctx: dict) -> PatchBundle:
+def _meta(qg, pieces: _Pieces, models: list[dict], blobs: list[bytes], float_split: str, grid: int, ctx: dict) -> dict:
+    """bundle.json: the plan, the tiles, the models, the arena measured and predicted, the MACs, the choice."""
     from hwai import memory
-    from hwai.runtimes.tflm_patch import cut
 
-    split = cut.locate(qg, ctx["graph"], float_split)
-    tiles, models, blobs, qplan = _models(qg, split, grid, options)
-    graph = ctx["graph"]
+    graph, split, whole = ctx["graph"], pieces.split, ctx["whole_arena"]
     stage_shape = qg.graph[split].output_shape
-    input_bytes, stage_bytes = math.prod(qg.input_shape), math.prod(stage_shape)
-    tile_arena = max(m["arena_bytes"] for m in models[:-1])
-    rest_arena = models[-1]["arena_bytes"]
-    layout = {"stage_region": aligned(stage_bytes), "input_region": aligned(input_bytes)}
-    arena = layout["stage_region"] + max(layout["input_region"] + tile_arena, rest_arena)
+    tile_arena, rest_arena = max(m["arena_bytes"] for m in models[:-1]), models[-1]["arena_bytes"]
+    layout = {"stage_region": aligned(math.prod(stage_shape)), "input_region": aligned(math.prod(qg.input_shape))}
     plan = memory.plan(graph, "int8", split=float_split, grid=grid)
     predicted = predict(graph, memory.plan(graph, "int8", inplace=False, split=float_split, grid=grid),
-                        ctx["whole_arena"]["tail_bytes"])
-    meta = {
+                        whole["tail_bytes"])
+    return {
         "kind": "patch", "model": WHOLE, "converter": "litert-torch (PT2E int8, quantized once, then cut)",
         "requantized_edges": ctx["requantized_edges"], "split": float_split, "split_quantized_graph": split,
-        "grid": grid, "tiles": [[t.model, *t.in_box, *t.out_box] for t in tiles], "models": models,
+        "grid": grid, "tiles": [[t.model, *t.in_box, *t.out_box] for t in pieces.tiles], "models": models,
         "input": {"shape": [1, *qg.input_shape[2:], qg.input_shape[1]], **_qparams(qg.input_quant)},
         "stage": {"shape": [1, *stage_shape[2:], stage_shape[1]], **_qparams(qg.quant[split])},
         "output": _output(blobs[-1], rest_arena),
-        "arena": {"kind": "measured", "bytes": arena, **layout, "tile_arena_bytes": tile_arena,
-                  "rest_arena_bytes": rest_arena, "whole_model_bytes": ctx["whole_arena"]["arena_bytes"],
-                  "whole_model_tail_bytes": ctx["whole_arena"]["tail_bytes"], "input_counted": True,
+        "arena": {"kind": "measured", "bytes": layout["stage_region"] + max(layout["input_region"] + tile_arena,
+                                                                            rest_arena),
+                  **layout, "tile_arena_bytes": tile_arena, "rest_arena_bytes": rest_arena,
+                  "whole_model_bytes": whole["arena_bytes"], "whole_model_tail_bytes": whole["tail_bytes"],
+                  "input_counted": True,
                   "by": "TensorFlow Lite Micro (tflite-micro Python package, reference kernels): the smallest arena "
                         "each model's AllocateTensors succeeds in"},
         "predicted": {"kind": "predicted", "planner_patch_arena_bytes": plan.arena_bytes,
                       "planner_layer_by_layer_bytes": plan.layer_by_layer_bytes,
                       "tflm_stage_phase_bytes": predicted.stage_bytes, "tflm_rest_phase_bytes": predicted.rest_bytes},
         "macs": {"model": graph.macs, "patch": plan.macs, "extra": plan.extra_macs,
-                 "extra_quantized_graph": qplan.extra_macs},
+                 "extra_quantized_graph": pieces.qplan.extra_macs},
         "choice": _choice(ctx, graph),
     }
-    return _files(out_dir, meta, blobs, ctx["whole"])
 
 
 def _choice(ctx: dict, graph) -> dict:

@@ -39,7 +39,8 @@ class Inexpressible(UserError):
         self.op = op
 
 
-def _ops():
+def qdq_ops():
+    """PT2E's per-tensor quantize and dequantize ops (registered once torchao's PT2E is imported)."""
     qd = torch.ops.quantized_decomposed
     return qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default
 
@@ -55,7 +56,7 @@ def requantize_skips(gm: fx.GraphModule) -> int:
     """Make every edge int8: a value that has a quantize node but is also read directly in float (litert-torch's
     PT2E quantizer leaves residual edges so, and the converter then runs those adds in float) is read through a
     dequantize of that quantize node instead. Returns the number of edges rerouted."""
-    q_t, dq_t = _ops()
+    q_t, dq_t = qdq_ops()
     moved = 0
     for node in list(gm.graph.nodes):
         quant = next((u for u in node.users if u.target is q_t), None)
@@ -83,7 +84,7 @@ class QGraph:
     input_shape: tuple[int, ...]
 
 
-def _source(node: fx.Node, q_t, dq_t) -> fx.Node:
+def source(node: fx.Node, q_t, dq_t) -> fx.Node:
     """The compute node (or placeholder) behind a chain of quantize / dequantize nodes."""
     while node.target in (q_t, dq_t):
         node = node.args[0]
@@ -130,7 +131,7 @@ def window(gm: fx.GraphModule, node: fx.Node) -> dict | None:
 def qgraph(gm: fx.GraphModule) -> QGraph:
     """Index the compute ops of a converted PT2E graph (after `requantize_skips`) as a hwai graph with the
     annotations hwai.memory.patch plans with: windows, pointwise ops, reads of the input, returned values."""
-    q_t, dq_t = _ops()
+    q_t, dq_t = qdq_ops()
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
     input_quant = next(u for u in placeholder.users if u.target is q_t)
     active, nodes, quant = {placeholder}, [], {}
@@ -140,7 +141,7 @@ def qgraph(gm: fx.GraphModule) -> QGraph:
         active.add(fxn)
         if fxn.target in (q_t, dq_t):
             continue
-        sources = [_source(a, q_t, dq_t) for a in fxn.all_input_nodes if a in active]
+        sources = [source(a, q_t, dq_t) for a in fxn.all_input_nodes if a in active]
         inputs = list(dict.fromkeys(s.name for s in sources if s is not placeholder))
         shape = _shape(fxn)
         node = Node(fxn.name, kind(fxn), kind(fxn), shape, "int8", 0, 0, 0, 0, math.prod(shape) if shape else 0,
@@ -154,7 +155,7 @@ def qgraph(gm: fx.GraphModule) -> QGraph:
             quant[fxn.name] = q
     output = next(n for n in gm.graph.nodes if n.op == "output")
     for arg in output.all_input_nodes:
-        returned = _source(arg, q_t, dq_t)
+        returned = source(arg, q_t, dq_t)
         for node in nodes:
             node.attrs["output"] = node.attrs.get("output") or node.name == returned.name
     shape = _shape(placeholder)

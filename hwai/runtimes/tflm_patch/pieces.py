@@ -11,7 +11,7 @@ from torch import fx
 from hwai.errors import UserError
 from hwai.graph import Graph
 from hwai.memory.patch import need
-from hwai.runtimes.tflm_patch.cut import Box, Inexpressible, QGraph, _ops, _source, kind
+from hwai.runtimes.tflm_patch.cut import Box, Inexpressible, QGraph, qdq_ops, source, kind
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def _module(qg: QGraph, graph: fx.Graph) -> fx.GraphModule:
 
 def rest_module(qg: QGraph, split: str) -> fx.GraphModule:
     """The network after `split`: an input quantized with the split's scale and zero point, then every op after."""
-    q_t, _ = _ops()
+    q_t, _ = qdq_ops()
     q_split = qg.quant[split]
     output = next(n for n in qg.gm.graph.nodes if n.op == "output")
     wanted = _closure(output.all_input_nodes, stop={q_split})
@@ -84,7 +84,7 @@ def input_box(graph: Graph, own: dict[str, Box]) -> Box:
 def _edges(qg: QGraph, own: dict[str, Box], in_box: Box):
     """Per activation argument of each stage op: (op, argument, crop box relative to the producer's box, pads
     (left, right, top, bottom) past the image, shape of the cropped input), in graph order."""
-    q_t, dq_t = _ops()
+    q_t, dq_t = qdq_ops()
     placeholder = next(n for n in qg.gm.graph.nodes if n.op == "placeholder")
     out = []
     for fxn in qg.gm.graph.nodes:
@@ -95,7 +95,7 @@ def _edges(qg: QGraph, own: dict[str, Box], in_box: Box):
         for arg in fxn.all_input_nodes:
             if arg.target is not dq_t:
                 continue
-            src = _source(arg, q_t, dq_t)
+            src = source(arg, q_t, dq_t)
             if src is not placeholder and src.name not in own:
                 continue  # a constant's dequantize (weights)
             box = in_box if src is placeholder else own[src.name]
@@ -115,7 +115,7 @@ def _edges(qg: QGraph, own: dict[str, Box], in_box: Box):
 def tile_module(qg: QGraph, split: str, own: dict[str, Box], in_box: Box) -> fx.GraphModule:
     """The stage on one tile: input = the image box `in_box`, output = the split's box in `own`, each window op
     on an explicitly cropped and padded input with padding 0 (see the module docstring of cut)."""
-    q_t, dq_t = _ops()
+    q_t, dq_t = qdq_ops()
     adapt = {(op, arg): rest for op, arg, *rest in _edges(qg, own, in_box)}
     q_split = qg.quant[split]
     wanted = _closure([q_split])
@@ -150,7 +150,7 @@ def _fill(op: fx.Node, arg: fx.Node) -> float:
 
 def _requant(graph: fx.Graph, x: fx.Node, dq: fx.Node) -> fx.Node:
     """x through a quantize and dequantize with dq's scale and zero point (the converter's int8 edge)."""
-    q_t, dq_t = _ops()
+    q_t, dq_t = qdq_ops()
     return graph.call_function(dq_t, (graph.call_function(q_t, (x, *dq.args[1:])), *dq.args[1:]))
 
 

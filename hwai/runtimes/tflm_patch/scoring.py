@@ -74,11 +74,10 @@ def choose(graph: Graph, tail_bytes: int, tolerance: float = 0.05, grids: tuple[
     scored = [whole]
     for split in memory.split_points(graph, order):
         side = min(graph[split].output_shape[-2:])
-        for grid in grids:
-            if grid > side:
-                continue
+        for grid in sorted(g for g in grids if g <= side):
             plan = memory.plan(graph, "int8", inplace=False, split=split, grid=grid, order=order)
-            if plan.extra_macs <= max_extra * graph.macs:
-                scored.append(predict(graph, plan, tail_bytes))
+            if plan.extra_macs > max_extra * graph.macs:
+                break  # finer grids only add halo
+            scored.append(predict(graph, plan, tail_bytes))
     low = min(c.arena_bytes for c in scored)
     return min((c for c in scored if c.arena_bytes <= low * (1 + tolerance)), key=lambda c: (c.extra_macs, c.arena_bytes))
