@@ -238,3 +238,33 @@ def test_choice_trades_halo_macs_for_the_arena_tflm_needs():
     same_split = [scoring.predict(graph, memory.plan(graph, "int8", inplace=False, split=heavy.split, grid=g), 10**8)
                   for g in (2, 3, 4) if g <= min(graph[heavy.split].output_shape[-2:])]
     assert heavy.extra_macs == min(c.extra_macs for c in same_split if c.arena_bytes == heavy.arena_bytes)
+
+
+def test_search_ships_the_patch_bundle_on_mcu_targets(digits3, tmp_path, monkeypatch):
+    """hwai optimize on an MCU target whose runtime is TFLite Micro: a chosen candidate with patches ships
+    best/tflm/, the patch bundle of the candidate's own plan; without patches, or on another target, nothing."""
+    from types import SimpleNamespace
+
+    from hwai import targets
+    from hwai.models import ModelSpec
+    from hwai.runtimes import tflm_patch
+    from hwai.search import candidate, results
+    from hwai.search.space import Candidate
+
+    calls = []
+
+    def export(model, example, out_dir, calib, split=None, grid=None):
+        calls.append((out_dir, split, grid))
+        return tflm_patch.PatchBundle(out_dir, {"arena": {"bytes": 1234}})
+
+    monkeypatch.setattr(tflm_patch, "export", export)
+    model = Tiny().eval()
+    cand = Candidate(ModelSpec("tiny", 10, 3, (32, 32)), True, patch=(1.0, 2))
+    ctx = SimpleNamespace(target=targets.load("stm32h743"), run_dir=tmp_path)
+    shipped = results.mcu_bundle(ctx, cand, model, model, digits3)
+    split, grid = candidate.patch_plan(cand, memory.capture(model, digits3.example(1)))
+    assert calls == [(tmp_path / "best" / "tflm", split, grid)] and split is not None and grid == 2
+    assert shipped["tflm"] == "best/tflm" and shipped["tflm_patch"] and shipped["tflm_arena_bytes"] == 1234
+    assert results.mcu_bundle(ctx, dataclasses.replace(cand, patch=None), model, model, digits3) == {}
+    host = SimpleNamespace(target=targets.load("x86-avx2"), run_dir=tmp_path)
+    assert results.mcu_bundle(host, cand, model, model, digits3) == {} and len(calls) == 1

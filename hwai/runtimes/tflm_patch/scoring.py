@@ -10,9 +10,10 @@ later split helps more than any grid. Scoring every split point and grid with TF
 fewest halo MACs within `tolerance` of the lowest predicted arena is how hwai trades the patches' extra MACs
 for memory here (MCUNetV2 redistributes the receptive field instead, which changes and retrains the network).
 
-Predicted (kind "predicted"): the phases from hwai.memory plans without in-place execution, the rest's
-persistent bytes taken as the whole model's (measured by TFLM on the whole model), explicit PAD copies the
-converter inserts for PyTorch's padding not modelled (the measured arenas say how far off that is).
+Predicted (kind "predicted"): the phases from hwai.memory plans without in-place execution, plus the tile models'
+input tile and padded copy (a border tile pads its conv's input explicitly), the rest's persistent bytes taken as
+the whole model's (measured by TFLM on the whole model); the PAD copies the converter inserts in the rest for
+PyTorch's padding of strided convs are not modelled (the measured arenas say how far off that is).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from hwai import memory
 from hwai.graph import Graph
 from hwai.memory import Plan
+from hwai.memory.patch import need
 from hwai.runtimes.tflm_patch.pieces import boxes, input_box
 
 ALIGN = 16  # TFLite Micro aligns arena buffers to 16 bytes
@@ -61,14 +63,35 @@ def predict(graph: Graph, plan: Plan, tail_bytes: int) -> Choice:
             y0, y1, x0, x1 = input_box(graph, boxes(plan, r, c))
             tile_input = max(tile_input, channels * (y1 - y0) * (x1 - x0))  # TFLM copies the tile into its arena
     split_bytes = aligned(math.prod(plan.split_shape))
-    return Choice(plan.split, plan.grid, plan.extra_macs, stage + tile_input, split_bytes + rest + tail_bytes)
+    stage += tile_input + _padded_copy(graph, plan)
+    return Choice(plan.split, plan.grid, plan.extra_macs, stage, split_bytes + rest + tail_bytes)
+
+
+def _padded_copy(graph: Graph, plan: Plan) -> int:
+    """What the largest padded copy adds to a tile model's peak: a tile's conv or pool that reaches past the image is
+    fed an explicitly padded copy of its input (TFLite has no one-sided padding), live with that input where the
+    plan holds the input and the op's output."""
+    worst = 0
+    for r in range(plan.grid):
+        for c in range(plan.grid):
+            for name, box in boxes(plan, r, c).items():
+                node = graph[name]
+                if node.attrs.get("local") != "window":
+                    continue
+                y0, y1, x0, x1 = need(node, box)
+                source = graph[node.inputs[0]].output_shape if node.inputs else graph.input_shape
+                if min(y0, x0) < 0 or y1 > source[2] or x1 > source[3]:  # planned: input + output; run: + copy
+                    out = node.output_shape[1] * (box[1] - box[0]) * (box[3] - box[2])
+                    worst = max(worst, source[1] * (y1 - y0) * (x1 - x0) - out)
+    return worst
 
 
 def choose(graph: Graph, tail_bytes: int, tolerance: float = 0.05, grids: tuple[int, ...] = (2, 3, 4, 5, 6, 8),
-           max_extra: float = 0.5) -> Choice:
+           max_extra: float = 0.3) -> Choice:
     """The fewest halo MACs among the (split, grid) plans whose predicted TFLite Micro arena is within `tolerance`
-    of the lowest (no patches is a candidate too); plans with more than `max_extra` of the model's MACs in halos
-    are not considered. `graph`: hwai.memory.capture's graph of the float model."""
+    of the lowest (no patches is a candidate too). Plans whose halos add more than `max_extra` of the model's MACs
+    are not considered: the latency a patch plan may cost.
+    `graph`: hwai.memory.capture's graph of the float model."""
     order = memory.best_order(graph)
     whole = predict(graph, memory.plan(graph, "int8", inplace=False, order=order), tail_bytes)
     scored = [whole]
