@@ -20,7 +20,8 @@ Attention (inference, measured): the zoo's vit at 64, 256 and 1024 tokens, naive
 
 Resident memory is exact (the kernel's high-water mark, reset before each run), with glibc told to return freed
 blocks above 128 KiB (4 KiB for attention) to the system (mallopt), so it follows live tensors. Times are wall clock on a machine that may be shared: compare
-them as ratios measured side by side. Expected run time: about 3 minutes on 2 quiet cores (much longer under load).
+them as ratios measured side by side. Expected run time: about 3 minutes on 2 quiet cores (much longer under load),
+plus about 20 for P4 (TFLM): two bundles converted model by model, TFLM parity on 600 inputs (`--no-tflm` skips it).
 
 Usage: .venv/bin/python bench/memory.py [--repeats 3] [--threads N] [--quick] [--tflm-inputs N] [--no-tflm]
 """
@@ -123,11 +124,11 @@ def tflm(width: float, size: int, target, inputs: int | None) -> str:
         b = tflm_patch.export(model, rgb.example(1), tmp, rgb)
         export_s = time.perf_counter() - start
         if not b.patched:
-            return f"P4 (TFLM): mobilenetv2 w{width:g} {size}x{size}: no patch bundle ({b.fallback})"
+            return f"P4 (TFLM): mobilenetv2 w{width} {size}x{size}: no patch bundle ({b.fallback})"
         x = rgb.example(inputs or len(rgb.test[1]), split="test").numpy()
         parity = tflm_patch.parity(tmp, x)
         c_glue = _c_glue(tmp, b.meta, x[:8])
-    print(f"\nmobilenetv2 w{width:g} {size}x{size}x3, int8, input counted: TensorFlow Lite Micro (tflite-micro, reference "
+    print(f"\nmobilenetv2 w{width} {size}x{size}x3, int8, input counted: TensorFlow Lite Micro (tflite-micro, reference "
           f"kernels, this host); bundle written in {export_s:.0f} s")
     _tflm_table(memory.capture(model, rgb.example(1)), b.meta, target)
     print(f"parity, {parity['inputs']} MNIST test inputs: int8 outputs equal on {parity['equal_fraction']:.1%}, top-1 "
@@ -137,7 +138,7 @@ def tflm(width: float, size: int, target, inputs: int | None) -> str:
     return (f"P4 (TFLM): arena {a['bytes'] / KIB:.0f} KiB patch-based vs {a['whole_model_bytes'] / KIB:.0f} KiB whole "
             f"model, measured by TensorFlow Lite Micro ({a['whole_model_bytes'] / a['bytes']:.2f}x); outputs equal to "
             f"the whole int8 model on {parity['equal_fraction']:.0%} of test inputs ({parity['inputs']}); "
-            f"{100 * m['extra'] / m['model']:+.0f}% MACs (mobilenetv2 w{width:g}, {size}x{size})")
+            f"{100 * m['extra'] / m['model']:+.0f}% MACs (mobilenetv2 w{width}, {size}x{size})")
 
 
 def _c_glue(folder: str, meta: dict, x: np.ndarray) -> str:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hwai.errors import UserError
 from hwai.runtimes import tflm
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ class PatchRunner:
         self.dir = Path(out_dir)
         self.meta = json.loads((self.dir / tflm.META).read_text())
         if self.meta.get("kind") != "patch":
-            raise ValueError(f"{self.dir} holds no patch plan: {self.meta.get('patch', {}).get('fallback')}")
+            why = self.meta.get("patch", {}).get("fallback", "not written by hwai.runtimes.tflm_patch.export")
+            raise UserError(f"{self.dir} holds no patch plan: {why}")
         self.models = [_interpreter(self.dir / m["file"], m["arena_bytes"]) for m in self.meta["models"]]
 
     def run_int8(self, image: np.ndarray) -> np.ndarray:
