@@ -183,7 +183,9 @@ def _tflm_table(graph, meta: dict, target) -> None:
          f"{kib(planner.arena_bytes)} (hwai.memory plan); {kib(planner_tflm.arena_bytes)} (TFLM phases)"]])
     print(f"extra MACs (halo): hwai.memory's own plan {100 * planner.extra_macs / m['model']:+.1f}% -> chosen for "
           f"TFLM's arena {100 * m['extra'] / m['model']:+.1f}% ({m['patch'] / 1e6:.1f} MMACs); predicted latency on "
-          f"{target.name} {base_ms:.1f} -> {patch_ms:.1f} ms (hwai.cost roofline, {target.path}, halo included)")
+          f"{target.name} {base_ms:.1f} -> {patch_ms:.1f} ms (hwai.cost roofline, {target.path}, halo included); "
+          f"flash {sum(e['bytes'] for e in meta['models']) / KIB:.0f} KiB of models vs {meta['whole_bytes'] / KIB:.0f} "
+          "KiB whole (tile models repeat the stage's weights)")
 
 
 def training(args) -> tuple[float, float]:

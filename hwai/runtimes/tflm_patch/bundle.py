@@ -194,7 +194,8 @@ def _meta(qg, pieces: _Pieces, models: list[dict], blobs: list[bytes], float_spl
     predicted = predict(graph, memory.plan(graph, "int8", inplace=False, split=float_split, grid=grid),
                         whole["tail_bytes"])
     return {
-        "kind": "patch", "model": WHOLE, "converter": "litert-torch (PT2E int8, quantized once, then cut)",
+        "kind": "patch", "model": WHOLE, "whole_bytes": len(ctx["whole"]),
+        "converter": "litert-torch (PT2E int8, quantized once, then cut)",
         "requantized_edges": ctx["requantized_edges"], "split": float_split, "split_quantized_graph": split,
         "grid": grid, "tiles": [[t.model, *t.in_box, *t.out_box] for t in pieces.tiles], "models": models,
         "input": {"shape": [1, *qg.input_shape[2:], qg.input_shape[1]], **_qparams(qg.input_quant)},

@@ -84,8 +84,10 @@ def readme(meta: dict) -> str:
         "(tiles / rest; hwai.runtimes.tflm_patch.choose)",
         f"- time: {m['patch']:,} MACs, {100 * m['extra'] / m['model']:+.1f}% over the whole model (the tiles' halos "
         "are computed again by each tile); each inference allocates each model once (AllocateTensors)",
-        "- optimized kernels (CMSIS-NN, ESP-NN) may request extra scratch: check with "
-        "`tflite::RecordingMicroInterpreter` on the device", "",
+        f"- flash: {sum(e['bytes'] for e in meta['models']):,} bytes of models (each tile model repeats the stage's "
+        f"weights) vs {meta['whole_bytes']:,} for the whole model",
+        "- measured on a 64-bit host: a 32-bit MCU's tensor structs are smaller; optimized kernels (CMSIS-NN, ESP-NN) "
+        "may request extra scratch: check with `tflite::RecordingMicroInterpreter` on the device", "",
         "## Build", "",
         "Compile `hwai_patch_runner.c` and `hwai_patch_tflm.cc` with TensorFlow Lite Micro; the .tflite files are "
         "also in `hwai_patch_models.h` as C arrays.", "",
