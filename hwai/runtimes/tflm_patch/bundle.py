@@ -59,8 +59,15 @@ def to_tflite(module, example: torch.Tensor, options: dict, channels_last_output
 def measure(data: bytes) -> dict:
     """TFLite Micro on this model: the smallest arena AllocateTensors succeeds in (bisected, as the whole-model
     bundle measures it) and the recorder's head / tail split."""
-    upper = max(64 * 1024, 4 * len(data), 1 << 22)
-    parts = tflm.allocations(data, upper)
+    upper = max(16 * len(data), 1 << 22)
+    while True:
+        try:
+            parts = tflm.allocations(data, upper)
+            break
+        except UserError as exc:  # too small an arena to start the bisection from: a larger one
+            if "allocate" not in str(exc) or upper >= 1 << 31:
+                raise
+            upper *= 4
     return {"arena_bytes": tflm.measured_arena_bytes(data, upper), **{f"{k}_bytes": v for k, v in parts.items()}}
 
 
@@ -68,8 +75,8 @@ def export(model: nn.Module, example: torch.Tensor, out_dir: str | Path, calib: 
            grid: int | None = None, tolerance: float = 0.05) -> PatchBundle:
     """Write the patch bundle of `model` into out_dir (int8, one example row's shape). split / grid: the patch plan
     (a split point of hwai.memory.capture's graph and an n x n grid); None: chosen for TFLite Micro's arena
-    (hwai.runtimes.tflm_patch.scoring.choose, within `tolerance` of the lowest). A stage the tile models cannot express,
-    or no plan at all, writes the whole-model bundle with the reason in bundle.json."""
+    (hwai.runtimes.tflm_patch.scoring.choose, within `tolerance` of the lowest). A stage the tile models cannot
+    express, or no plan at all, writes the whole-model bundle with the reason in bundle.json."""
     from hwai import memory
     from hwai.runtimes.tflm_patch import cut
 
