@@ -5,6 +5,12 @@ P4 (MCU inference, predicted by hwai.memory's planner, checked by running the pl
    hwai.memory.liveness gives; an independent count gives ~300 KiB, ANCHORS.md) vs the best patch plan's arena.
    The PyTorch executor runs that plan: its outputs are compared with the model's and the bytes it holds at
    every step with the plan's.
+P4 (TFLM, measured by TensorFlow Lite Micro): mobilenetv2 w0.35 at 144x144 and w1.0 at 224x224, int8, input counted:
+   the patch bundle hwai ships for an MCU (hwai.runtimes.tflm_patch: tile models + rest model + C glue, plan chosen
+   for TFLM's arena) against the whole int8 model, each arena the smallest TFLM's AllocateTensors succeeds in; the
+   patch run's int8 outputs against the whole model's on MNIST test inputs (resized, three channels; the weights are
+   random with BatchNorm statistics from training images, so outputs depend on the input); the C glue compiled and
+   run here over TFLM's Python interpreter. Arena bytes and agreement are not timings.
 P5 (training, measured): resnet18 (CIFAR stem), batch 64, 32x32: activation checkpoints placed by
    hwai.memory.checkpoint for the lowest predicted peak; the activation peak from saved-tensor hooks (plus what
    each recomputation saves again), peak resident memory over a forward + backward (VmHWM), median step time
@@ -14,9 +20,10 @@ Attention (inference, measured): the zoo's vit at 64, 256 and 1024 tokens, naive
 
 Resident memory is exact (the kernel's high-water mark, reset before each run), with glibc told to return freed
 blocks above 128 KiB (4 KiB for attention) to the system (mallopt), so it follows live tensors. Times are wall clock on a machine that may be shared: compare
-them as ratios measured side by side. Expected run time: about 3 minutes on 2 quiet cores (much longer under load).
+them as ratios measured side by side. Expected run time: about 3 minutes on 2 quiet cores (much longer under load),
+plus about 20 for P4 (TFLM): two bundles converted model by model, TFLM parity on 600 inputs (`--no-tflm` skips it).
 
-Usage: .venv/bin/python bench/memory.py [--repeats 3] [--threads N] [--quick]
+Usage: .venv/bin/python bench/memory.py [--repeats 3] [--threads N] [--quick] [--tflm-inputs N] [--no-tflm]
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import platform
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from hwai import cost, memory, models, targets
@@ -89,6 +97,97 @@ def mcu(name: str, width: float, size: int, channels: int, target, verify: bool)
     return plain.layer_by_layer_bytes / patched.arena_bytes
 
 
+def _rgb(size: int):
+    """MNIST at size x size, the digit in all three channels (the first stage of an RGB net)."""
+    import dataclasses
+
+    from hwai import data
+
+    d = data.load("mnist", input_size=size)
+    return dataclasses.replace(d, **{s: (getattr(d, s)[0].repeat(1, 3, 1, 1), getattr(d, s)[1])
+                                     for s in ("train", "val", "test")})
+
+
+def tflm(width: float, size: int, target, inputs: int | None) -> str:
+    """P4 (TFLM): mobilenetv2 at `width`, `size`: the shipped patch bundle vs the whole int8 model, both measured by
+    TensorFlow Lite Micro; parity on `inputs` test inputs (None: the whole test split). Returns the P4 (TFLM) line."""
+    import tempfile
+
+    from hwai.nas.training import recalibrate
+    from hwai.runtimes import tflm_patch
+
+    rgb = _rgb(size)
+    torch.manual_seed(0)
+    model = recalibrate(models.create("mobilenetv2", 10, 3, size, width=width), rgb, batches=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        b = tflm_patch.export(model, rgb.example(1), tmp, rgb)
+        export_s = time.perf_counter() - start
+        if not b.patched:
+            return f"P4 (TFLM): mobilenetv2 w{width} {size}x{size}: no patch bundle ({b.fallback})"
+        x = rgb.example(inputs or len(rgb.test[1]), split="test").numpy()
+        parity = tflm_patch.parity(tmp, x)
+        c_glue = _c_glue(tmp, b.meta, x[:8])
+    print(f"\nmobilenetv2 w{width} {size}x{size}x3, int8, input counted: TensorFlow Lite Micro (tflite-micro, reference "
+          f"kernels, this host); bundle written in {export_s:.0f} s")
+    _tflm_table(memory.capture(model, rgb.example(1)), b.meta, target)
+    print(f"parity, {parity['inputs']} MNIST test inputs: int8 outputs equal on {parity['equal_fraction']:.1%}, top-1 "
+          f"agreement {parity['top1_agreement']:.1%}, largest difference {parity['max_step_difference']} quantization "
+          f"steps; C glue: {c_glue}")
+    m, a = b.meta["macs"], b.meta["arena"]
+    return (f"P4 (TFLM): arena {a['bytes'] / KIB:.0f} KiB patch-based vs {a['whole_model_bytes'] / KIB:.0f} KiB whole "
+            f"model, measured by TensorFlow Lite Micro ({a['whole_model_bytes'] / a['bytes']:.2f}x); outputs equal to "
+            f"the whole int8 model on {parity['equal_fraction']:.0%} of test inputs ({parity['inputs']}); "
+            f"{100 * m['extra'] / m['model']:+.0f}% MACs (mobilenetv2 w{width}, {size}x{size})")
+
+
+def _c_glue(folder: str, meta: dict, x: np.ndarray) -> str:
+    """The bundle's C glue: compiled (syntax, warnings as errors) and run here over TFLM's Python interpreter."""
+    import shutil
+
+    from hwai.runtimes import tflm_patch
+    from hwai.runtimes.tflm_patch import glue
+
+    if not (shutil.which("gcc") and shutil.which("g++")):
+        return "not compiled (no gcc/g++ here)"
+    tflm_patch.syntax_check(folder)
+    images = glue.quantize_input(meta, x)
+    whole = glue.WholeRunner(folder)
+    ran = tflm_patch.run_c(folder, images)
+    same = sum(np.array_equal(out, whole.run_int8(image[None])) for out, image in zip(ran, images))
+    return (f"hwai_patch_runner.c + hwai_patch_tflm.cc compile (gcc/g++ -Wall -Werror, TFLM declarations); the C "
+            f"runner over TFLM's Python interpreter equals the whole model on {same}/{len(images)} inputs")
+
+
+def _tflm_table(graph, meta: dict, target) -> None:
+    """Measured arenas beside the predictions, and the halo's MACs and predicted latency."""
+    from hwai.runtimes.tflm_patch import scoring
+
+    m, a, p, choice = meta["macs"], meta["arena"], meta["predicted"], meta["choice"]
+    planner = memory.plan(graph, "int8", split=choice["planner_split"], grid=choice["planner_grid"])
+    planner_tflm = scoring.predict(graph, memory.plan(graph, "int8", inplace=False, split=planner.split,
+                                                      grid=planner.grid), a["whole_model_tail_bytes"])
+    chosen = memory.plan(graph, "int8", split=meta["split"], grid=meta["grid"])
+    base_ms, patch_ms = memory.predict_latency(graph, chosen, target)
+    kib = lambda n: f"{n / KIB:.1f}"  # noqa: E731
+    _table(["", "measured by TFLM, KiB", "predicted, KiB"], [
+        ["whole int8 model", kib(a["whole_model_bytes"]),
+         f"{kib(p['planner_layer_by_layer_bytes'])} (hwai.memory, layer by layer; TFLM adds "
+         f"{kib(a['whole_model_tail_bytes'])} persistent, and PAD copies for PyTorch's padding)"],
+        [f"patch {meta['split']} {meta['grid']}x{meta['grid']} ({len(meta['models']) - 1} tile models + rest)",
+         f"{kib(a['bytes'])} = stage {kib(a['stage_region'])} + max(input {kib(a['input_region'])} + tile "
+         f"{kib(a['tile_arena_bytes'])}, rest {kib(a['rest_arena_bytes'])})",
+         f"{kib(p['planner_patch_arena_bytes'])} (hwai.memory plan); "
+         f"{kib(max(p['tflm_stage_phase_bytes'], p['tflm_rest_phase_bytes']))} (TFLM phases)"],
+        [f"hwai.memory's own plan {planner.split} {planner.grid}x{planner.grid}", "-",
+         f"{kib(planner.arena_bytes)} (hwai.memory plan); {kib(planner_tflm.arena_bytes)} (TFLM phases)"]])
+    print(f"extra MACs (halo): hwai.memory's own plan {100 * planner.extra_macs / m['model']:+.1f}% -> chosen for "
+          f"TFLM's arena {100 * m['extra'] / m['model']:+.1f}% ({m['patch'] / 1e6:.1f} MMACs); predicted latency on "
+          f"{target.name} {base_ms:.1f} -> {patch_ms:.1f} ms (hwai.cost roofline, {target.path}, halo included); "
+          f"flash {sum(e['bytes'] for e in meta['models']) / KIB:.0f} KiB of models vs {meta['whole_bytes'] / KIB:.0f} "
+          "KiB whole (tile models repeat the stage's weights)")
+
+
 def training(args) -> tuple[float, float]:
     """resnet18 batch 64: plain vs checkpointed; returns (activation memory ratio, time overhead)."""
     torch.manual_seed(0)
@@ -150,6 +249,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=physical_cores())
     parser.add_argument("--quick", action="store_true", help="only the three headline measurements")
+    parser.add_argument("--tflm-inputs", type=int, default=None,
+                        help="test inputs for the TFLM parity (default: all 500 for w0.35, 100 for w1.0 at 224)")
+    parser.add_argument("--no-tflm", action="store_true", help="skip P4 (TFLM)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     released = release_freed_memory()
@@ -161,11 +263,18 @@ def main() -> None:
         for name, width, size, channels in (("mobilenetv2", 1.0, 224, 3), ("resnet8", 1.0, 32, 3),
                                             ("dscnn", 1.0, 32, 1), ("cnn", 1.0, 28, 1)):
             mcu(name, width, size, channels, target, verify=False)
+    tflm_lines = []
+    if not args.no_tflm:
+        tflm_lines.append(tflm(0.35, 144, target, args.tflm_inputs))
+        if not args.quick:
+            tflm_lines.append(tflm(1.0, 224, target, args.tflm_inputs or 100))
     p5, overhead = training(args)
     att = attention(args)
     print(f"P4: peak SRAM {p4:.1f}x below layer-by-layer (mobilenetv2 w0.35, 144x144, int8); P5: training activation "
           f"memory {p5:.1f}x lower at {100 * overhead:+.0f}% time (resnet18, batch 64); attention memory {att:.1f}x "
           "lower at seq 1024")
+    for line in tflm_lines:
+        print(line)
 
 
 if __name__ == "__main__":

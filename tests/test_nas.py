@@ -326,8 +326,6 @@ def test_optimize_space_supernet_searches_subnets_with_inherited_weights(tmp_pat
     done = [t for t in results["trials"] if t["state"] == "COMPLETE"]
     assert len(done) == 3
     for t in done:
-        cand = t["candidate"] if "candidate" in t else json.loads(
-            (run / "trials" / str(t["number"]) / "metrics.json").read_text())
         genes = {k[4:]: v for k, v in t["params"].items() if k.startswith("nas.")}
         assert len(genes) == len(space.genes())
         model, _ = load_checkpoint(run / "trials" / str(t["number"]) / "model.pt")

@@ -31,19 +31,25 @@ def export(model: nn.Module, example: torch.Tensor, out_dir: str | Path, int8: b
     """model(.int8).tflite for the example's input shape (batch 1, NCHW as in PyTorch)."""
     check()
     import litert_torch
-    from litert_torch.quantize import pt2e_quantizer as pq
-    from litert_torch.quantize.quant_config import QuantConfig
 
     example = one_input(example)
     if int8:
-        quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
-        module, options = pt2e_int8(model, example, calib, quantizer, fold=False), {
-            "quant_config": QuantConfig(pt2e_quantizer=quantizer)}
+        quantizer, options = int8_quantizer()
+        module = pt2e_int8(model, example, calib, quantizer, fold=False)
     else:
         module, options = float_model(model), {}
     with silenced():
         edge = litert_torch.convert(module, (example,), **options)
         return io.atomic_write(Path(out_dir) / artifact_name(int8, SUFFIX), lambda tmp: edge.export(tmp))
+
+
+def int8_quantizer() -> tuple[object, dict]:
+    """litert-torch's PT2E quantizer (symmetric, per-channel weights) and the convert options that go with it."""
+    from litert_torch.quantize import pt2e_quantizer as pq
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    quantizer = pq.PT2EQuantizer().set_global(pq.get_symmetric_quantization_config(is_per_channel=True))
+    return quantizer, {"quant_config": QuantConfig(pt2e_quantizer=quantizer)}
 
 
 def interpreter(artifact: str | Path, threads: int | None = None, delegates: bool = True):

@@ -152,6 +152,20 @@ def parity(model: nn.Module, onnx_path: Path, inputs: torch.Tensor) -> dict:
         return export.parity(model, onnx_path, inputs).to_dict()
 
 
+def patch_plan(cand: Candidate, graph) -> tuple[str | None, int]:
+    """The candidate's patch plan on `graph` (hwai.memory.capture's): (split node, grid), (None, 1) without patches."""
+    from hwai import memory
+
+    if not cand.patch:
+        return None, 1
+    points = memory.split_points(graph)
+    if not points:
+        return None, 1
+    split = points[max(0, round(cand.patch[0] * len(points)) - 1)]
+    grid = min(cand.patch[1], min(graph[split].output_shape[-2:]))  # no more patches than the split's output has rows
+    return (split, grid) if grid > 1 else (None, 1)
+
+
 def planned_memory(cand: Candidate, model: nn.Module, example: torch.Tensor, target, latency_ms: float,
                    weight_bytes: float) -> dict:
     """On a microcontroller target: the peak SRAM of the runtime's arena plan (buffers placed in one arena, in place
@@ -164,14 +178,7 @@ def planned_memory(cand: Candidate, model: nn.Module, example: torch.Tensor, tar
 
     graph = memory.capture(model.eval(), example)
     precision = node_precision(graph, cand.bits)
-    split, grid = None, 1
-    if cand.patch:
-        points = memory.split_points(graph)
-        if points:
-            split = points[max(0, round(cand.patch[0] * len(points)) - 1)]
-            side = min(graph[split].output_shape[-2:])
-            grid = min(cand.patch[1], side)  # no more patches than the split's output has rows
-            split = split if grid > 1 else None
+    split, grid = patch_plan(cand, graph)
     plan = memory.plan(graph, precision, split=split, grid=grid)
     latency = latency_ms
     if split is not None:

@@ -185,9 +185,35 @@ def export_best(ctx, best: dict) -> tuple[dict, dict]:
         shown = artifact.relative_to(ctx.run_dir)
         out.update(artifact=str(shown), test_accuracy=accuracy(runtime, artifact, bundle, threads, split="test"),
                    test_accuracy_source=f"{runtime} ({shown}, {threads} thread(s))")
+    out.update(mcu_bundle(ctx, cand, model, model_float, bundle))
     detail = _target_detail(ctx, cand, model_float, bundle)
     detail["layers"] = _measured_layers(ctx, detail.get("layers", []), onnx_path, bundle, cand.quantized)
     return out, detail
+
+
+def mcu_bundle(ctx, cand, model, model_float, bundle) -> dict:
+    """best/tflm/ on a microcontroller whose runtime is TFLite Micro, when the chosen candidate runs patches: the patch
+    bundle (hwai.runtimes.tflm_patch; the whole-model bundle, saying why, when its stage cannot be expressed)."""
+    target = ctx.target
+    if target is None or target.kind != "mcu" or "tflm" not in target.deploy_runtimes or not cand.patch:
+        return {}
+    from hwai import memory
+    from hwai.errors import UserError
+    from hwai.runtimes import tflm_patch
+    from hwai.search import candidate as hc
+
+    example = bundle.example(1)
+    split, grid = hc.patch_plan(cand, memory.capture(model_float.eval(), example))
+    if split is None:
+        return {}
+    try:
+        shipped = tflm_patch.export(model, example, ctx.run_dir / "best" / "tflm", bundle, split=split, grid=grid)
+    except UserError as exc:  # litert-torch or tflite-micro not installed here
+        return {"tflm": None, "tflm_note": str(exc)}
+    arena = shipped.meta.get("arena", {})
+    return {"tflm": "best/tflm", "tflm_patch": shipped.patched, "tflm_arena_bytes": arena.get("bytes"),
+            "tflm_note": shipped.fallback or f"patch bundle: {split} in {grid}x{grid} tiles, arena measured by "
+                                              "TensorFlow Lite Micro"}
 
 
 def _measured_layers(ctx, rows: list[dict], best_onnx, bundle, quantized: bool) -> list[dict]:
