@@ -4,9 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
-# executorch is installed without its dependencies (below), so pip's resolver would report them missing after every
-# later install ("ERROR: pip's dependency resolver ..."): nothing to act on, so those installs do not check
-PIP := $(BIN)/python -m pip install -q --no-warn-conflicts
+# A quiet install, nothing printed that the user need not act on: executorch is installed without its dependencies
+# (below), so pip's resolver would report them missing after every later install ("ERROR: pip's dependency
+# resolver ..."): --no-warn-conflicts; setuptools' "Editable installation" notice about folders shadowing the
+# package (none here) is filtered by its message
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install -q --no-warn-conflicts
 
 .PHONY: demo test install docs clean
 

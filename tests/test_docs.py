@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,25 +65,46 @@ def _id(page: Path) -> str:
 
 
 RUNNABLE = [p for p in PAGES if commands(p.read_text())]
+JOBS = int(os.environ.get("HWAI_DOCS_JOBS", "3"))  # pages run side by side: much of a command's time is waiting
+
+
+def run_page(page: Path, folder: Path) -> tuple[list[list[str]], subprocess.CompletedProcess, list]:
+    """Run the page's commands in `folder` (its titled files written there first) through one runner process."""
+    text = page.read_text()
+    for name, body in files(text).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(body)
+    argvs = commands(text)
+    plan = folder.parent / f"{folder.name}-commands.json"
+    plan.write_text(json.dumps(argvs))
+    env = {**os.environ, "HWAI_TARGET_DIR": str(folder.parent / f"{folder.name}-targets")}  # calibrate writes there
+    proc = subprocess.run([sys.executable, __file__, str(plan)], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=COMMAND_TIMEOUT_S * len(argvs))
+    results = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
+    return argvs, proc, results
+
+
+@pytest.fixture(scope="module")
+def page_runs(request, tmp_path_factory):
+    """Every selected page's run, started together (JOBS at a time, the pages with most commands first)."""
+    selected = [item.callspec.params["page"] for item in request.session.items
+                if item.originalname == "test_page_commands_run_as_written"]
+    pool = ThreadPoolExecutor(max(1, JOBS))
+    order = sorted(selected, key=lambda p: -len(commands(p.read_text())))
+    runs = {page: pool.submit(run_page, page, tmp_path_factory.mktemp(page.stem)) for page in order}
+    yield runs
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.parametrize("page", RUNNABLE, ids=_id)
-def test_page_commands_run_as_written(page, tmp_path):
-    text = page.read_text()
-    for name, body in files(text).items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(body)
-    argvs = commands(text)
-    plan = tmp_path.parent / f"{tmp_path.name}-commands.json"
-    plan.write_text(json.dumps(argvs))
-    env = {**os.environ, "HWAI_TARGET_DIR": str(tmp_path.parent / f"{tmp_path.name}-targets")}  # calibrate writes there
-    proc = subprocess.run([sys.executable, __file__, str(plan)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=COMMAND_TIMEOUT_S * len(argvs))
+def test_page_commands_run_as_written(page, page_runs):
+    argvs, proc, results = page_runs[page].result()
     assert proc.returncode == 0, f"{_id(page)}: the command runner failed:\n{proc.stderr[-3000:]}"
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    for argv, (code, seconds, log) in zip(argvs, results):
+    for argv, (code, seconds, cpu, _) in zip(argvs, results):  # shown with -s / -rP: what each documented step costs
+        print(f"{seconds:6.1f} s wall {cpu:6.1f} s CPU  exit {code}  hwai {shlex.join(argv)}")
+    for argv, (code, seconds, _, log) in zip(argvs, results):
         assert code == 0, (f"{_id(page)}: `hwai {shlex.join(argv)}` exited {code} after {seconds:.0f} s "
-                           f"(earlier commands: {[r[1] for r in results]} s):\n{log}")
+                           f"(earlier commands: {[round(r[1]) for r in results]} s):\n{log}")
     assert len(results) == len(argvs)
 
 
@@ -126,7 +148,7 @@ def test_every_command_has_a_guide_that_shows_it():
 
 def _serve(plan: Path) -> None:
     """Run each argv of `plan` as `hwai ARGV` in a forked child of this warmed-up process; print the results as
-    JSON: [exit code, wall seconds, the tail of the command's output] per command."""
+    JSON: [exit code, wall seconds, CPU seconds, the tail of the command's output] per command."""
     import onnx  # noqa: F401  (imported once here, before any fork; nothing has started a thread pool yet)
     import onnxruntime  # noqa: F401
     import torch  # noqa: F401
@@ -160,10 +182,10 @@ def _serve(plan: Path) -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)  # usage: the command's CPU time, its own child processes included
         code = os.waitstatus_to_exitcode(status)
         text = log.read_text(errors="replace") if log.exists() else ""
-        results.append([code, time.perf_counter() - start, text[-4000:]])
+        results.append([code, time.perf_counter() - start, usage.ru_utime + usage.ru_stime, text[-4000:]])
         if code != 0:
             break
     print(json.dumps(results))
