@@ -77,7 +77,10 @@ def run_page(page: Path, folder: Path) -> tuple[list[list[str]], subprocess.Comp
     argvs = commands(text)
     plan = folder.parent / f"{folder.name}-commands.json"
     plan.write_text(json.dumps(argvs))
-    env = {**os.environ, "HWAI_TARGET_DIR": str(folder.parent / f"{folder.name}-targets")}  # calibrate writes there
+    # HWAI_TARGET_DIR: the page's own user target folder (calibrate writes there). OMP_WAIT_POLICY: pages run side
+    # by side on shared cores, where torch's OpenMP workers would spin while they wait (measured: `hwai train` on
+    # digits 3x the CPU time at load ~8); exit codes do not depend on it
+    env = {"OMP_WAIT_POLICY": "passive", **os.environ, "HWAI_TARGET_DIR": str(folder.parent / f"{folder.name}-targets")}
     proc = subprocess.run([sys.executable, __file__, str(plan)], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=COMMAND_TIMEOUT_S * len(argvs))
     results = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else []
