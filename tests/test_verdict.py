@@ -56,7 +56,7 @@ def test_a_a_difference_within_the_margin_is_no_measurable_difference(clock):
 
 
 def test_identical_callables_show_no_measurable_difference():
-    fn = lambda: time.sleep(0.001)  # noqa: E731
+    fn = lambda: time.sleep(0.001)  # noqa: E731 - the same body as the second, another object
     cfg = MeasureConfig(threads=1, warmup=1, min_repeats=25, max_repeats=100, max_seconds=0.1, blocks=5)
     result = compare(fn, lambda: time.sleep(0.001), torch.zeros(1), cfg, runtime="sleep")
     assert result.verdict == "no measurable difference" and result.aa_ratio is not None

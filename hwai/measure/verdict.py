@@ -46,6 +46,7 @@ class Comparison:
     aa_high: float | None = None
     after_iqr_ms: float = 0.0  # of all of `after`'s runs
     after_spread: float = 0.0  # repeatability of after_ms: every block median within +-this fraction of it
+    before_iqr_ms: float = 0.0  # of `before`'s runs in its first session
     baseline_ms: float | None = None  # with a baseline (compress: the original), its median in the same blocks
     baseline_ratio: float | None = None  # after / baseline in the same blocks (None: the baseline is `before`)
     baseline_low: float | None = None
@@ -180,11 +181,11 @@ def compare(before: Runnable, after: Runnable, example: torch.Tensor, cfg: Measu
     ratio, low, high = interval(logs["after"] - before_log, CONFIDENCE)
     aa, aa_low, aa_high = interval(logs["aa"] - logs["before"], CONFIDENCE)
     margin = margin_for(aa_low, aa_high, cfg.margin)
-    after = rounds.stats("after", runtime, int(example.shape[0]))
+    after, first = (rounds.stats(k, runtime, int(example.shape[0])) for k in ("after", "before"))
     result = Comparison(float(np.exp(np.median(before_log))), after.median_ms, ratio, low, high, after.repeats,
                         threads, runtime, verdict_of(low, high, margin), margin, cfg.blocks, aa, aa_low, aa_high,
                         after.iqr_ms, after.round_spread, repeated_blocks=rounds.repeated, wide_blocks=rounds.wide,
-                        widened=margin > cfg.margin)
+                        widened=margin > cfg.margin, before_iqr_ms=first.iqr_ms)
     if baseline is not None:
         result.baseline_ms = float(np.exp(np.median(logs["baseline"])))
         result.baseline_ratio, result.baseline_low, result.baseline_high = interval(logs["after"] - logs["baseline"])
