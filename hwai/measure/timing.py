@@ -155,9 +155,14 @@ def _one(make: Make, cfg: MeasureConfig, least: int, most: int, seconds: float) 
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
         n = len(times)
-        if n >= least and (time.perf_counter() - start > seconds or n % 10 == 0 and abs(
-                float(np.median(times)) - float(np.median(times[: n // 2]))) <= cfg.rel_tol * float(np.median(times))):
+        if n < least:
+            continue
+        if time.perf_counter() - start > seconds:
             break
+        if n % 10 == 0:  # stable: the median moved less than rel_tol over the last half of the runs
+            now = float(np.median(times))
+            if abs(now - float(np.median(times[: n // 2]))) <= cfg.rel_tol * now:
+                break
     return np.asarray(times)
 
 

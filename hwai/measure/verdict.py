@@ -23,7 +23,6 @@ import torch
 from hwai.measure.timing import Make, MeasureConfig, ort_session, physical_cores, time_rounds
 
 CONFIDENCE = 0.95
-VERDICTS = ("faster", "slower", "no measurable difference")
 
 
 @dataclass
