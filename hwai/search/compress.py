@@ -143,6 +143,7 @@ def _stage(name: str, model: nn.Module, data: DataBundle, cfg: CompressConfig, w
 
 
 def _bound(runner: Callable, example) -> Callable[[], object]:
+    """`runner` (normalised inputs -> logits) bound to one example: what a timing loop calls."""
     x = example.numpy()
     return lambda: runner(x)
 
@@ -279,6 +280,7 @@ def _finish(job: _Job, original: nn.Module, float_model: nn.Module, spec: ModelS
                    f"blocks; accuracy on the validation split for every decision (INT8: executed by {cfg.runtime}), test "
                    f"split measured once at the end on the original and the final {cfg.runtime} artifact")
     metrics = _metrics(job.baseline, stage, job.steps, cfg, spec, data, measurement, tested)
+    metrics["baseline"]["latency_verdict"] = job.aa.to_dict()  # the original's A/A check: its figure, the margin here
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         log("per-layer times of the original and the compressed model (ONNX Runtime profiler)")
