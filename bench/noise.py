@@ -108,11 +108,11 @@ def main() -> None:
         for i in np.argsort(-np.abs(np.log(r["ratios"])))[:3]:
             worst.add_row(str(t), cases[i].label, f"{r['ratios'][i]:.3f}")
     console.print(worst)
-    console.print(f"protocol (hwai.measure.timing.time_rounds): per pass {cfg.rounds} rounds over all candidates, a fresh "
-                  f"session per candidate and round, {cfg.warmup} warm-up runs, >= {cfg.per_round(cfg.rounds)[0]} timed "
-                  f"runs per round until the round's median is stable or {cfg.max_seconds / cfg.rounds:.2f} s; figure = "
-                  f"median of the round medians; two passes per thread count; wall time "
-                  f"{time.perf_counter() - started:.0f} s", highlight=False)
+    console.print(f"protocol (hwai.measure.timing.time_rounds): per pass {cfg.rounds} rounds over all candidates, a "
+                  f"fresh session per candidate and round, {cfg.warmup} warm-up runs, >= "
+                  f"{cfg.per_round(cfg.rounds)[0]} timed runs per round until the round's median is stable or "
+                  f"{cfg.max_seconds / cfg.rounds:.2f} s; figure = median of the round medians; two passes per thread "
+                  f"count; wall time {time.perf_counter() - started:.0f} s", highlight=False)
     parts = [f"{t} thread{'s' if t > 1 else ''} {results[t]['within10']:.0%}" for t in counts]
     print(f"noise: {parts[0]} within ±10%" + "".join(f", {p}" for p in parts[1:]))
 

@@ -107,7 +107,8 @@ def main() -> None:
             table.add_row(*row(t, kind, r[kind]))
     console.print(table)
     console.print(f"each comparison: {cfg.blocks} blocks (a fresh ONNX Runtime session of every model per block, "
-                  f"{cfg.warmup} warm-up runs, runs interleaved in random order; export 1 in two sessions: the A/A arm), "
+                  f"{cfg.warmup} warm-up runs, runs interleaved in random order; export 1 in two sessions: the A/A "
+                  "arm), "
                   f"about {args.seconds:g} s per model; 95% t interval across blocks; a verdict only beyond "
                   f"±{cfg.margin:.0%} or the A/A spread; wall time per thread count: "
                   + ", ".join(f"{t}: {r['seconds']:.0f} s" for t, r in results.items()), highlight=False)

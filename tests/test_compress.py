@@ -200,5 +200,6 @@ def test_table_speedup_and_verdict_come_from_the_same_blocks(trained_resnet8, di
     console = Console(record=True, width=400)
     console.print(table(result))
     rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if line.count("│") > 5}
-    assert "7.50x" in rows["quantize int8 (minmax, PTQ)"] and "faster (x0.45..x0.55" in rows["quantize int8 (minmax, PTQ)"]
+    quant_row = rows["quantize int8 (minmax, PTQ)"]
+    assert "7.50x" in quant_row and "faster (x0.45..x0.55" in quant_row
     assert "2.00x" in rows["fuse Conv/Linear+BatchNorm"] and "A/A: faster" in rows["original FP32"]

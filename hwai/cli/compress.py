@@ -88,8 +88,9 @@ def table(result):
         (s.name + ("" if s.kept else " [rolled back]"), s.after, s.latency) for s in result.steps]
     for i, (name, s, speed) in enumerate(rows):
         eager = _ms(s.torch_ms, s.torch_iqr_ms) if s.torch_ms is not None else "-"
-        verdict = "-" if speed is None else (("A/A: " if i == 0 else "") + f"{speed['verdict']} (x{speed['ratio_low']:.2f}"
-                                             f"..x{speed['ratio_high']:.2f}, margin ±{speed['margin']:.0%})")
+        verdict = "-" if speed is None else (("A/A: " if i == 0 else "") + f"{speed['verdict']} "
+                                             f"(x{speed['ratio_low']:.2f}..x{speed['ratio_high']:.2f}, "
+                                             f"margin ±{speed['margin']:.0%})")
         t.add_row(name, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}", f"{base.size_kb / s.size_kb:.1f}x",
                   eager, _ms(s.host_ms, s.host_iqr_ms), f"{s.speedup:.2f}x", verdict)
     return t

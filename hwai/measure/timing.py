@@ -41,7 +41,7 @@ class MeasureConfig:
     layer_runs: int = 20  # profiled runs for per-layer times (fewer, but >= 5, once max_seconds have passed)
     rounds: int = 3  # a figure: rounds, each with a fresh session; the figure is the median of the round medians
     blocks: int = 10  # a verdict: rounds with fresh sessions of every model, runs interleaved; interval across blocks
-    margin: float = 0.03  # a verdict's equivalence margin: within +-margin (or the A/A spread, if wider) is no difference
+    margin: float = 0.03  # a verdict's equivalence margin: within +-margin (or the A/A spread if wider): no difference
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -95,8 +95,8 @@ class LatencyStats:
 
     def describe(self) -> str:
         note = self.spread_note()
-        return (f"measured: {self.runtime}, {self.threads} thread(s), batch {self.batch}, {self.rounds} round(s) with a "
-                f"fresh session each, {self.repeats} repeats, median {self.median_ms:.3f} ms (rounds within "
+        return (f"measured: {self.runtime}, {self.threads} thread(s), batch {self.batch}, {self.rounds} round(s) "
+                f"with a fresh session each, {self.repeats} repeats, median {self.median_ms:.3f} ms (rounds within "
                 f"±{self.round_spread:.1%}), IQR {self.iqr_ms:.3f} ms, min {self.min_ms:.3f} ms"
                 + (f" ({note})" if note else ""))
 

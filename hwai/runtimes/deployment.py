@@ -272,10 +272,11 @@ def fastest(deployments: list[Deployment], margin: float = 0.03) -> Choice:
 def measurement(cfg: MeasureConfig, passes: int, threads: int, parity_samples: int = 256) -> str:
     """How the runtimes' numbers were measured, in words (results JSON `runtimes.measurement`)."""
     return (f"measured on this host: batch 1, {threads} thread(s) for every runtime, {passes} pass(es) over the "
-            f"runtimes, a fresh session of each per pass, {cfg.warmup} warm-up runs and >= {cfg.min_repeats} timed runs "
-            "in all; latency = median of the pass medians, IQR of all runs (hwai.measure.timing.time_rounds); the "
+            f"runtimes, a fresh session of each per pass, {cfg.warmup} warm-up runs and >= {cfg.min_repeats} timed "
+            "runs in all; latency = median of the pass medians, IQR of all runs (hwai.measure.timing.time_rounds); the "
             "fastest is measurably faster only when the pass-paired 95% interval of the runner-up's ratio lies beyond "
-            f"±{cfg.margin:.0%} or the A/A spread (the first runtime in a second session each pass); parity against PyTorch "
+            f"±{cfg.margin:.0%} or the A/A spread (the first runtime in a second session each pass); parity against "
+            "PyTorch "
             f"on {parity_samples} real test inputs; accuracy on the test split executed by each runtime")
 
 

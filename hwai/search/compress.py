@@ -277,8 +277,8 @@ def _finish(job: _Job, original: nn.Module, float_model: nn.Module, spec: ModelS
     threads = cfg.measure.threads or physical_cores()
     measurement = (f"measured: {cfg.runtime}, batch 1, {threads} thread(s); every stage timed with the model before it "
                    f"and the original in {protocol(cfg.measure)}: a stage's ms, speed-up and verdict come from its "
-                   f"blocks; accuracy on the validation split for every decision (INT8: executed by {cfg.runtime}), test "
-                   f"split measured once at the end on the original and the final {cfg.runtime} artifact")
+                   f"blocks; accuracy on the validation split for every decision (INT8: executed by {cfg.runtime}), "
+                   f"test split measured once at the end on the original and the final {cfg.runtime} artifact")
     metrics = _metrics(job.baseline, stage, job.steps, cfg, spec, data, measurement, tested)
     metrics["baseline"]["latency_verdict"] = job.aa.to_dict()  # the original's A/A check: its figure, the margin here
     out_dir = Path(out) if out is not None else None

@@ -80,13 +80,13 @@ class Context:
     def measurement(self) -> str:
         c = self.mcfg
         deploy = ("; every candidate measured on each deployment option (" + ", ".join(o.label() for o in self.deploy)
-                  + ") in 3 rounds (a fresh session each), shipped on the fastest (host_runtime, host_threads; the ONNX Runtime "
-                  f"figure at {c.threads} thread(s), which the host cost model predicts, kept as host_feedback_ms)"
-                  if self.deploy else "")
-        return (f"host latency measured with ONNX Runtime (CPU), batch 1, {c.threads} thread(s), {c.rounds} rounds with a "
-                f"fresh session each, {c.warmup} warm-up runs, {c.min_repeats}..{c.max_repeats} repeats in all, a round "
-                f"until its median is stable within {c.rel_tol:.0%} or {c.max_seconds:g} s in all; the median of the round "
-                f"medians and the IQR reported{deploy}. Accuracy measured on the validation split: a quantized "
+                  + ") in 3 rounds (a fresh session each), shipped on the fastest (host_runtime, host_threads; the "
+                  f"ONNX Runtime figure at {c.threads} thread(s), which the host cost model predicts, kept as "
+                  "host_feedback_ms)" if self.deploy else "")
+        return (f"host latency measured with ONNX Runtime (CPU), batch 1, {c.threads} thread(s), {c.rounds} rounds "
+                f"with a fresh session each, {c.warmup} warm-up runs, {c.min_repeats}..{c.max_repeats} repeats in all, "
+                f"a round until its median is stable within {c.rel_tol:.0%} or {c.max_seconds:g} s; median of the "
+                f"round medians and IQR reported{deploy}. Accuracy measured on the validation split: a quantized "
                 "candidate's is its exported INT8 ONNX model run by ONNX Runtime (the PyTorch fake-quant figure is kept "
                 "as accuracy_fake_quant), a float candidate's its PyTorch model (the same as its exported ONNX within "
                 "the parity check); the test split is measured once, for the baseline and the chosen model, after the "

@@ -74,7 +74,7 @@ def ann_prediction(ann: nn.Module, example: torch.Tensor, target: str = "stm32h7
 
 @dataclass
 class LatencyComparison:
-    """Measured latency of the SNN and the ANN on this CPU, timed in blocks of interleaved runs (hwai.measure.verdict)."""
+    """Measured latency of the SNN and the ANN on this CPU, in blocks of interleaved runs (hwai.measure.verdict)."""
 
     snn_ms: float  # median of the block medians
     ann_ms: float  # median of the block medians
@@ -92,10 +92,11 @@ class LatencyComparison:
     kind: str = "measured"
 
     def describe(self) -> str:
-        return (f"measured: torch eager on this CPU, {self.threads} thread(s), batch {self.batch}, {self.pairs} runs of "
-                f"each in {self.blocks} blocks, interleaved in random order; medians SNN {self.snn_ms:.3f} ms (IQR "
-                f"{self.snn_iqr_ms:.3f}), ANN {self.ann_ms:.3f} ms (IQR {self.ann_iqr_ms:.3f}); SNN/ANN x{self.ratio:.3f}, "
-                f"95% interval x{self.ratio_low:.3f}..x{self.ratio_high:.3f}, margin ±{self.margin:.1%}")
+        return (f"measured: torch eager on this CPU, {self.threads} thread(s), batch {self.batch}, {self.pairs} runs "
+                f"of each in {self.blocks} blocks, interleaved in random order; medians SNN {self.snn_ms:.3f} ms (IQR "
+                f"{self.snn_iqr_ms:.3f}), ANN {self.ann_ms:.3f} ms (IQR {self.ann_iqr_ms:.3f}); SNN/ANN "
+                f"x{self.ratio:.3f}, 95% interval x{self.ratio_low:.3f}..x{self.ratio_high:.3f}, margin "
+                f"±{self.margin:.1%}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "measurement": self.describe()}
