@@ -10,7 +10,8 @@ is measured at 1 thread and at all physical cores, as a competent user tries bot
 
 Everything is measured in this run: accuracy on the test split, artifact size, median latency (the best of
 3 rounds, each a pass over all variants, so a burst of load from another process does not pick a winner),
-and the hwai/peer ratio once more with interleaved runs and a bootstrap 95% interval (hwai.measure.verdict).
+and the hwai/peer ratio once more in blocks of interleaved runs with a 95% interval across blocks and an equivalence
+margin (hwai.measure.verdict; the variants keep their loaded sessions there).
 The run ends with one line per model, in the order of --models: `P1: hwai X.XXx faster than the fastest peer
 (NAME), Y.Yx smaller than FP32, Z.ZZ pt accuracy drop`.
 

@@ -186,6 +186,7 @@ def _assemble(label: str, g: Graph, lat: measure.LatencyStats, times: measure.La
         "activation_bytes": sum(n.activation_bytes for n in g.nodes),
         "measured_ms_median": lat.median_ms, "measured_ms_iqr": lat.iqr_ms, "measured_ms_min": lat.min_ms,
         "measured_repeats": lat.repeats, "measured_spread_note": lat.spread_note(),
+        "measured_rounds": lat.rounds, "measured_round_spread": lat.round_spread,  # repeatability: rounds within +-x
         "sum_layers_ms": summed,  # per-layer times added up (profiled runs)
         "sum_over_median": summed / lat.median_ms,
         "interleaved_ms_median": times.interleaved_ms,  # plain whole runs alternated with the profiled runs

@@ -168,3 +168,38 @@ def test_steps_are_measured_and_judged_on_the_runtime_asked_for(trained_resnet8,
 def test_an_unknown_runtime_is_one_line_before_any_work():
     r = run_cli("compress", "--model", "cnn", "--data", "digits", "--runtime", "tvm")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown runtime 'tvm'" in r.stderr
+
+
+def test_table_speedup_and_verdict_come_from_the_same_blocks(trained_resnet8, digits, monkeypatch):
+    """A stage's ms, the table's "faster" column, metrics' speedup and the verdict are one measurement's: stand-in
+    comparisons whose block-level speed-up over the original differs from any ratio of medians."""
+    from rich.console import Console
+
+    from hwai.cli.compress import table
+
+    calls = []
+
+    def blocks(before, after, example, cfg, runtime="onnxruntime", seed=0, baseline=None):
+        calls.append(baseline is not None)
+        n = len(calls)  # 1: the original's A/A check, 2: fuse (against the original), 3: int8 (+ the original)
+        vs = dict(baseline_ms=2.0, baseline_ratio=0.4 / n, baseline_low=0.3 / n, baseline_high=0.5 / n) \
+            if baseline is not None else {}
+        return Comparison(2.0, 1.0 / n, 0.5, 0.45, 0.55, 40, 1, runtime, "faster", after_iqr_ms=0.01, **vs)
+
+    monkeypatch.setattr(hcompress, "compare", blocks)
+    cfg = CompressConfig(fuse=True, quantize="int8", max_accuracy_drop=1.0, measure=QUICK)
+    result = compress(trained_resnet8, digits, cfg, log=lambda s: None, progress=False)
+    assert calls == [False, False, True]  # the int8 stage was timed with the model before it and the original
+    assert result.baseline.host_ms == 1.0 and result.baseline.speedup == 1.0
+    for step in result.steps:
+        assert step.after.host_ms == step.latency["after_ms"] and step.after.speedup == step.latency["speedup"]
+    fuse, quant = result.steps
+    assert fuse.after.speedup == pytest.approx(2.0) and quant.after.speedup == pytest.approx(7.5)  # 1 / (0.4 / 3)
+    assert result.metrics["best"]["speedup"] == pytest.approx(7.5) == result.final.speedup
+    assert result.metrics["best"]["metrics"]["host_latency_ms"] == pytest.approx(1 / 3)
+    console = Console(record=True, width=400)
+    console.print(table(result))
+    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if line.count("│") > 5}
+    quant_row = rows["quantize int8 (minmax, PTQ)"]
+    assert "7.50x" in quant_row and "faster (x0.45..x0.55" in quant_row
+    assert "2.00x" in rows["fuse Conv/Linear+BatchNorm"] and "A/A: faster" in rows["original FP32"]

@@ -16,13 +16,44 @@ def test_latency_stats_are_consistent():
 
 def test_time_cap_and_bad_configs():
     calls = []
-    stats = measure.time_callable(lambda: calls.append(1), measure.MeasureConfig(warmup=2, min_repeats=5,
-                                                                                  max_repeats=7), "x", 1, 1)
-    assert stats.repeats == 7 and len(calls) == 9
+    cfg = measure.MeasureConfig(warmup=2, min_repeats=5, max_repeats=21, rounds=3)
+    stats = measure.time_callable(lambda: calls.append(1), cfg, "x", 1, 1)
+    assert stats.repeats == 21 and len(calls) == 21 + 3 * 2 and stats.rounds == 3  # 7 runs a round, warm-up each
     with pytest.raises(UserError):
         measure.MeasureConfig(threads=0)
+    with pytest.raises(UserError, match="blocks >= 3"):
+        measure.MeasureConfig(blocks=2)
+    with pytest.raises(UserError, match="margin"):
+        measure.MeasureConfig(margin=-0.01)
     with pytest.raises(UserError, match="unknown runtime"):
         measure.latency(torch.nn.Identity(), torch.ones(1), runtime="tvm")
+
+
+def test_rounds_open_a_fresh_session_each_and_report_their_repeatability(monkeypatch):
+    """Sessions 10% apart: each round gets its own (made once per round), the figure is the median round, and the
+    figure says how far the rounds lie apart."""
+    import types
+
+    from hwai.measure import timing
+
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    levels, made = iter([1.0, 1.1, 0.9]), []
+
+    def make():
+        level = next(levels)
+        made.append(level)
+
+        def run():
+            clock.now += level / 1e3
+
+        return run
+
+    cfg = measure.MeasureConfig(warmup=1, min_repeats=30, max_repeats=300, rounds=3)
+    stats = timing.time_rounds({"m": make}, cfg, threads=2).stats("m", "sim", 1)
+    assert sorted(made) == [0.9, 1.0, 1.1] and stats.rounds == 3 and stats.threads == 2
+    assert stats.median_ms == pytest.approx(1.0) and stats.round_spread == pytest.approx(0.1)
+    assert "3 round(s) with a fresh session each" in stats.describe() and "rounds within ±10.0%" in stats.describe()
 
 
 def test_physical_cores_is_positive():
@@ -59,7 +90,8 @@ def test_layer_times_average_typical_runs_so_they_add_up_to_a_run():
 
 
 def test_a_wide_spread_is_measured_again_and_flagged():
-    """IQR above 20% of the median: one more measurement, reported with its flags; a steady one is not repeated."""
+    """IQR above 20% of the median: the round is measured once more, and reported with its flags; a steady one is
+    not repeated."""
     import itertools
     import time
 
@@ -70,9 +102,9 @@ def test_a_wide_spread_is_measured_again_and_flagged():
         calls.append(1)
         time.sleep(0.001 + next(slow))
 
-    cfg = measure.MeasureConfig(warmup=0, min_repeats=20, max_repeats=20)
+    cfg = measure.MeasureConfig(warmup=0, min_repeats=20, max_repeats=20, rounds=2)
     stats = measure.time_callable(bursty, cfg, "x", 1, 1)
-    assert stats.repeated and stats.wide and len(calls) == 40
-    assert "spread stayed wide after one repeat" in stats.describe()
+    assert stats.repeated == 2 and stats.wide == 2 and len(calls) == 40  # 2 rounds of 10, each taken twice
+    assert "spread stayed wide in 2 of 2 round(s)" in stats.describe()
     steady = measure.time_callable(lambda: time.sleep(0.002), cfg, "x", 1, 1)
     assert not steady.repeated and not steady.wide and steady.spread_note() == ""

@@ -136,17 +136,24 @@ def test_missing_extra_is_one_line_naming_it(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown runtime 'tvm'" in r.stderr
 
 
-def test_fastest_needs_a_significant_difference():
-    def dep(name: str, medians: list[float]) -> hrt.Deployment:
+def test_fastest_needs_a_difference_beyond_the_margin():
+    def dep(name: str, medians: list[float], aa: list[float] | None = None) -> hrt.Deployment:
         from hwai.runtimes.export import Parity
 
         stats = LatencyStats(name, 2, 20, float(np.median(medians)), 0.01, min(medians), float(np.mean(medians)), 1)
-        return hrt.Deployment(name, "int8", None, 1.0, Parity(0.0, 1.0, True), 0.99, stats, medians)
+        return hrt.Deployment(name, "int8", None, 1.0, Parity(0.0, 1.0, True), 0.99, stats, medians, aa or [])
 
     clear = hrt.fastest([dep("slow", [2.0, 2.1, 2.2, 2.05, 2.15]), dep("fast", [1.0, 1.1, 1.05, 0.95, 1.02])])
-    assert clear.best.runtime == "fast" and clear.p_value < 0.05 and "faster than slow" in clear.verdict
+    assert clear.best.runtime == "fast" and clear.ratio_low > 1 + clear.margin and "faster than slow" in clear.verdict
     tie = hrt.fastest([dep("a", [1.0, 1.3, 1.1, 1.2, 1.25]), dep("b", [1.05, 1.15, 1.22, 1.28, 1.12])])
-    assert tie.p_value >= 0.05 and "no measurable difference" in tie.verdict
+    assert tie.ratio_low <= 1 + tie.margin and "no measurable difference" in tie.verdict
+    # 2% apart in every pass: resolved, but inside the +-3% margin
+    close = hrt.fastest([dep("a", [1.0, 1.1, 1.05, 0.95, 1.02]), dep("b", [1.02, 1.122, 1.071, 0.969, 1.0404])])
+    assert close.ratio_low > 1 and close.margin == 0.03 and "no measurable difference" in close.verdict
+    # two sessions of the same runtime 30% apart: the margin widens to that, and 2x is still told apart
+    noisy = hrt.fastest([dep("slow", [2.0, 2.1, 2.2, 2.05, 2.15]),
+                         dep("fast", [1.0, 1.1, 1.05, 0.95, 1.02], aa=[1.3, 1.0, 1.4, 1.2, 0.9])])
+    assert noisy.margin > 0.2 and "A/A spread" in noisy.verdict and "faster than slow" in noisy.verdict
     with pytest.raises(UserError, match="no runtime could be measured"):
         hrt.fastest([hrt.Deployment("tensorrt", "fp32", None, None, note="not run here")])
 

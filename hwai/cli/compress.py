@@ -72,22 +72,27 @@ def compress(
 
 
 def table(result):
-    """A rich table: one row per stage (original, then each step's result), with ratios to the original and
-    each step's latency verdict against the model before it (interleaved runs, bootstrap interval)."""
+    """A rich table: one row per stage (original, then each step's result). A step's ms, its speed-up over the
+    original and its verdict against the model before it come from the same blocks (hwai.measure.verdict); the
+    original's row shows its A/A check (the original against itself)."""
     from rich.table import Table
 
     base = result.baseline
     rt = base.runtime
-    t = Table(title=f"hwai compress (measured; latency: median ±IQR, batch 1, on {rt}: each stage's artifact, FP32 or INT8)")
-    for col in ("stage", "val accuracy", "params", "ONNX KB", "smaller", "eager ms", f"{rt} ms", "faster", "vs step before"):
-        t.add_column(col, justify="left" if col in ("stage", "vs step before") else "right", overflow="fold")
-    rows = [("original FP32", base, None)] + [(s.name + ("" if s.kept else " [rolled back]"), s.after, s.latency)
-                                              for s in result.steps]
-    for name, s, speed in rows:
+    t = Table(title=f"hwai compress (measured; latency: median ±IQR, batch 1, on {rt}, {base.threads} thread(s): each "
+                    "stage's artifact, FP32 or INT8, timed in blocks with the model before it and the original)")
+    for col in ("stage", "val accuracy", "params", "ONNX KB", "smaller", "eager ms", f"{rt} ms", "faster",
+                "vs step before (95% CI)"):
+        t.add_column(col, justify="left" if col in ("stage", "vs step before (95% CI)") else "right", overflow="fold")
+    rows = [("original FP32", base, result.aa_check)] + [
+        (s.name + ("" if s.kept else " [rolled back]"), s.after, s.latency) for s in result.steps]
+    for i, (name, s, speed) in enumerate(rows):
         eager = _ms(s.torch_ms, s.torch_iqr_ms) if s.torch_ms is not None else "-"
-        verdict = "-" if speed is None else f"{speed['verdict']} (x{speed['ratio_low']:.2f}..x{speed['ratio_high']:.2f})"
+        verdict = "-" if speed is None else (("A/A: " if i == 0 else "") + f"{speed['verdict']} "
+                                             f"(x{speed['ratio_low']:.2f}..x{speed['ratio_high']:.2f}, "
+                                             f"margin ±{speed['margin']:.0%})")
         t.add_row(name, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}", f"{base.size_kb / s.size_kb:.1f}x",
-                  eager, _ms(s.host_ms, s.host_iqr_ms), f"{base.host_ms / s.host_ms:.2f}x", verdict)
+                  eager, _ms(s.host_ms, s.host_iqr_ms), f"{s.speedup:.2f}x", verdict)
     return t
 
 

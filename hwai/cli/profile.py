@@ -92,7 +92,8 @@ def _totals(prof) -> list[str]:
     """The whole-model lines under the table: measured, the profiler's overhead, memory, predicted, notices."""
     t = prof.total
     lines = [f"measured whole model: median {t['measured_ms_median']:.3f} ms, IQR {t['measured_ms_iqr']:.3f} ms "
-             f"({t['measured_repeats']} repeats); layers add up to {t['sum_layers_ms']:.3f} ms = "
+             f"({t['measured_repeats']} repeats, {t.get('measured_rounds', 1)} rounds within "
+             f"±{t.get('measured_round_spread', 0):.1%}); layers add up to {t['sum_layers_ms']:.3f} ms = "
              f"{100 * t['sum_over_median']:.0f}% of it ({100 * t['sum_over_interleaved']:.0f}% of "
              f"{t['interleaved_ms_median']:.3f} ms, the median of plain runs interleaved with the profiled ones); "
              f"not attributed to a layer: {t['overhead_ms']:.3f} ms; a profiled run took {t['profiled_ms_median']:.3f} ms"

@@ -186,7 +186,8 @@ def _candidate(run_dir: Path, n: int, row: list[int], cfg: NasConfig, supernet, 
                             "fits": p.fits, "fit_message": p.fit_message},
            "measured": {"inherited_val_accuracy": inherited, "val_accuracy": evaluate(final, view, "val"),
                         "host_latency_ms": stats.median_ms, "host_latency_iqr_ms": stats.iqr_ms,
-                        "size_kb": onnx_path.stat().st_size / 1024, "parity": parity.to_dict(),
+                        "host_threads": stats.threads, "size_kb": onnx_path.stat().st_size / 1024,
+                        "parity": parity.to_dict(),
                         "params": sum(q.numel() for q in model.parameters()), "macs": graph.macs},
            "wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0}
     io.write_json(folder / "metrics.json", out)

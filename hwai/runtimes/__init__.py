@@ -12,7 +12,7 @@ One small module per runtime, all with the same interface (no base class, no reg
     rt = hwai.runtimes.get("openvino")              # UserError naming the extra when not installed
     d = hwai.runtimes.deploy("openvino", model, data, "out/", int8=True)   # export + parity + latency + accuracy
     ds = hwai.runtimes.measure_all(model, data, "out/", int8=True)         # every available host runtime,
-    hwai.runtimes.fastest(ds)                                              # interleaved; the fastest, with a test
+    hwai.runtimes.fastest(ds)                                              # the fastest, with a pass-paired interval
 
 `tensorrt` only writes the ONNX and the `trtexec` command (not run here); `tflm` writes an MCU bundle
 (int8 .tflite, C array, arena size, README) and runs it with TFLite Micro's reference kernels when installed.

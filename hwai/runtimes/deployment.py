@@ -1,8 +1,9 @@
 """Export a model to a runtime, check the artifact against PyTorch, measure accuracy and latency; compare
-runtimes on this host in interleaved passes and pick the fastest with a significance test."""
+runtimes on this host in passes (a fresh session of each per pass) and pick the fastest, saying whether it is
+measurably faster than the next (pass-paired interval beyond an equivalence margin, hwai.measure.verdict)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -16,8 +17,7 @@ if TYPE_CHECKING:
     from hwai.measure import LatencyStats, MeasureConfig
     from hwai.runtimes.export import Parity
 
-PASSES = 5  # interleaved timing passes when comparing runtimes (5 vs 5 lets Mann-Whitney reach p < 0.01)
-SIGNIFICANCE = 0.05
+PASSES = 5  # timing passes over the runtimes, a fresh session of each per pass (the blocks of the fastest's interval)
 MIN_INT8_AGREEMENT = 0.99  # what bench/runtimes.py requires of every INT8 artifact (Parity.ok uses hwai.runtimes.export's)
 
 
@@ -31,8 +31,9 @@ class Deployment:
     size_kb: float | None  # every file of the artifact (OpenVINO: .xml + .bin)
     parity: Parity | None = None  # None: not run here
     accuracy: float | None = None  # test split, executed by the runtime
-    latency: LatencyStats | None = None  # the pass with the median median (batch 1)
-    pass_medians_ms: list[float] = field(default_factory=list)  # one per interleaved pass
+    latency: LatencyStats | None = None  # median of the pass medians (batch 1), with the passes' repeatability
+    pass_medians_ms: list[float] = field(default_factory=list)  # one per pass (a fresh session each)
+    aa_pass_medians_ms: list[float] = field(default_factory=list)  # a second session per pass (the A/A arm), if timed
     note: str = ""  # why it was not run or not timed
 
     def to_dict(self) -> dict:
@@ -44,7 +45,8 @@ class Deployment:
                 "max_abs_diff": par.max_abs_diff if par else None, "parity_ok": par.ok if par else None,
                 "median_ms": lat.median_ms if lat else None, "iqr_ms": lat.iqr_ms if lat else None,
                 "repeats": lat.repeats if lat else None, "threads": lat.threads if lat else None,
-                "pass_medians_ms": self.pass_medians_ms, "note": self.note, "kind": "measured"}
+                "pass_medians_ms": self.pass_medians_ms, "aa_pass_medians_ms": self.aa_pass_medians_ms,
+                "note": self.note, "kind": "measured"}
 
 
 def parity(name: str, model: nn.Module, artifact: str | Path, inputs: torch.Tensor, int8: bool,
@@ -68,20 +70,26 @@ def _parity(run: Callable, model: nn.Module, inputs: torch.Tensor, int8: bool) -
 
 
 def latency(name: str, artifact: str | Path, example: torch.Tensor, cfg: MeasureConfig | None = None) -> LatencyStats:
-    """hwai.measure.time_callable over runtime `name`'s runner: same warm-up, repeats, median and IQR."""
+    """Runtime `name`'s latency as hwai.measure.latency measures: rounds with a fresh session each, warm-up,
+    repeats, median of the round medians, IQR, the rounds' repeatability."""
     from hwai.measure import MeasureConfig, physical_cores
-    from hwai.runtimes.registry import get
+    from hwai.measure.timing import time_rounds
 
     cfg = cfg or MeasureConfig()
     threads = cfg.threads or physical_cores()
-    return _time(name, get(name).load(artifact, threads), example, cfg, threads)
-
-
-def _time(name: str, run: Callable, example: torch.Tensor, cfg: MeasureConfig, threads: int) -> LatencyStats:
-    from hwai.measure import time_callable
-
     x = example.detach().cpu().numpy()
-    return time_callable(lambda: run(x), cfg, name, threads, len(x))
+    return time_rounds({name: _maker(name, artifact, threads, x)}, cfg, threads).stats(name, name, len(x))
+
+
+def _maker(name: str, artifact: str | Path, threads: int, x) -> Callable[[], Callable[[], object]]:
+    """Makes a fresh session of `artifact` on runtime `name`, bound to input `x` (one per round)."""
+    from hwai.runtimes.registry import get
+
+    def make() -> Callable[[], object]:
+        run = get(name).load(artifact, threads)
+        return lambda: run(x)
+
+    return make
 
 
 def accuracy(name: str, artifact: str | Path, data: DataBundle, threads: int | None = None, split: str = "test") -> float:
@@ -159,7 +167,7 @@ def measure_all(model: nn.Module, data: DataBundle, out_dir: str | Path, int8: b
                 parity_samples: int = 256, strict: bool = False, log: Callable[[str], None] | None = None
                 ) -> list[Deployment]:
     """Deploy to each runtime (default: every available host runtime) under out_dir/<runtime>/, then time
-    them in `passes` interleaved passes at the same thread count (batch 1). strict: a runtime that cannot
+    them in `passes` passes (a fresh session each) at the same thread count (batch 1). strict: a runtime that cannot
     export, or whose artifact disagrees with PyTorch, raises UserError; otherwise it is recorded with a note."""
     from hwai.measure import MeasureConfig, physical_cores
     from hwai.runtimes.registry import available
@@ -181,17 +189,30 @@ def measure_all(model: nn.Module, data: DataBundle, out_dir: str | Path, int8: b
         deployments.append(deployment)
         if run is not None:
             runners[name] = run
-    per_pass = replace(cfg, max_seconds=cfg.max_seconds / max(passes, 1))
-    timed: dict[str, list] = {name: [] for name in runners}
-    example = data.example(1)
-    for _ in range(passes if runners else 0):
-        for name, run in runners.items():
-            timed[name].append(_time(name, run, example, per_pass, threads))
-    for d in deployments:
-        if timed.get(d.runtime):
-            stats = sorted(timed[d.runtime], key=lambda s: s.median_ms)
-            d.latency, d.pass_medians_ms = stats[(len(stats) - 1) // 2], [s.median_ms for s in timed[d.runtime]]
+    _time_passes(deployments, runners, data.example(1).numpy(), cfg, passes, threads)
     return deployments
+
+
+def _time_passes(deployments: list[Deployment], runners: dict, x, cfg: MeasureConfig, passes: int,
+                 threads: int) -> None:
+    """Time every runtime in `passes` passes (hwai.measure.timing.time_rounds: a fresh session of each per pass, in
+    random order); with two runtimes or more and 3 passes or more, the first also in a second session per pass (the
+    A/A arm `fastest` reads the margin from)."""
+    from hwai.measure.timing import time_rounds
+
+    if not runners or passes < 1:
+        return
+    by_name = {d.runtime: d for d in deployments}
+    arms = {name: _maker(name, by_name[name].artifact, threads, x) for name in runners}
+    first = next(iter(runners))
+    if len(runners) > 1 and passes >= 3:
+        arms["A/A"] = _maker(first, by_name[first].artifact, threads, x)
+    timed = time_rounds(arms, cfg, threads, passes)
+    for name in runners:
+        by_name[name].latency = timed.stats(name, name, len(x))
+        by_name[name].pass_medians_ms = [float(m) for m in timed.medians(name)]
+    if "A/A" in arms:
+        by_name[first].aa_pass_medians_ms = [float(m) for m in timed.medians("A/A")]
 
 
 def deploy(name: str, model: nn.Module, data: DataBundle, out_dir: str | Path, int8: bool = False,
@@ -207,13 +228,20 @@ class Choice:
 
     best: Deployment
     runner_up: Deployment | None
-    p_value: float | None  # one-sided Mann-Whitney U over the interleaved pass medians
     verdict: str
+    ratio: float | None = None  # runner-up / best: geometric mean over the passes (> 1: the best is faster)
+    ratio_low: float | None = None  # 95% interval of that ratio, passes paired (Student's t across passes)
+    ratio_high: float | None = None
+    margin: float | None = None  # equivalence margin: MeasureConfig.margin, or the A/A spread where wider
 
 
-def fastest(deployments: list[Deployment]) -> Choice:
-    """The deployment with the lowest median latency (parity ok); UserError when none was timed."""
-    from scipy.stats import mannwhitneyu
+def fastest(deployments: list[Deployment], margin: float = 0.03) -> Choice:
+    """The deployment with the lowest median latency (parity ok); "measurably faster" than the runner-up only when
+    the pass-paired interval of their ratio lies beyond `margin` (or the A/A spread measured with them, if wider;
+    hwai.measure.verdict). UserError when none was timed."""
+    import numpy as np
+
+    from hwai.measure.verdict import interval, margin_for, verdict_of
 
     timed = sorted((d for d in deployments if d.latency is not None and d.parity and d.parity.ok),
                    key=lambda d: d.latency.median_ms)
@@ -221,26 +249,34 @@ def fastest(deployments: list[Deployment]) -> Choice:
         raise UserError("no runtime could be measured here: " + "; ".join(f"{d.runtime}: {d.note}" for d in deployments))
     best = timed[0]
     if len(timed) == 1:
-        return Choice(best, None, None, f"{best.runtime} is the only runtime measured")
+        return Choice(best, None, f"{best.runtime} is the only runtime measured")
     second = timed[1]
     a, b = best.pass_medians_ms, second.pass_medians_ms
-    p = float(mannwhitneyu(a, b, alternative="less").pvalue) if min(len(a), len(b)) >= 3 else None
-    ratio = second.latency.median_ms / best.latency.median_ms
-    if p is not None and p < SIGNIFICANCE:
-        verdict = (f"{best.runtime} is {ratio:.2f}x faster than {second.runtime} (one-sided Mann-Whitney U over "
-                   f"{len(a)} interleaved passes, p={p:.3f})")
-    else:
-        verdict = (f"{best.runtime} has the lowest median, but no measurable difference from {second.runtime} "
-                   f"({ratio:.2f}x, " + (f"p={p:.3f} over {len(a)} interleaved passes)" if p is not None
-                                         else "too few passes for a test)"))
-    return Choice(best, second, p, verdict)
+    if not len(a) == len(b) >= 3:
+        return Choice(best, second, f"{best.runtime} has the lowest median, but no measurable difference from "
+                      f"{second.runtime} ({second.latency.median_ms / best.latency.median_ms:.2f}x, too few passes "
+                      "for an interval)")
+    ratio, low, high = interval(np.log(b) - np.log(a))
+    aa = next((d for d in deployments if len(d.aa_pass_medians_ms) == len(d.pass_medians_ms) >= 3), None)
+    aa_low, aa_high = interval(np.log(aa.aa_pass_medians_ms) - np.log(aa.pass_medians_ms))[1:] if aa else (None, None)
+    used = margin_for(aa_low, aa_high, margin)
+    how = (f"{ratio:.2f}x, 95% interval x{low:.2f}..x{high:.2f} over {len(a)} passes paired, margin ±{used:.1%}"
+           + (f" (the A/A spread of {aa.runtime} in two sessions)" if used > margin else ""))
+    if verdict_of(low, high, used) == "slower":
+        return Choice(best, second, f"{best.runtime} is {ratio:.2f}x faster than {second.runtime} ({how})",
+                      ratio, low, high, used)
+    return Choice(best, second, f"{best.runtime} has the lowest median, but no measurable difference from "
+                  f"{second.runtime} ({how})", ratio, low, high, used)
 
 
 def measurement(cfg: MeasureConfig, passes: int, threads: int, parity_samples: int = 256) -> str:
     """How the runtimes' numbers were measured, in words (results JSON `runtimes.measurement`)."""
-    return (f"measured on this host: batch 1, {threads} thread(s) for every runtime, {cfg.warmup} warm-up runs and "
-            f">= {cfg.min_repeats} timed runs per pass, {passes} interleaved pass(es) over the runtimes; latency = "
-            f"median and IQR of the pass with the median median (hwai.measure.time_callable); parity against PyTorch "
+    return (f"measured on this host: batch 1, {threads} thread(s) for every runtime, {passes} pass(es) over the "
+            f"runtimes, a fresh session of each per pass, {cfg.warmup} warm-up runs and >= {cfg.min_repeats} timed "
+            "runs in all; latency = median of the pass medians, IQR of all runs (hwai.measure.timing.time_rounds); the "
+            "fastest is measurably faster only when the pass-paired 95% interval of the runner-up's ratio lies beyond "
+            f"±{cfg.margin:.0%} or the A/A spread (the first runtime in a second session each pass); parity against "
+            "PyTorch "
             f"on {parity_samples} real test inputs; accuracy on the test split executed by each runtime")
 
 

@@ -20,8 +20,8 @@ from torch import nn
 from hwai import io
 from hwai.data import DataBundle
 from hwai.errors import UserError, finite
-from hwai.measure import MeasureConfig, environment, latency, physical_cores, time_callable
-from hwai.measure.verdict import Comparison, compare
+from hwai.measure import MeasureConfig, environment, latency, physical_cores
+from hwai.measure.verdict import Comparison, Fresh, compare, protocol
 from hwai.models import ModelSpec
 from hwai.passes import DistillConfig, FuseConfig, PassContext, PruneConfig, QuantConfig, apply
 from hwai.passes.prune import PRUNABLE, achieved
@@ -75,15 +75,17 @@ class Stage:
     accuracy: float  # validation split (what decisions read), executed by the measuring runtime (INT8: real INT8)
     params: int
     size_kb: float  # ONNX file size
-    host_ms: float  # median latency on the measuring runtime (ONNX Runtime unless --runtime says otherwise)
-    host_iqr_ms: float
+    host_ms: float  # median latency on the measuring runtime (ONNX Runtime unless --runtime says otherwise), from the
+    host_iqr_ms: float  # blocks that judged the stage (hwai.measure.verdict; the original: its A/A check); nan before
     torch_ms: float | None  # PyTorch eager median (FP32 stages only)
     torch_iqr_ms: float | None
     parity: dict  # export check against PyTorch on real inputs
     path: Path | None = None  # the stage's ONNX file (in the run's scratch folder)
     runtime: str = "onnxruntime"  # what measured host_ms and accuracy
     artifact: Path | None = None  # the measuring runtime's artifact (the ONNX file for onnxruntime)
-    run: Callable | None = None  # that runtime's runner on one example (for interleaved comparisons)
+    run: Fresh | None = None  # makes that runtime's runner on one example anew (a fresh session per block)
+    speedup: float | None = None  # original / this stage, measured in the same blocks as the stage's verdict
+    threads: int | None = None  # intra-op threads of host_ms
 
 
 @dataclass
@@ -107,6 +109,7 @@ class CompressResult:
     metrics: dict  # what metrics.json holds
     measurement: str  # how latency was measured
     test_accuracy: dict  # {"original": ..., "final": ...}: the test split, measured once at the end (the runtime)
+    aa_check: dict | None = None  # the original against itself (hwai.measure.verdict.Comparison): its figure, A/A
 
 
 def _params(model: nn.Module) -> int:
@@ -125,19 +128,24 @@ def _stage(name: str, model: nn.Module, data: DataBundle, cfg: CompressConfig, w
     check = verified(model, path, inputs)
     eager = latency(model, example, cfg.measure, runtime="torch") if precision == "fp32" else None
     if cfg.runtime == "onnxruntime":
-        host = latency(path, example, cfg.measure, runtime="onnxruntime")
         acc = evaluate(model, data, "val") if not int8 else accuracy("onnxruntime", path, data, cfg.measure.threads, "val")
         artifact, run = path, None
     else:
-        from hwai.runtimes import ready
+        from hwai.runtimes import get, ready
 
-        deployment, runner = ready(cfg.runtime, model, data, work / name, int8, cfg.measure.threads, cfg.parity_samples)
-        x = example.numpy()
-        host = time_callable(lambda: runner(x), cfg.measure, cfg.runtime, cfg.measure.threads or physical_cores(), 1)
-        acc, artifact, run = deployment.accuracy, deployment.artifact, lambda: runner(x)
-    return Stage(name, precision, acc, _params(model), path.stat().st_size / 1024, host.median_ms, host.iqr_ms,
+        deployment, _ = ready(cfg.runtime, model, data, work / name, int8, cfg.measure.threads, cfg.parity_samples)
+        acc, artifact = deployment.accuracy, deployment.artifact
+        run = Fresh(lambda: _bound(get(cfg.runtime).load(artifact, cfg.measure.threads or physical_cores()), example))
+    # host latency: measured by the job, in the blocks that judge this stage (_Job.measure)
+    return Stage(name, precision, acc, _params(model), path.stat().st_size / 1024, float("nan"), float("nan"),
                  eager.median_ms if eager else None, eager.iqr_ms if eager else None, check.to_dict(), path,
                  cfg.runtime, artifact, run), path
+
+
+def _bound(runner: Callable, example) -> Callable[[], object]:
+    """`runner` (normalised inputs -> logits) bound to one example: what a timing loop calls."""
+    x = example.numpy()
+    return lambda: runner(x)
 
 
 def _verdict(after: Stage, baseline: Stage, speed: Comparison, cfg: CompressConfig) -> str:
@@ -177,16 +185,29 @@ class _Job:
         self.baseline, self.base_path = _stage("original", original, data, cfg, work)
         self.model, self.stage, self.path = original, self.baseline, self.base_path
         self.steps: list[Step] = []
+        log(f"A/A check: the original against itself on {cfg.runtime} (how far identical models lie apart here)")
+        self.aa = self.measure(self.baseline, self.base_path)  # the original's figure, and the margin's floor here
+        self.baseline.speedup = 1.0
+
+    def measure(self, after: Stage, after_path: Path) -> Comparison:
+        """Time `after` against the kept model and the original in the same blocks (hwai.measure.verdict): its
+        latency, its speed-up over the original and its verdict all come from this one measurement."""
+        cfg = self.cfg
+        original = self.baseline.run or self.base_path
+        speed = compare(self.stage.run or self.path, after.run or after_path, self.example, cfg.measure,
+                        runtime=cfg.runtime, baseline=None if self.stage is self.baseline else original)
+        after.host_ms, after.host_iqr_ms, after.speedup, after.threads = (speed.after_ms, speed.after_iqr_ms,
+                                                                          speed.speedup, speed.threads)
+        self.log(f"{after.name}: latency {speed.describe()}")
+        return speed
 
     def decide(self, name: str, candidate: nn.Module, after: Stage, after_path: Path, **extra) -> None:
-        """Keep or roll back one step: validation accuracy against the limit, latency by an interleaved comparison."""
+        """Keep or roll back one step: validation accuracy against the limit, latency by a blocked comparison."""
         cfg = self.cfg
-        speed = compare(self.stage.run or self.path, after.run or after_path, self.example, cfg.measure,
-                        runtime=cfg.runtime)
+        speed = self.measure(after, after_path)
         reason = _verdict(after, self.baseline, speed, cfg)
         kept = not reason or cfg.force
         self.steps.append(Step(name, kept, reason, self.stage, after, speed.to_dict(), **extra))
-        self.log(f"{name}: latency {speed.describe()}")
         if reason:
             self.log(f"{name}: {reason}; " + ("kept anyway (--force)" if kept else "rolled back: keeping the previous model"))
         if kept:
@@ -195,7 +216,7 @@ class _Job:
     def always(self, name: str, label: str, candidate: nn.Module) -> None:
         """A step that is exact by construction (fusion): measured and kept."""
         after, after_path = _stage(label, candidate, self.data, self.cfg, self.work)
-        self.steps.append(Step(name, True, "", self.stage, after))
+        self.steps.append(Step(name, True, "", self.stage, after, self.measure(after, after_path).to_dict()))
         self.model, self.stage, self.path = candidate, after, after_path
 
 
@@ -254,12 +275,12 @@ def _finish(job: _Job, original: nn.Module, float_model: nn.Module, spec: ModelS
     cfg, data, stage = job.cfg, job.data, job.stage
     tested = {"original": _test_accuracy(job.baseline, data, cfg), "final": _test_accuracy(stage, data, cfg)}
     threads = cfg.measure.threads or physical_cores()
-    measurement = (f"measured: {cfg.runtime}, batch 1, {threads} thread(s), median and IQR over >= {cfg.measure.min_repeats} "
-                   f"repeats after {cfg.measure.warmup} warm-up runs (hwai.measure); faster/slower: interleaved "
-                   "runs of both models and a bootstrap 95% interval of the median ratio (hwai.measure.verdict); accuracy "
-                   f"on the validation split for every decision (INT8: executed by {cfg.runtime}), test split "
-                   f"measured once at the end on the original and the final {cfg.runtime} artifact")
+    measurement = (f"measured: {cfg.runtime}, batch 1, {threads} thread(s); every stage timed with the model before it "
+                   f"and the original in {protocol(cfg.measure)}: a stage's ms, speed-up and verdict come from its "
+                   f"blocks; accuracy on the validation split for every decision (INT8: executed by {cfg.runtime}), "
+                   f"test split measured once at the end on the original and the final {cfg.runtime} artifact")
     metrics = _metrics(job.baseline, stage, job.steps, cfg, spec, data, measurement, tested)
+    metrics["baseline"]["latency_verdict"] = job.aa.to_dict()  # the original's A/A check: its figure, the margin here
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         log("per-layer times of the original and the compressed model (ONNX Runtime profiler)")
@@ -275,7 +296,8 @@ def _finish(job: _Job, original: nn.Module, float_model: nn.Module, spec: ModelS
         from hwai.report import report
 
         report(out_dir)  # out_dir/report.html, from the metrics.json just written
-    return CompressResult(job.baseline, stage, job.steps, job.model, out_dir, metrics, measurement, tested)
+    return CompressResult(job.baseline, stage, job.steps, job.model, out_dir, metrics, measurement, tested,
+                          job.aa.to_dict())
 
 
 def _pick_runtime(model: nn.Module, data: DataBundle, cfg: CompressConfig, work: Path,
@@ -341,7 +363,8 @@ def _save_model(path: Path, model: nn.Module, spec: ModelSpec | None, data: Data
 
 def _summary(s: Stage, test_accuracy: float | None = None) -> dict:
     out = {"accuracy": s.accuracy, "host_latency_ms": s.host_ms, "host_latency_iqr_ms": s.host_iqr_ms,
-           "torch_latency_ms": s.torch_ms, "size_kb": s.size_kb, "params": s.params, "precision": s.precision}
+           "host_threads": s.threads, "speedup": s.speedup, "torch_latency_ms": s.torch_ms, "size_kb": s.size_kb,
+           "params": s.params, "precision": s.precision}
     return out if test_accuracy is None else {**out, "test_accuracy": test_accuracy}
 
 
@@ -363,7 +386,7 @@ def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConf
         "baseline": _summary(baseline, tested["original"]), "kinds": kinds, "trials": [], "pareto": [],
         "best": {"trial": None, "metrics": _summary(final, tested["final"]), "onnx": "model.onnx", "parity": final.parity,
                  "reason": "the last step within the limits (rolled-back steps are listed in techniques)",
-                 "speedup": baseline.host_ms / final.host_ms, "size_ratio": baseline.size_kb / final.size_kb},
+                 "speedup": final.speedup, "size_ratio": baseline.size_kb / final.size_kb},
         "techniques": [{"name": s.name, "kept": s.kept, "reason": s.reason, "metric_before": _summary(s.before),
                         "metric_after": _summary(s.after), "latency_verdict": s.latency, "achieved": s.achieved}
                        for s in steps],

@@ -80,15 +80,16 @@ class Context:
     def measurement(self) -> str:
         c = self.mcfg
         deploy = ("; every candidate measured on each deployment option (" + ", ".join(o.label() for o in self.deploy)
-                  + ") in 3 interleaved rounds and shipped on the fastest, whose runtime and thread count are shown "
-                  f"beside its latency; the ONNX Runtime figure at {c.threads} thread(s), which the host cost model "
-                  "predicts, is kept for the feedback" if self.deploy else "")
-        return (f"host latency measured with ONNX Runtime (CPU), batch 1, {c.threads} thread(s), {c.warmup} warm-up runs, "
-                f"{c.min_repeats}..{c.max_repeats} repeats until the median is stable within {c.rel_tol:.0%} or "
-                f"{c.max_seconds:g} s; median and IQR reported{deploy}. Accuracy measured on the validation split: "
-                "a quantized candidate's is its exported INT8 model run by the runtime it ships on (the PyTorch "
-                "simulation's figure is kept beside it), a float candidate's its PyTorch model (the same as its "
-                "exported model within the parity check); the test split is measured once, for the baseline and the chosen model, after the "
+                  + ") in 3 rounds (a fresh session each) and shipped on the fastest, whose runtime and thread count "
+                  f"are shown beside its latency; the ONNX Runtime figure at {c.threads} thread(s), which the host cost "
+                  "model predicts, is kept for the feedback" if self.deploy else "")
+        return (f"host latency measured with ONNX Runtime (CPU), batch 1, {c.threads} thread(s), {c.rounds} rounds "
+                f"with a fresh session each, {c.warmup} warm-up runs, {c.min_repeats}..{c.max_repeats} repeats in all, "
+                f"a round until its median is stable within {c.rel_tol:.0%} or {c.max_seconds:g} s; median of the "
+                f"round medians and IQR reported{deploy}. Accuracy measured on the validation split: a quantized "
+                "candidate's is its exported INT8 model run by the runtime it ships on (the PyTorch simulation's "
+                "figure is kept beside it), a float candidate's its PyTorch model (the same as its exported model "
+                "within the parity check); the test split is measured once, for the baseline and the chosen model, after the "
                 "choice. Size = bytes of the exported ONNX file; per-layer times of the baseline and the chosen model: "
                 "ONNX Runtime's profiler (hwai.profile), mean of typical profiled runs")
 

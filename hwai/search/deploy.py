@@ -1,19 +1,22 @@
 """Deployment as search knobs: on the host, a candidate ships on the runtime and intra-op thread count that run it
 fastest here. Every (runtime, threads) option is measured on the candidate as built (training does not depend on
 them, so the options are measured, not sampled): each runtime's artifact is exported once through the runtime
-registry (hwai.runtimes) and checked against PyTorch, then all options are timed in interleaved rounds at batch 1.
+registry (hwai.runtimes) and checked against PyTorch, then all options are timed in rounds at batch 1, a fresh
+session of each option per round (hwai.measure.timing.time_rounds, as every hwai latency). Picking the fastest is a
+choice, not a verdict: the lowest median ships.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from hwai.data import DataBundle
-from hwai.measure import MeasureConfig, time_callable
+from hwai.measure import MeasureConfig
+from hwai.measure.timing import time_rounds
 
-ROUNDS = 3  # interleaved rounds over the options: a burst of load elsewhere hits every option, not one
+ROUNDS = 3  # rounds over the options, a fresh session each: a burst of load elsewhere hits every option, not one
 PARITY_SAMPLES = 256
 
 
@@ -41,8 +44,8 @@ def options(runtimes: tuple[str, ...], threads: tuple[int, ...]) -> list[Option]
 def measure(model: nn.Module, bundle: DataBundle, folder: Path, int8: bool, choices: list[Option],
             cfg: MeasureConfig, onnx_path: Path | None = None) -> dict:
     """Export `model` to every runtime of `choices` under `folder` (reusing `onnx_path` for ONNX Runtime), refuse
-    artifacts that disagree with PyTorch, time every option in ROUNDS interleaved rounds; the metrics of the
-    fastest (measured) and every option's figures (`host_deployments`)."""
+    artifacts that disagree with PyTorch, time every option in ROUNDS rounds (a fresh session per round); the
+    metrics of the fastest (measured) and every option's figures (`host_deployments`)."""
     from hwai.runtimes import get
     from hwai.runtimes.deployment import parity
 
@@ -59,19 +62,7 @@ def measure(model: nn.Module, bundle: DataBundle, folder: Path, int8: bool, choi
             artifacts[name] = artifact
         else:
             refused[name] = check.reason
-    runners = {o: get(o.runtime).load(artifacts[o.runtime], o.threads) for o in choices if o.runtime in artifacts}
-    per_round = replace(cfg, max_seconds=cfg.max_seconds / ROUNDS)
-    rounds: dict[Option, list] = {o: [] for o in runners}
-    for _ in range(ROUNDS):
-        for option, run in runners.items():
-            rounds[option].append(time_callable(lambda run=run: run(x), per_round, option.runtime, option.threads, 1))
-    rows = []
-    for option, stats in rounds.items():
-        middle = sorted(stats, key=lambda s: s.median_ms)[(len(stats) - 1) // 2]  # the round with the median median
-        rows.append({"runtime": option.runtime, "threads": option.threads, "median_ms": middle.median_ms,
-                     "iqr_ms": middle.iqr_ms, "repeats": sum(s.repeats for s in stats),
-                     "round_medians_ms": [s.median_ms for s in stats], "artifact": str(artifacts[option.runtime]),
-                     "kind": "measured"})
+    rows = _time_options([o for o in choices if o.runtime in artifacts], artifacts, x, cfg)
     rows += [{"runtime": name, "refused": reason, "kind": "measured"} for name, reason in refused.items()]
     timed = [r for r in rows if "median_ms" in r]
     if not timed:  # every artifact disagrees with PyTorch: nothing deployable (measure_host's parity says why)
@@ -80,3 +71,24 @@ def measure(model: nn.Module, bundle: DataBundle, folder: Path, int8: bool, choi
     return {"host_latency_ms": best["median_ms"], "host_latency_iqr_ms": best["iqr_ms"],
             "host_runtime": best["runtime"], "host_threads": best["threads"], "host_artifact": best["artifact"],
             "host_deployments": rows}
+
+
+def _time_options(options: list[Option], artifacts: dict, x, cfg: MeasureConfig) -> list[dict]:
+    """Every option timed in ROUNDS rounds, a fresh session of each per round (in random order); one row each."""
+    from hwai.runtimes import get
+
+    def maker(option: Option):
+        def make():
+            run = get(option.runtime).load(artifacts[option.runtime], option.threads)
+            return lambda: run(x)
+        return make
+
+    rounds = time_rounds({o: maker(o) for o in options}, cfg, max((o.threads for o in options), default=1), ROUNDS)
+    rows = []
+    for option in options:
+        stats = rounds.stats(option, option.runtime, 1)  # each option at its own thread count (option.threads)
+        rows.append({"runtime": option.runtime, "threads": option.threads, "median_ms": stats.median_ms,
+                     "iqr_ms": stats.iqr_ms, "repeats": stats.repeats, "round_spread": stats.round_spread,
+                     "round_medians_ms": [float(m) for m in rounds.medians(option)],
+                     "artifact": str(artifacts[option.runtime]), "kind": "measured"})
+    return rows

@@ -10,10 +10,8 @@ Both are arithmetic only where the profile says so (neuromorphic-45nm: memory tr
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -84,65 +82,48 @@ def ann_prediction(ann: nn.Module, example: torch.Tensor, target: str = "stm32h7
 
 @dataclass
 class LatencyComparison:
-    """Measured latency of the SNN and the ANN on this CPU, timed in interleaved pairs."""
+    """Measured latency of the SNN and the ANN on this CPU, in blocks of interleaved runs (hwai.measure.verdict)."""
 
-    snn_ms: float  # median
-    ann_ms: float  # median
+    snn_ms: float  # median of the block medians
+    ann_ms: float  # median of the block medians
     snn_iqr_ms: float
     ann_iqr_ms: float
-    ratio: float  # median of per-pair SNN / ANN
-    p_value: float  # Wilcoxon signed-rank test on the paired differences
+    ratio: float  # SNN / ANN: geometric mean of the block ratios
+    ratio_low: float  # 95% interval of the ratio (Student's t across blocks)
+    ratio_high: float
+    margin: float  # equivalence margin: 3%, or the A/A spread (the ANN in two runners) where wider
     verdict: str  # "slower" | "faster" | "no measurable difference"
-    pairs: int
+    pairs: int  # timed runs of each, all blocks
+    blocks: int
     threads: int
     batch: int
     kind: str = "measured"
 
     def describe(self) -> str:
-        return (f"measured: torch eager on this CPU, {self.threads} thread(s), batch {self.batch}, {self.pairs} "
-                f"interleaved SNN/ANN pairs; medians SNN {self.snn_ms:.3f} ms (IQR {self.snn_iqr_ms:.3f}), ANN "
-                f"{self.ann_ms:.3f} ms (IQR {self.ann_iqr_ms:.3f}); Wilcoxon signed-rank p = {self.p_value:.2g}")
+        return (f"measured: torch eager on this CPU, {self.threads} thread(s), batch {self.batch}, {self.pairs} runs "
+                f"of each in {self.blocks} blocks, interleaved in random order; medians SNN {self.snn_ms:.3f} ms (IQR "
+                f"{self.snn_iqr_ms:.3f}), ANN {self.ann_ms:.3f} ms (IQR {self.ann_iqr_ms:.3f}); SNN/ANN "
+                f"x{self.ratio:.3f}, 95% interval x{self.ratio_low:.3f}..x{self.ratio_high:.3f}, margin "
+                f"±{self.margin:.1%}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "measurement": self.describe()}
 
 
 def compare_latency(snn: nn.Module, ann: nn.Module, example: torch.Tensor, pairs: int = 30, warmup: int = 3,
-                    threads: int | None = None, alpha: float = 0.01) -> LatencyComparison:
-    """Time SNN and ANN alternately (the order flips every pair, so load bursts hit both) and test the paired
-    differences; the verdict says slower/faster only when p < alpha."""
-    from scipy.stats import wilcoxon
+                    threads: int | None = None) -> LatencyComparison:
+    """Time SNN and ANN (the ANN twice: the A/A arm) in blocks of interleaved runs, `pairs` runs of each in all, and
+    decide as every hwai latency verdict (hwai.measure.verdict.compare): slower/faster only when the interval across
+    blocks lies beyond the equivalence margin."""
+    from hwai.measure import MeasureConfig
+    from hwai.measure.timing import MIN_ROUND_RUNS
+    from hwai.measure.verdict import compare
 
-    from hwai.measure import physical_cores
-
-    if pairs < 6:
-        raise UserError(f"a latency comparison needs at least 6 pairs, got {pairs}")
-    threads = threads or physical_cores()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    snn.eval()
-    ann.eval()
-    times = {"snn": [], "ann": []}
-
-    def once(name: str, model: nn.Module) -> None:
-        t0 = time.perf_counter()
-        model(example)
-        times[name].append((time.perf_counter() - t0) * 1e3)
-
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                snn(example), ann(example)
-            for i in range(pairs):
-                order = (("snn", snn), ("ann", ann)) if i % 2 == 0 else (("ann", ann), ("snn", snn))
-                for name, model in order:
-                    once(name, model)
-    finally:
-        torch.set_num_threads(previous)
-    s, a = np.asarray(times["snn"]), np.asarray(times["ann"])
-    p = float(wilcoxon(s, a).pvalue)
-    ratio = float(np.median(s / a))
-    verdict = "no measurable difference" if p >= alpha else ("slower" if ratio > 1 else "faster")
-    iqr = lambda v: float(np.subtract(*np.percentile(v, [75, 25])))  # noqa: E731
-    return LatencyComparison(float(np.median(s)), float(np.median(a)), iqr(s), iqr(a), ratio, p, verdict, pairs,
-                             threads, int(example.shape[0]))
+    if pairs < 3 * MIN_ROUND_RUNS:
+        raise UserError(f"a latency comparison needs at least {3 * MIN_ROUND_RUNS} pairs (3 blocks of "
+                        f"{MIN_ROUND_RUNS}), got {pairs}")
+    blocks = min(10, pairs // MIN_ROUND_RUNS)
+    cfg = MeasureConfig(threads=threads, warmup=warmup, min_repeats=pairs, max_repeats=pairs, blocks=blocks)
+    c = compare(ann.eval(), snn.eval(), example, cfg, runtime="torch")
+    return LatencyComparison(c.after_ms, c.before_ms, c.after_iqr_ms, c.before_iqr_ms, c.ratio, c.ratio_low,
+                             c.ratio_high, c.margin, c.verdict, c.runs, c.blocks, c.threads, int(example.shape[0]))
