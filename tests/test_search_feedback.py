@@ -13,7 +13,8 @@ def _pairs(group, factor, noise, n=20, seed=0):
     """n pairs with predictions 1..10 ms, measured = predicted x factor x lognormal noise (sigma `noise`)."""
     rng = np.random.default_rng(seed)
     predicted = rng.uniform(1.0, 10.0, n)
-    return [Pair(group, float(p), float(p * factor * math.exp(noise * z))) for p, z in zip(predicted, rng.normal(size=n))]
+    noise = np.exp(noise * rng.normal(size=n))
+    return [Pair(group, float(p), float(p * factor * z)) for p, z in zip(predicted, noise)]
 
 
 def _fresh_error(correction, group, factor, noise, seed=99):

@@ -42,7 +42,7 @@ class Correction:
     factors: dict = field(default_factory=dict)  # "*": the pooled factor; group -> its factor (measured / predicted)
     pairs: int = 0  # pairs it was fitted on
     group_weight: float | None = None  # k: pairs' worth of the pooled factor in each group's; None: infinite (shared)
-    noise_pct: float | None = None  # within-group spread of measured / predicted (percent; None: fewer pairs than groups + 1)
+    noise_pct: float | None = None  # within-group spread of measured / predicted, percent (None: too few pairs)
     held_out_error_raw_pct: float | None = None  # nested leave-one-out median |error| of the raw predictions
     held_out_error_pct: float | None = None  # ... of the corrected predictions
     form: str = FORM  # how it was fitted (results.json says so)
