@@ -156,9 +156,9 @@ def test_constraints_reject_non_finite_limits(bad):
 def test_a_limit_met_exactly_is_met_and_a_violation_shows_the_difference():
     c = Constraints(max_latency_ms=10, max_accuracy_drop=0.02)
     # 0.92 - 0.90 is 0.020000000000000018 in floats: equal to the limit, not above it
-    why, values = check(c, {"accuracy": 0.90, "target_latency_ms": 10.0}, 0.92, "target_latency_ms")
+    why, values = check(c, {"accuracy": 0.90, "target_latency_ms": 10.0}, {"accuracy": 0.92}, "target_latency_ms")
     assert why == [] and values["accuracy_drop"] == 0 and values["latency"] == 0
-    why, _ = check(c, {"accuracy": 0.89996, "target_latency_ms": 10.00004}, 0.92, "target_latency_ms")
+    why, _ = check(c, {"accuracy": 0.89996, "target_latency_ms": 10.00004}, {"accuracy": 0.92}, "target_latency_ms")
     latency, drop = why
     assert latency.startswith("latency (predicted target) 10.00004 ms > limit 10 ms")
     assert drop.startswith("accuracy drop 2.004 pt > limit 2 pt") and "baseline 92%" in drop

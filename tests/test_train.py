@@ -38,7 +38,7 @@ def test_the_students_gradient_depends_on_the_teachers_logits(digits):
     """With a teacher, the training loss (hence its gradient) follows the teacher's logits: two teachers that
     disagree give two gradients, and both differ from the labels-only gradient."""
     train.seed_everything(0)
-    student = models.create("mlp", 10, 1, 8, width=0.25)
+    student = models.create("mlp", 10, 1, 8, width=0.25).eval()  # eval: no dropout, the same forward every time
     x, y = next(iter(digits.batches("train", batch_size=64, shuffle=False)))
     cfg = train.TrainConfig()
 
@@ -47,24 +47,27 @@ def test_the_students_gradient_depends_on_the_teachers_logits(digits):
         train._step_loss(student, teacher, x, y, cfg)[1].backward()
         return torch.cat([p.grad.flatten() for p in student.parameters()])
 
-    teachers = [models.create("mlp", 10, 1, 8, width=0.25) for _ in range(2)]  # two random teachers: they disagree
+    teachers = [models.create("mlp", 10, 1, 8, width=0.25).eval() for _ in range(2)]  # two random ones: they disagree
     a, b, plain = gradient(teachers[0]), gradient(teachers[1]), gradient(None)
     assert not torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, plain, atol=1e-4)
     assert torch.allclose(a, gradient(teachers[0]))  # and it is the teacher's logits, not noise, that move it
 
 
-def _kl_to(teacher: nn.Module, student: nn.Module, data) -> float:
-    """Mean KL(teacher || student) of the softmax outputs over the validation split."""
+def _kl_to(teacher: nn.Module, student: nn.Module, data, temperature: float) -> float:
+    """Mean KL(teacher || student) of the softened outputs (what distillation matches) over the validation split."""
     with torch.no_grad():
         x = data.example(len(data.val[1]))
-        t, s = F.log_softmax(teacher.eval()(x), 1), F.log_softmax(student.eval()(x), 1)
+        t = F.log_softmax(teacher.eval()(x) / temperature, 1)
+        s = F.log_softmax(student.eval()(x) / temperature, 1)
         return float(F.kl_div(s, t, reduction="batchmean", log_target=True))
 
 
 def test_a_distilled_student_agrees_with_its_teacher_more_than_a_plain_one(digits):
-    """Over 3 seeds, a small student trained with the teacher's logits is closer to the teacher on the validation
-    split (KL) than the same student trained on labels alone, by a clear margin each time (measured here: KL about
-    half the plain student's); with the teacher ignored both runs would be the same and this fails."""
+    """Over 3 seeds, a student trained with the teacher's logits is closer to the teacher on the validation split
+    (KL at the distillation temperature) than the same student trained on labels alone, by a clear margin each time
+    (measured here: 0.014 vs 0.029-0.032, a ratio of 0.46-0.50); with the teacher ignored both runs are the same
+    and this fails. (Agreement, not accuracy: this student is as accurate either way, within the noise of 179
+    validation samples.)"""
     train.seed_everything(0)
     teacher = models.create("cnn", 10, 1, 8, width=0.5)
     train.train(teacher, digits, train.TrainConfig(epochs=10, seed=0), progress=False, measure_test=False)
@@ -73,12 +76,13 @@ def test_a_distilled_student_agrees_with_its_teacher_more_than_a_plain_one(digit
         kl = {}
         for kind in ("kd", "plain"):
             train.seed_everything(seed)
-            student = models.create("mlp", 10, 1, 8, width=0.125)
-            result = train.train(student, digits, train.TrainConfig(epochs=8, seed=seed), progress=False,
-                                 teacher=teacher if kind == "kd" else None, measure_test=False)
+            student = models.create("mlp", 10, 1, 8, width=0.5)
+            cfg = train.TrainConfig(epochs=8, seed=seed)
+            result = train.train(student, digits, cfg, progress=False, teacher=teacher if kind == "kd" else None,
+                                 measure_test=False)
             assert result.test_accuracy is None  # the test split was left alone
-            kl[kind] = _kl_to(teacher, student, digits)
-        assert kl["kd"] < 0.8 * kl["plain"], (seed, kl)
+            kl[kind] = _kl_to(teacher, student, digits, cfg.distill_temperature)
+        assert kl["kd"] < 0.7 * kl["plain"], (seed, kl)
 
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path, digits):

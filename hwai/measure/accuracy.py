@@ -3,7 +3,7 @@
 - `score` runs a model (or a runtime's runner) over one split and keeps every sample's outcome (right or wrong).
 - `Accuracy` carries k, n and the Wilson 95% interval (Wilson 1927: it stays inside [0, 1] and keeps its
   coverage near 0% and 100%, where the normal approximation does not), and prints as `97.21% (95% CI
-  94.0-98.9%, n=179)`. Stored results put `KEY_n` and `KEY_ci` beside every accuracy `KEY` (`fields`).
+  93.6-98.8%, n=179)`. Stored results put `KEY_n` and `KEY_ci` beside every accuracy `KEY` (`fields`).
 - `paired` compares two models on the same samples: only the samples one gets right and the other wrong
   (discordant pairs) carry information, and the exact McNemar test asks whether the losses outnumber the gains
   by more than chance would (binomial, p = 1/2 per discordant pair).
@@ -65,12 +65,12 @@ class Accuracy:
         return wilson(self.correct, self.total)
 
     def describe(self) -> str:
-        """'97.21% (95% CI 94.0-98.9%, n=179)'."""
+        """'97.21% (95% CI 93.6-98.8%, n=179)'."""
         low, high = self.interval
         return f"{self.value:.2%} (95% CI {100 * low:.1f}-{100 * high:.1f}%, n={self.total})"
 
     def cell(self) -> str:
-        """'97.21% [94.0, 98.9]': for a table whose header names the interval and n."""
+        """'97.21% [93.6, 98.8]': for a table whose header names the interval and n."""
         low, high = self.interval
         return f"{self.value:.2%} [{100 * low:.1f}, {100 * high:.1f}]"
 

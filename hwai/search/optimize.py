@@ -6,7 +6,8 @@ pruned, with the reason) -> build it, fine-tune with distillation from the basel
 this machine (measured), evaluate what ships on the validation split (measured; INT8 candidates on ONNX
 Runtime) -> predict the built model exactly and pair the host prediction with the measurement: the
 feedback layer (hwai.search.feedback, partial pooling) corrects later host predictions. Objectives:
-accuracy (max), host latency, target latency, size, energy (min). The study lives in the run directory (SQLite) or a shared RDB URL: runs resume and scale out.
+accuracy (max), host latency, target latency, size, energy (min). The study lives in the run directory
+(SQLite) or a shared RDB URL: runs resume and scale out.
 """
 from __future__ import annotations
 
