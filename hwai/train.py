@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwai import io
-from hwai.data import DataBundle
+from hwai.data import VAL_FRACTION, DataBundle
 from hwai.errors import UserError, first_line
+from hwai.measure.accuracy import score
 from hwai.models import ModelSpec, build, create
 
 CHECKPOINT_FORMAT = "hwai.checkpoint/1"
@@ -84,15 +85,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, data: DataBundle, split: str = "test", limit: int | None = None) -> float:
-    """Top-1 accuracy (0..1) of `model` on a split."""
-    model.eval()
-    correct = total = 0
-    for x, y in data.batches(split, batch_size=512, shuffle=False, limit=limit):
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
+    """Top-1 accuracy (0..1) of `model` on a split (hwai.measure.accuracy.score: with n and every outcome)."""
+    return score(model, data, split, limit).value
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -262,9 +257,7 @@ def _fit_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 def _materialize(model: nn.Module, spec: ModelSpec) -> None:
     """Give lazy modules (nn.LazyLinear, ...) their shapes with one dry forward pass at the spec's input shape,
     so that the stored weights can be loaded into them."""
-    from torch.nn.parameter import UninitializedParameter
-
-    if not any(isinstance(p, UninitializedParameter) for p in model.parameters()):
+    if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         return
     shape = (spec.in_channels,) if tuple(spec.input_size) == (1, 1) else (spec.in_channels, *spec.input_size)
     try:
@@ -318,7 +311,8 @@ def checkpoint_data(model: str) -> dict:
         return {}  # resolve_model reports unreadable checkpoints
     stored = ckpt.get("data", {})
     size = stored.get("input_size")
-    return {"input_size": int(size[0]) if size else None, "deskew": bool(stored.get("deskew", False))}
+    return {"input_size": int(size[0]) if size else None, "deskew": bool(stored.get("deskew", False)),
+            "val_fraction": stored.get("val_fraction", VAL_FRACTION)}  # checkpoints before the option: the default
 
 
 def resolve_model(name: str, data: DataBundle, width: float = 1.0, **options) -> tuple[nn.Module, ModelSpec]:
@@ -346,13 +340,18 @@ def resolve_model(name: str, data: DataBundle, width: float = 1.0, **options) ->
 
 
 def prepare_data(model: str, data: str, input_size: int | None = None,
-                 log: Callable[[str], None] | None = None) -> DataBundle:
+                 log: Callable[[str], None] | None = None, val_fraction: float | None = None) -> DataBundle:
     """`data` prepared as `model` expects it. A checkpoint's recorded input size and deskewing win; an explicit
     `input_size` that differs is applied and said once through `log`. An ONNX file's declared input size sets
-    the data's. A zoo name or a factory takes `input_size` (None: the data's own size)."""
+    the data's. A zoo name or a factory takes `input_size` (None: the data's own size). A checkpoint's validation
+    fraction always wins (another would validate on samples it trained on); a different `val_fraction` is said."""
     from hwai import data as hdata
 
     stored = checkpoint_data(model)
+    kept = stored.get("val_fraction", val_fraction)
+    if val_fraction not in (None, kept) and log is not None:
+        log(f"note: {model} was trained with --val-fraction {kept:g}: validating on its split, not {val_fraction:g} "
+            f"(train it again with --val-fraction {val_fraction:g} for that split)")
     trained = stored.get("input_size")
     if model.endswith(".onnx"):
         from hwai.graph.onnx import input_shape
@@ -362,17 +361,17 @@ def prepare_data(model: str, data: str, input_size: int | None = None,
     if input_size is not None and trained is not None and input_size != trained and log is not None:
         log(f"resizing the data to {input_size}x{input_size} as --input-size asks; {model} was made for "
             f"{trained}x{trained} inputs")
-    bundle = hdata.load(data, input_size=input_size or trained, deskew=stored.get("deskew"))
+    bundle = hdata.load(data, input_size=input_size or trained, deskew=stored.get("deskew"), val_fraction=kept)
     for note in bundle.notes if log is not None else ():
         log(f"note: {data}: {note}")
     return bundle
 
 
-def resolve(model: str, data: str, width: float = 1.0, input_size: int | None = None,
-            log: Callable[[str], None] | None = None) -> tuple[nn.Module, ModelSpec, DataBundle]:
+def resolve(model: str, data: str, width: float = 1.0, input_size: int | None = None, log: Callable | None = None,
+            val_fraction: float | None = None) -> tuple[nn.Module, ModelSpec, DataBundle]:
     """The one way every command turns `--model` and `--data` into a model and its data (`prepare_data`, then
     `resolve_model`): (model in eval mode, its spec, the data)."""
-    bundle = prepare_data(model, data, input_size, log)
+    bundle = prepare_data(model, data, input_size, log, val_fraction)
     net, spec = resolve_model(model, bundle, width=width)
     return net, spec, bundle
 
@@ -394,6 +393,7 @@ def train_to(out: str | Path, model: str, data: DataBundle, width: float = 1.0, 
     result = train(net, data, cfg, progress=progress, on_epoch=lambda epoch, _: save_checkpoint(
         out, net, spec, data.describe(), {"epochs_done": epoch + 1}))
     save_checkpoint(out, net, spec, data.describe(), {
-        "test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy, "train_loss": result.train_loss,
-        "epochs_done": result.epochs, "train_wall_s": result.wall_s, "kind": "measured"})
+        "test_accuracy": result.test_accuracy, "test_accuracy_n": len(data.test[1]), "train_loss": result.train_loss,
+        "val_accuracy": result.val_accuracy, "val_accuracy_n": len(data.val[1]), "epochs_done": result.epochs,
+        "train_wall_s": result.wall_s, "kind": "measured"})
     return result, net, spec, cfg

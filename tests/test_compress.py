@@ -2,6 +2,7 @@ import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -10,6 +11,7 @@ from hwai import models, train
 from hwai.data import DataBundle
 from hwai.errors import UserError
 from hwai.measure import MeasureConfig
+from hwai.measure.accuracy import Accuracy
 from hwai.measure.verdict import Comparison
 from hwai.models import ModelSpec
 from hwai.search import compress as hcompress
@@ -93,6 +95,25 @@ def test_decisions_read_the_validation_split_and_test_is_measured_once_at_the_en
     assert result.test_accuracy["final"] < 0.2  # it was measured (on the scrambled labels), not used
 
 
+def _stage(hits) -> hcompress.Stage:
+    scored = Accuracy.of(np.asarray(hits, bool))
+    return hcompress.Stage("s", "fp32", scored.value, 1, 1.0, 1.0, 0.1, None, None, {}, scored=scored)
+
+
+def test_the_accuracy_limit_is_judged_by_the_paired_test_on_the_same_samples():
+    """A 2-point limit on 179 validation samples: a drop over it made of 5 samples lost and 1 gained is chance
+    (exact McNemar p = 0.11) and kept; 9 lost and none gained (p = 0.002) is rolled back."""
+    base = np.array([True] * 170 + [False] * 9)
+    chance, real = base.copy(), base.copy()
+    chance[:5], chance[170] = False, True
+    real[:9] = False
+    cfg = CompressConfig(max_accuracy_drop=0.02)
+    assert base.mean() - chance.mean() > 0.02
+    assert hcompress._verdict(_stage(chance), _stage(base), _speed("-"), cfg) == ""
+    reason = hcompress._verdict(_stage(real), _stage(base), _speed("-"), cfg)
+    assert "below the original" in reason and "9 samples lost, 0 gained of 179" in reason and "McNemar" in reason
+
+
 def _speed(verdict: str) -> Comparison:
     return Comparison(1.0, 1.5 if verdict == "slower" else 1.0, 1.5, 1.4, 1.6, 40, 1, "onnxruntime", verdict)
 
@@ -127,6 +148,7 @@ def test_cli_end_to_end_on_digits_writes_parsed_metrics(tmp_path):
                 "--max-accuracy-drop", "0.05", "--threads", "1", "--force", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "measured" in r.stdout and "1 thread(s)" in r.stdout and "test accuracy (measured once" in r.stdout
+    assert "val accuracy [95% CI] (n=179)" in r.stdout and r.stdout.count("(95% CI ") == 2  # test: original, final
     assert (out / "model.onnx").stat().st_size > 0 and (out / "model.pt").is_file()
     m = json.loads((out / "metrics.json").read_text())
     assert m["schema"] == "hwai.results/1" and m["command"] == "compress"
@@ -142,6 +164,9 @@ def test_cli_end_to_end_on_digits_writes_parsed_metrics(tmp_path):
     (quant,) = [t for t in m["techniques"] if t["name"].startswith("quantize")]
     assert quant["kept"] and quant["latency_verdict"]["verdict"] in ("faster", "slower", "no measurable difference")
     assert 0 < m["best"]["metrics"]["test_accuracy"] <= 1 and m["kinds"]["test_accuracy"] == "measured"
+    assert m["best"]["metrics"]["test_accuracy_n"] == m["splits"]["test"] == 179 and m["splits"]["val_fraction"] == 0.1
+    low, high = m["baseline"]["accuracy_ci"]
+    assert m["baseline"]["accuracy_n"] == 179 and low <= m["baseline"]["accuracy"] <= high
     side_by_side = [r for r in m["layers"] if "fp32_measured_ms" in r and "int8_measured_ms" in r]
     assert len(side_by_side) >= 3 and all(r["fp32_measured_ms"] > 0 for r in side_by_side)
     assert m["memory"]["timeline"] and all(e["live_bytes"] > 0 for e in m["memory"]["timeline"])

@@ -36,6 +36,24 @@ def test_digits_splits_are_stratified_and_deterministic(digits):
     assert digits.num_classes == 10 and digits.in_channels == 1 and digits.image_size == (8, 8)
 
 
+def test_a_larger_validation_fraction_moves_training_samples_only(digits):
+    """--val-fraction: stratified, recorded, nested (the default split's validation samples stay validation, the test
+    split does not move), and refused where nothing would be left to train on."""
+    from hwai.data import stratified_split
+
+    wide = data.load("digits", val_fraction=0.3)
+    assert wide.sizes() == {"val_fraction": 0.3, "train": 1079, "val": 539, "test": 179}
+    assert wide.describe()["val_fraction"] == 0.3 and digits.describe()["val_fraction"] == 0.1
+    assert torch.equal(wide.test[0], digits.test[0]) and torch.equal(wide.test[1], digits.test[1])
+    y = np.repeat(np.arange(5), 40)
+    (tr1, va1, te1), (tr3, va3, te3) = stratified_split(y), stratified_split(y, val_fraction=0.3)
+    assert set(va1) < set(va3) and set(tr3) < set(tr1) and np.array_equal(te1, te3)
+    assert np.bincount(y[va3]).tolist() == [12] * 5  # 30% of every class
+    for bad in (0, -0.1, 0.85, float("nan")):
+        with pytest.raises(UserError, match="--val-fraction"):
+            data.load("digits", val_fraction=bad)
+
+
 def test_batches_are_normalised(digits):
     x, y = next(iter(digits.batches("train", batch_size=1000, shuffle=False)))
     assert x.shape == (1000, 1, 8, 8) and x.dtype == torch.float32

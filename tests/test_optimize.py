@@ -94,6 +94,8 @@ def test_int8_candidates_are_judged_by_the_artifact_and_feedback_is_checked(tmp_
     for t in trials:
         m = t["metrics"]
         assert m["host_threads"] == physical_cores() and "test_accuracy" not in m  # test: only after the choice
+        low, high = m["accuracy_ci"]  # every accuracy with its sample count and Wilson interval
+        assert m["accuracy_n"] == len(data.val[1]) and low <= m["accuracy"] <= high and m["accuracy_outcomes"]
         if t in quantized:  # (one resolution in this space: the data as loaded)
             onnx = run / "trials" / str(t["number"]) / "model.onnx"
             assert m["accuracy"] == accuracy("onnxruntime", onnx, data, m["host_threads"], split="val")
@@ -103,10 +105,12 @@ def test_int8_candidates_are_judged_by_the_artifact_and_feedback_is_checked(tmp_
     assert best["metrics"]["accuracy"] == best["onnx_val_accuracy"]  # the shipped file, measured again
     assert (run / "best" / "model.onnx").read_bytes() == (run / "trials" / str(best["trial"]) / "model.onnx").read_bytes()
     assert 0 < best["metrics"]["test_accuracy"] <= 1 and 0 < results["baseline"]["test_accuracy"] <= 1
+    assert best["metrics"]["test_accuracy_n"] == results["baseline"]["test_accuracy_n"] == len(data.test[1])
+    assert results["splits"]["val"] == results["baseline"]["accuracy_n"] == len(data.val[1])
     cal = results["calibration"]
     assert cal["threads"] == physical_cores() and cal["pairs"] == 1 + len(trials)
-    assert cal["form"] in ("none", "one factor", "per group") and cal["held_out_error_raw_pct"] > 0
-    assert cal["held_out_error_pct"] <= cal["held_out_error_raw_pct"]  # kept only if it lowers the held-out error
+    assert cal["form"] == "partial pooling" and cal["held_out_error_raw_pct"] > 0 and cal["held_out_error_pct"] >= 0
+    assert 0 < cal["factors"]["*"] and any("energy_mj" in line for line in cal["not_applied_to"])
     # one scorer per architecture (two widths; the baseline's is one of them) + one per-layer breakdown of the best
     assert len(scorers) <= 3 < len(results["trials"])
 

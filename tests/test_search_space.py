@@ -87,11 +87,11 @@ def test_space_rejects_bad_values(bad):
 def test_constraints_check_names_each_violation():
     c = Constraints(max_latency_ms=10, max_size_kb=100, max_sram_kb=50, max_accuracy_drop=0.02)
     ok = {"target_latency_ms": 9.0, "size_kb": 90.0, "peak_sram_kb": 40.0, "accuracy": 0.97, "fits": True}
-    why, values = check(c, ok, 0.98, "target_latency_ms")
+    why, values = check(c, ok, {"accuracy": 0.98}, "target_latency_ms")
     assert why == [] and all(v <= 0 for v in values.values())
     bad = {"target_latency_ms": 20.0, "size_kb": 200.0, "peak_sram_kb": 60.0, "accuracy": 0.9, "fits": False,
            "fit_message": "needs 2 MB"}
-    why, values = check(c, bad, 0.98, "target_latency_ms")
+    why, values = check(c, bad, {"accuracy": 0.98}, "target_latency_ms")
     assert len(why) == 5 and values["latency"] == pytest.approx(1.0) and values["size"] == pytest.approx(1.0)
     # screening sees predictions only, and a corrected host prediction needs a clear margin
     why, _ = check(c, {"host_predicted_ms": 11.0, "size_kb": 500.0}, None, "host_latency_ms", screening=True)
@@ -156,9 +156,9 @@ def test_constraints_reject_non_finite_limits(bad):
 def test_a_limit_met_exactly_is_met_and_a_violation_shows_the_difference():
     c = Constraints(max_latency_ms=10, max_accuracy_drop=0.02)
     # 0.92 - 0.90 is 0.020000000000000018 in floats: equal to the limit, not above it
-    why, values = check(c, {"accuracy": 0.90, "target_latency_ms": 10.0}, 0.92, "target_latency_ms")
+    why, values = check(c, {"accuracy": 0.90, "target_latency_ms": 10.0}, {"accuracy": 0.92}, "target_latency_ms")
     assert why == [] and values["accuracy_drop"] == 0 and values["latency"] == 0
-    why, _ = check(c, {"accuracy": 0.89996, "target_latency_ms": 10.00004}, 0.92, "target_latency_ms")
+    why, _ = check(c, {"accuracy": 0.89996, "target_latency_ms": 10.00004}, {"accuracy": 0.92}, "target_latency_ms")
     latency, drop = why
     assert latency.startswith("latency (predicted target) 10.00004 ms > limit 10 ms")
     assert drop.startswith("accuracy drop 2.004 pt > limit 2 pt") and "baseline 92%" in drop

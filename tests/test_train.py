@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hwai import models, train
@@ -33,25 +34,55 @@ def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
     assert float(train.distillation_loss(logits, torch.randn(8, 10), 4.0)) > 0
 
 
-def test_distillation_from_a_stronger_teacher_helps_a_small_student(digits):
-    """A student much smaller than its teacher, trained briefly, over 3 seeds: with the teacher's logits it does at
-    least as well on the validation split as without (measured here: 88.6% vs 87.7% mean). The old version of this
-    test distilled from a teacher weaker than the student's own potential, where distillation rightly hurts."""
+def test_the_students_gradient_depends_on_the_teachers_logits(digits):
+    """With a teacher, the training loss (hence its gradient) follows the teacher's logits: two teachers that
+    disagree give two gradients, and both differ from the labels-only gradient."""
+    train.seed_everything(0)
+    student = models.create("mlp", 10, 1, 8, width=0.25).eval()  # eval: no dropout, the same forward every time
+    x, y = next(iter(digits.batches("train", batch_size=64, shuffle=False)))
+    cfg = train.TrainConfig()
+
+    def gradient(teacher):
+        student.zero_grad()
+        train._step_loss(student, teacher, x, y, cfg)[1].backward()
+        return torch.cat([p.grad.flatten() for p in student.parameters()])
+
+    teachers = [models.create("mlp", 10, 1, 8, width=0.25).eval() for _ in range(2)]  # two random ones: they disagree
+    a, b, plain = gradient(teachers[0]), gradient(teachers[1]), gradient(None)
+    assert not torch.allclose(a, b, atol=1e-4) and not torch.allclose(a, plain, atol=1e-4)
+    assert torch.allclose(a, gradient(teachers[0]))  # and it is the teacher's logits, not noise, that move it
+
+
+def _kl_to(teacher: nn.Module, student: nn.Module, data, temperature: float) -> float:
+    """Mean KL(teacher || student) of the softened outputs (what distillation matches) over the validation split."""
+    with torch.no_grad():
+        x = data.example(len(data.val[1]))
+        t = F.log_softmax(teacher.eval()(x) / temperature, 1)
+        s = F.log_softmax(student.eval()(x) / temperature, 1)
+        return float(F.kl_div(s, t, reduction="batchmean", log_target=True))
+
+
+def test_a_distilled_student_agrees_with_its_teacher_more_than_a_plain_one(digits):
+    """Over 3 seeds, a student trained with the teacher's logits is closer to the teacher on the validation split
+    (KL at the distillation temperature) than the same student trained on labels alone, by a clear margin each time
+    (measured here: 0.014 vs 0.029-0.032, a ratio of 0.46-0.50); with the teacher ignored both runs are the same
+    and this fails. (Agreement, not accuracy: this student is as accurate either way, within the noise of 179
+    validation samples.)"""
     train.seed_everything(0)
     teacher = models.create("cnn", 10, 1, 8, width=0.5)
-    train.train(teacher, digits, train.TrainConfig(epochs=10, seed=0), progress=False)
+    train.train(teacher, digits, train.TrainConfig(epochs=10, seed=0), progress=False, measure_test=False)
     assert train.evaluate(teacher, digits, "val") > 0.95
-    scores = {"kd": [], "plain": []}
     for seed in range(3):
-        for kind in scores:
+        kl = {}
+        for kind in ("kd", "plain"):
             train.seed_everything(seed)
-            student = models.create("mlp", 10, 1, 8, width=0.125)
-            result = train.train(student, digits, train.TrainConfig(epochs=8, seed=seed), progress=False,
-                                 teacher=teacher if kind == "kd" else None, measure_test=False)
+            student = models.create("mlp", 10, 1, 8, width=0.5)
+            cfg = train.TrainConfig(epochs=8, seed=seed)
+            result = train.train(student, digits, cfg, progress=False, teacher=teacher if kind == "kd" else None,
+                                 measure_test=False)
             assert result.test_accuracy is None  # the test split was left alone
-            scores[kind].append(result.val_accuracy)
-    assert sum(scores["kd"]) >= sum(scores["plain"]), scores
-    assert min(scores["kd"]) > 0.8
+            kl[kind] = _kl_to(teacher, student, digits, cfg.distill_temperature)
+        assert kl["kd"] < 0.7 * kl["plain"], (seed, kl)
 
 
 def test_checkpoint_round_trip_is_weights_only(tmp_path, digits):
@@ -59,7 +90,7 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path, digits):
     model = models.build(spec).eval()
     path = train.save_checkpoint(tmp_path / "m.pt", model, spec, digits.describe(), {"test_accuracy": 0.5})
     raw = torch.load(path, weights_only=True)
-    assert raw["data"] == {"spec": "digits", "input_size": None, "deskew": False}
+    assert raw["data"] == {"spec": "digits", "input_size": None, "deskew": False, "val_fraction": 0.1}
     loaded, meta = train.load_checkpoint(path)
     x = digits.example(4)
     assert torch.allclose(loaded(x), model(x)) and meta["metrics"]["test_accuracy"] == 0.5
@@ -107,11 +138,24 @@ def test_data_is_prepared_as_the_checkpoint_was_trained(tmp_path):
     spec = ModelSpec("mlp", 10, 1, (32, 32), 0.25)
     model = models.build(spec)
     new = train.save_checkpoint(tmp_path / "new.pt", model, spec, {"spec": "mnist", "input_size": [32, 32],
-                                                                   "deskew": True}, {})
+                                                                   "deskew": True, "val_fraction": 0.3}, {})
     old = train.save_checkpoint(tmp_path / "old.pt", model, spec, {"spec": "mnist", "input_size": None}, {})
-    assert train.checkpoint_data(str(new)) == {"input_size": 32, "deskew": True}
-    assert train.checkpoint_data(str(old)) == {"input_size": None, "deskew": False}  # trained before deskewing
+    assert train.checkpoint_data(str(new)) == {"input_size": 32, "deskew": True, "val_fraction": 0.3}
+    # trained before deskewing and before --val-fraction: the default split it was trained on
+    assert train.checkpoint_data(str(old)) == {"input_size": None, "deskew": False, "val_fraction": 0.1}
     assert train.checkpoint_data("cnn") == {} and train.checkpoint_data(str(tmp_path / "missing.pt")) == {}
+
+
+def test_a_checkpoints_validation_fraction_wins_and_an_other_one_is_said(tmp_path, digits):
+    """A larger validation split than the one a checkpoint was trained with would hold samples it trained on."""
+    spec = ModelSpec("mlp", 10, 1, (8, 8), 0.25)
+    wide = train.save_checkpoint(tmp_path / "m.pt", models.build(spec), spec, {"spec": "digits", "val_fraction": 0.3})
+    heard: list[str] = []
+    bundle = train.prepare_data(str(wide), "digits", log=heard.append, val_fraction=0.1)
+    assert bundle.val_fraction == 0.3 and bundle.describe()["val_fraction"] == 0.3
+    assert len(heard) == 1 and "--val-fraction 0.3" in heard[0]
+    assert train.prepare_data(str(wide), "digits", log=heard.append).val_fraction == 0.3 and len(heard) == 1
+    assert train.prepare_data("mlp", "digits", val_fraction=0.25).val_fraction == 0.25  # a zoo model: the user's
 
 
 def test_a_factory_checkpoint_finds_its_model_file_after_a_move(tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ from hwai.text import console as _console
 MODEL_HELP = "zoo name (mlp, cnn, resnet8, resnet18, mobilenetv2, dscnn, vit), checkpoint .pt, or file.py:factory"
 DATA_HELP = "digits, mnist, cifar10:PATH, folder:PATH or npz:PATH"
 JSON_HELP = "also write the figures as JSON to this file ('-': to stdout, instead of the table)"
+VAL_FRACTION_HELP = ("share of every class held out for validation, which every decision on accuracy reads (default "
+                     "0.1; larger resolves finer accuracy limits; a checkpoint keeps the split it was trained with)")
 
 console = _console(soft_wrap=not sys.stdout.isatty())  # in a pipe or a log, lines are never wrapped or cut
 

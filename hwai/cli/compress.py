@@ -11,6 +11,7 @@ from hwai.cli.common import (
     DATA_HELP,
     JSON_HELP,
     MODEL_HELP,
+    VAL_FRACTION_HELP,
     check_out_dir,
     console,
     log_for,
@@ -40,12 +41,14 @@ def compress(
                                 "executorch, litert, or auto (the fastest installed here)"),
     width: float = typer.Option(1.0, help="width multiplier when --model is a zoo name"),
     input_size: Optional[int] = typer.Option(None, help="resize images (default: the checkpoint's size)"),
+    val_fraction: Optional[float] = typer.Option(None, help=VAL_FRACTION_HELP),
     out: Path = typer.Option(Path("compressed"), help="output directory: model.onnx, model.pt, metrics.json"),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Compress a model (prune, distill, fuse, quantize), export verified ONNX, print measured before/after."""
     from hwai import train as htrain
     from hwai.measure import MeasureConfig
+    from hwai.measure.accuracy import text
     from hwai.search import compress as hcompress
 
     check_out_dir(out, "--out")
@@ -55,16 +58,16 @@ def compress(
                                    max_accuracy_drop=max_accuracy_drop, force=force,
                                    measure=MeasureConfig(threads=threads, max_seconds=2.0), runtime=runtime)
     quiet = to_stdout(json_out)
-    net, spec, bundle = htrain.resolve(model, data, width, input_size, log=log_for(json_out))
+    net, spec, bundle = htrain.resolve(model, data, width, input_size, log=log_for(json_out), val_fraction=val_fraction)
     result = hcompress.compress(net, bundle, cfg, out=out, spec=spec, log=log_for(json_out), progress=not quiet)
     if json_out is not None:
         write_json(json_out, result.metrics)
     if quiet:
         return
     show(table(result), 120)
-    tested = result.test_accuracy
+    base, best = result.metrics["baseline"], result.metrics["best"]["metrics"]
     console.print(f"test accuracy (measured once, at the end, on {result.final.runtime}; read by no decision): original "
-                  f"{tested['original']:.2%}, final {tested['final']:.2%} ({len(bundle.test[1])} test samples)")
+                  f"{text(base, 'test_accuracy')}, final {text(best, 'test_accuracy')}")
     console.print(result.measurement)
     console.print(f"wrote {out / 'model.onnx'} (parity: max |delta logit| {result.final.parity['max_abs_diff']:.3g}, "
                   f"top-1 agreement {result.final.parity['top1_agreement']:.1%}), {out / 'model.pt'}, "
@@ -79,10 +82,11 @@ def table(result):
 
     base = result.baseline
     rt = base.runtime
+    n = base.scored.total if base.scored else None
     t = Table(title=f"hwai compress (measured; latency: median ±IQR, batch 1, on {rt}, {base.threads} thread(s): each "
                     "stage's artifact, FP32 or INT8, timed in blocks with the model before it and the original)")
-    for col in ("stage", "val accuracy", "params", "ONNX KB", "smaller", "eager ms", f"{rt} ms", "faster",
-                "vs step before (95% CI)"):
+    for col in ("stage", f"val accuracy [95% CI] (n={n})", "params", "ONNX KB", "smaller", "eager ms", f"{rt} ms",
+                "faster", "vs step before (95% CI)"):
         t.add_column(col, justify="left" if col in ("stage", "vs step before (95% CI)") else "right", overflow="fold")
     rows = [("original FP32", base, result.aa_check)] + [
         (s.name + ("" if s.kept else " [rolled back]"), s.after, s.latency) for s in result.steps]
@@ -91,8 +95,9 @@ def table(result):
         verdict = "-" if speed is None else (("A/A: " if i == 0 else "") + f"{speed['verdict']} "
                                              f"(x{speed['ratio_low']:.2f}..x{speed['ratio_high']:.2f}, "
                                              f"margin ±{speed['margin']:.0%})")
-        t.add_row(name, f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}", f"{base.size_kb / s.size_kb:.1f}x",
-                  eager, _ms(s.host_ms, s.host_iqr_ms), f"{s.speedup:.2f}x", verdict)
+        t.add_row(name, s.scored.cell() if s.scored else f"{s.accuracy:.2%}", f"{s.params:,}", f"{s.size_kb:.0f}",
+                  f"{base.size_kb / s.size_kb:.1f}x", eager, _ms(s.host_ms, s.host_iqr_ms), f"{s.speedup:.2f}x",
+                  verdict)
     return t
 
 

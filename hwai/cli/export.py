@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hwai.cli.common import DATA_HELP, MODEL_HELP, check_out_dir, console, show
+from hwai.cli.common import DATA_HELP, MODEL_HELP, VAL_FRACTION_HELP, check_out_dir, console, show
 from hwai.errors import UserError
 
 RUNTIME_HELP = ("onnxruntime, openvino, executorch, litert, tensorrt (ONNX + trtexec command, not run here), tflm "
@@ -23,6 +23,7 @@ def export(
     threads: Optional[int] = typer.Option(None, min=1, help="threads for every runtime (default: physical cores)"),
     width: float = typer.Option(1.0, help="width multiplier when --model is a zoo name"),
     input_size: Optional[int] = typer.Option(None, help="resize images (default: the checkpoint's size)"),
+    val_fraction: Optional[float] = typer.Option(None, help=VAL_FRACTION_HELP),
     out: Path = typer.Option(Path("deploy"), help="output directory: <runtime>/model*.{onnx,xml,pte,tflite}, results.json"),
 ) -> None:
     """Export a model to a runtime (or a target's runtimes, or auto), verify parity, measure latency and accuracy;
@@ -39,11 +40,12 @@ def export(
     from hwai import targets as htargets
     from hwai import train as htrain
     from hwai.measure import MeasureConfig
+    from hwai.measure.accuracy import rate
     from hwai.runtimes.deployment import PASSES
 
     check_out_dir(out, "--out")
     names, auto, tgt = _runtimes(runtime, target, hrt, htargets)
-    net, spec, bundle = htrain.resolve(model, data, width, input_size, log=console.print)
+    net, spec, bundle = htrain.resolve(model, data, width, input_size, log=console.print, val_fraction=val_fraction)
     cfg = MeasureConfig(threads=threads)
     log = console.print
     single = len(names) == 1 and not auto and tgt is None
@@ -61,13 +63,15 @@ def export(
 
     table = Table(title=f"hwai export {spec.name}: measured on this host (batch 1, {results['runtimes']['threads']} "
                         "thread(s); latency median ±IQR)")
-    for col in ("runtime", "precision", "artifact", "KiB", "accuracy", "top-1 agree", "max |Δ logit|", "ms", "note"):
+    accuracy = f"test accuracy [95% CI]\n(n={len(bundle.test[1])})"
+    for col in ("runtime", "precision", "artifact", "KiB", accuracy, "top-1 agree", "max |Δ logit|", "ms", "note"):
         table.add_column(col, justify="left" if col in ("runtime", "precision", "artifact", "note") else "right",
                          overflow="fold")
     for d in rows:
         r = d.to_dict()
         table.add_row(d.runtime, d.precision, str(d.artifact or "-"), _num(r["size_kb"], ".0f"),
-                      _num(r["accuracy"], ".2%"), _num(r["top1_agreement"], ".1%"), _num(r["max_abs_diff"], ".3g"),
+                      rate(r["accuracy"], r.get("accuracy_n"), True), _num(r["top1_agreement"], ".1%"),
+                      _num(r["max_abs_diff"], ".3g"),
                       f"{r['median_ms']:.3f}±{r['iqr_ms']:.3f}" if r["median_ms"] is not None else "-", d.note)
     show(table, 140)
     console.print(results["runtimes"]["measurement"])

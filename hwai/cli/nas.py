@@ -61,20 +61,24 @@ def summary(results: dict) -> list:
     from rich import box
     from rich.table import Table
 
+    from hwai.measure.accuracy import rate
+
     target = results["target"]["name"]
+    splits = results.get("splits") or {}  # runs from before splits were recorded: bare percentages
+    n_val, n_test = splits.get("val"), splits.get("test")
     table = Table(title=f"measured candidates (target {target}, {results['config']['precision']}); "
                         f"* Pareto (measured val accuracy x predicted latency), ! breaks a limit",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("#", "acc pred", "acc inherited\n(m)", "acc final\n(m)", "target ms\n(p, table)",
-                "target ms\n(p, whole)", "SRAM KiB\n(p)", "host ms\n(m)", "ONNX KB\n(m)"):
+    for col in ("#", "acc pred", "acc inherited\n[95% CI] (m)", f"acc final\n[95% CI] (m, n={n_val})",
+                "target ms\n(p, table)", "target ms\n(p, whole)", "SRAM KiB\n(p)", "host ms\n(m)", "ONNX KB\n(m)"):
         table.add_column(col, justify="right", no_wrap=True)
     best = results["best"].get("candidate")
     for c in results["candidates"]:
         mark = ("*" if c["candidate"] in results["pareto"] else "") + ("!" if c["violations"] else "") + \
                (" best" if c["candidate"] == best else "")
         m, p, w = c["measured"], c["predicted"], c["cost_predict"]
-        table.add_row(f"{c['candidate']}{mark}", f"{p['accuracy']:.2%}", f"{m['inherited_val_accuracy']:.2%}",
-                      f"{m['val_accuracy']:.2%}", f"{p['latency_ms']:.3f}", f"{w['latency_ms']:.3f}",
+        table.add_row(f"{c['candidate']}{mark}", f"{p['accuracy']:.2%}", rate(m["inherited_val_accuracy"], n_val, True),
+                      rate(m["val_accuracy"], n_val, True), f"{p['latency_ms']:.3f}", f"{w['latency_ms']:.3f}",
                       f"{w['sram_kb']:.1f}", f"{m['host_latency_ms']:.3f}", f"{m['size_kb']:.1f}")
     pred, score, t = results["predictor"], results["scoring"], results["timings"]
     lines = [table] + [f"  {c['candidate']}: {c['description']}" for c in results["candidates"]]
@@ -94,7 +98,8 @@ def summary(results: dict) -> list:
         lines.append(styled(("no best", "bold red"), f": {b['reason']}"))
     else:
         lines.append(styled(("best", "bold"), f": candidate {b['candidate']} ({b['description']}): val accuracy "
-                     f"{b['measured']['val_accuracy']:.2%}, test accuracy {b['test_accuracy']:.2%} (measured, ONNX "
+                     f"{rate(b['measured']['val_accuracy'], n_val)}, test accuracy {rate(b['test_accuracy'], n_test)} "
+                     "(measured, ONNX "
                      f"Runtime), {b['cost_predict']['latency_ms']:.3f} ms predicted on {target}; "
                      f"exported {b['onnx']} and {b['model']}"))
     return lines

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from hwai.cli.common import DATA_HELP, MODEL_HELP, check_out_dir, console, show, stopped
+from hwai.cli.common import DATA_HELP, MODEL_HELP, VAL_FRACTION_HELP, check_out_dir, console, show, stopped
 from hwai.text import styled
 
 
@@ -26,7 +26,9 @@ def optimize(
     max_latency_ms: Optional[float] = typer.Option(None, help="limit on the target's latency (predicted; measured for host)"),
     max_size_kb: Optional[float] = typer.Option(None, help="limit on the exported ONNX size (measured)"),
     max_sram_kb: Optional[float] = typer.Option(None, help="limit on peak SRAM on the target (predicted)"),
-    max_accuracy_drop: float = typer.Option(0.02, help="limit on baseline minus candidate accuracy (0.02 = 2 points)"),
+    max_accuracy_drop: float = typer.Option(0.02, help="limit on baseline minus candidate accuracy (0.02 = 2 points; "
+                                            "broken when the paired test on the same validation samples says so)"),
+    val_fraction: Optional[float] = typer.Option(None, help=VAL_FRACTION_HELP),
     threads: Optional[int] = typer.Option(None, min=1, help="intra-op threads for measured host latency (default: "
                                           "physical cores; --target host searches 1 and all cores)"),
     runtimes: Optional[str] = typer.Option(None, help="--target host: runtimes a candidate may ship on, comma-"
@@ -48,6 +50,7 @@ def optimize(
     """The co-design loop: constrained multi-objective search over architectures and compression policies."""
     import time
 
+    from hwai.measure.accuracy import text
     from hwai.search import Constraints, OptimizeConfig, SearchStopped
     from hwai.search import optimize as run_optimize
     from hwai.search.display import pareto_table
@@ -58,7 +61,7 @@ def optimize(
                          constraints=Constraints(max_latency_ms, max_size_kb, max_sram_kb, max_accuracy_drop),
                          trials=trials, baseline_epochs=baseline_epochs, sampler=sampler, seed=seed, threads=threads,
                          runtimes=_runtimes(runtimes),
-                         space_kind=space, supernet=supernet)
+                         space_kind=space, supernet=supernet, val_fraction=val_fraction)
     run = check_out_dir(run or Path("runs") / time.strftime("%Y%m%d-%H%M%S"), "--run")
     start = time.perf_counter()
     try:
@@ -77,8 +80,8 @@ def optimize(
         p = best["parity"]
         console.print(f"exported {run / best['onnx']}: parity {'ok' if p['ok'] else 'FAILED'} (ONNX Runtime vs PyTorch: "
                       f"max |delta logit| {p['max_abs_diff']:.2e}, top-1 agreement {p['top1_agreement']:.2%}); "
-                      f"validation accuracy of this file {best['onnx_val_accuracy']:.2%}, test accuracy "
-                      f"{best['test_accuracy']:.2%} (measured once, after the choice)")
+                      f"validation accuracy of this file {text(best, 'onnx_val_accuracy')}, test accuracy "
+                      f"{text(best, 'test_accuracy')} (measured once, after the choice)")
     console.print(f"{results['measurement']}\npredicted: {results['prediction']}")
     console.print(f"results: {run / 'results.json'}; report: {run / 'report.html'}; wall time "
                   f"{time.perf_counter() - start:.0f} s (measured)")

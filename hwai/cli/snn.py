@@ -30,6 +30,8 @@ def _summary(prof, out: Path | None) -> None:
     """The per-layer table, totals, energies, latency, and where the files are."""
     from rich.table import Table
 
+    from hwai.measure.accuracy import rate
+
     act = prof.activity
     table = Table(title=f"spiking {prof.model} on {prof.data}: {act.steps} steps, {act.coding} coding, "
                         f"{act.samples} test samples (measured)")
@@ -48,11 +50,12 @@ def _summary(prof, out: Path | None) -> None:
                   f"{act.spikes_per_neuron:.2f}", f"{act.spikes_per_neuron / act.steps:.3f}",
                   f"{1 - act.spikes_per_neuron / act.steps:.1%}")
     show(table, 140)
-    console.print(f"test accuracy {act.accuracy:.2%} (measured, {act.samples} samples); {act.spikes_per_neuron:.2f} "
+    console.print(f"test accuracy {rate(act.accuracy, act.samples)} (measured); {act.spikes_per_neuron:.2f} "
                   f"spikes/neuron/inference over {act.neurons:,} LIF neurons; {act.updates:,.0f} neuron updates",
                   highlight=False)
     if prof.ann_accuracy is not None:
-        console.print(f"same-shape ANN: test accuracy {prof.ann_accuracy:.2%} (measured)", highlight=False)
+        console.print(f"same-shape ANN: test accuracy {rate(prof.ann_accuracy, act.samples)} (measured)",
+                      highlight=False)
     for e in prof.energies:
         ann = (f"; same-shape ANN {e.ann_uj:.2f} uJ -> SNN/ANN {e.ratio:.2f}" if e.ann_uj is not None
                else "; no ANN on this profile (it prices no multiply-accumulate)")
@@ -133,6 +136,7 @@ def train(
     require_snntorch()
     cfg = _config(steps, beta, threshold, surrogate, slope, coding, reset, learn_neurons)
     from hwai import train as htrain
+    from hwai.measure.accuracy import rate
     from hwai.snn.model import create, save_checkpoint
     from hwai.snn.profile import profile
 
@@ -149,7 +153,7 @@ def train(
     console.print(f"spiking {spec.name} on {data}: {len(net.lif_layers())} LIF layers, {steps} steps, "
                   f"{coding} coding, beta {beta:g}, threshold {threshold:g}, {surrogate} surrogate", highlight=False)
     try:
-        result = htrain.train(net, bundle, tcfg, description="snn train",
+        result = htrain.train(net, bundle, tcfg, description="snn train", measure_test=False,  # profile measures it
                               on_epoch=lambda e, m: save_checkpoint(ckpt, net, spec, bundle, {"epochs_done": e + 1}))
     except KeyboardInterrupt:
         console.print(f"interrupted; the last finished epoch is saved in {ckpt}" if ckpt.exists()
@@ -161,7 +165,7 @@ def train(
     save_checkpoint(ckpt, net, spec, bundle, {"test_accuracy": prof.activity.accuracy, **training})
     _write(prof, "snn train", out, {"training": training, "checkpoint": str(ckpt)})
     console.print(f"training took {result.wall_s:.1f} s (measured wall time); validation accuracy "
-                  f"{result.val_accuracy:.2%}; checkpoint {ckpt}", highlight=False)
+                  f"{rate(result.val_accuracy, len(bundle.val[1]))}; checkpoint {ckpt}", highlight=False)
     _summary(prof, out)
 
 
@@ -189,6 +193,7 @@ def convert(
 
     from hwai import data as hdata
     from hwai import train as htrain
+    from hwai.measure.accuracy import rate
     from hwai.snn.config import ConvertConfig
     from hwai.snn.convert import convert as run_convert
     from hwai.snn.energy import energy
@@ -203,21 +208,23 @@ def convert(
     ann, meta = htrain.load_checkpoint(model)
     stored = htrain.checkpoint_data(str(model))
     bundle = hdata.load(data or meta.get("data", {}).get("spec") or "mnist", input_size=stored.get("input_size"),
-                        deskew=stored.get("deskew"))
+                        deskew=stored.get("deskew"), val_fraction=stored.get("val_fraction"))
     from hwai.models import ModelSpec
 
     spec = ModelSpec.from_dict(meta["model"])
     conv = run_convert(ann, bundle, cfg, log=lambda line: console.print(line, highlight=False))
     table = Table(title=f"ANN->SNN conversion of {model} on {bundle.spec}: percentile "
                         f"{conv.percentile:g} (chosen on validation at {conv.decision_steps} steps), {coding} coding")
-    for col in ("steps", "test accuracy", "spikes/neuron", "SOPs", *(f"SNN/ANN energy, {t}" for t in target)):
+    for col in ("steps", "test accuracy [95% CI]", "spikes/neuron", "SOPs", *(f"SNN/ANN energy, {t}" for t in target)):
         table.add_column(col, justify="right")
     for act in conv.results:
         ratios = [energy(act, t).ratio for t in target]
-        table.add_row(str(act.steps), f"{act.accuracy:.2%}", f"{act.spikes_per_neuron:.2f}", f"{act.sops:,.0f}",
+        table.add_row(str(act.steps), rate(act.accuracy, act.samples, True), f"{act.spikes_per_neuron:.2f}",
+                      f"{act.sops:,.0f}",
                       *("n/a" if r is None else f"{r:.2f}" for r in ratios))
     console.print(table)
-    console.print(f"ANN test accuracy {conv.ann_accuracy:.2%} (measured); SNN accuracy and spikes measured on the "
+    console.print(f"ANN test accuracy {rate(conv.ann_accuracy, len(bundle.test[1]))} (measured); SNN accuracy and "
+                  "spikes measured on the "
                   "test split, once per number of steps; energy predicted", highlight=False)
     out = out or _run_dir("snn-convert", str(model), bundle.spec)
     prof = profile(conv.net, spec, bundle, tuple(target), None if ann_target.lower() == "none" else ann_target, ann)

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from hwai.cli.common import DATA_HELP, MODEL_HELP, console, default_checkpoint
+from hwai.cli.common import DATA_HELP, MODEL_HELP, VAL_FRACTION_HELP, console, default_checkpoint
+from hwai.errors import UserError
 from hwai.text import styled
 
 
@@ -22,6 +23,7 @@ def train(
                                            "default: on for images, shifts of at most 1 pixel for mlp"),
     width: float = typer.Option(1.0, help="width multiplier of zoo models"),
     input_size: Optional[int] = typer.Option(None, help="resize images to this size (28 -> 32 pads)"),
+    val_fraction: Optional[float] = typer.Option(None, help=VAL_FRACTION_HELP),
     seed: int = typer.Option(0),
     out: Optional[Path] = typer.Option(None, help="checkpoint path (default: checkpoints/MODEL-DATA.pt)"),
     memory_budget_mb: Optional[float] = typer.Option(None, help="activation-memory budget in MiB: activation "
@@ -31,6 +33,7 @@ def train(
 ) -> None:
     """Train a model with a progress bar; saves a checkpoint after every epoch and prints measured test accuracy."""
     from hwai import train as htrain
+    from hwai.measure.accuracy import rate
 
     out = out or default_checkpoint(model, data)
     options = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, label_smoothing=label_smoothing,
@@ -38,8 +41,10 @@ def train(
     if shard > 1:
         from hwai.shard.ranks import train_sharded
 
+        if val_fraction is not None:
+            raise UserError("--val-fraction is not available with --shard yet: leave one of them out")
         return train_sharded(shard, model, data, input_size, width, out, options, augment)
-    bundle = htrain.prepare_data(model, data, input_size, log=console.print)
+    bundle = htrain.prepare_data(model, data, input_size, log=console.print, val_fraction=val_fraction)
 
     def start(net, spec) -> None:
         params = sum(p.numel() for p in net.parameters())
@@ -51,8 +56,8 @@ def train(
     except KeyboardInterrupt:
         console.print(f"interrupted; the last finished epoch is saved in {out}" if out.exists() else "interrupted")
         raise typer.Exit(130)
-    console.print(styled("test accuracy ", (f"{result.test_accuracy:.2%}", "bold"),
-                         f" (measured on {len(bundle.test[1])} test samples), val {result.val_accuracy:.2%}; "
+    console.print(styled("test accuracy ", (rate(result.test_accuracy, len(bundle.test[1])), "bold"),
+                         f" (measured), validation {rate(result.val_accuracy, len(bundle.val[1]))}; "
                          f"training took {result.wall_s:.1f} s (measured wall time)"))
     if result.checkpoint is not None:
         from hwai.cli.memory import print_checkpoints

@@ -8,6 +8,8 @@ import torch
 from hwai.data.transforms import augment, deskew, resize
 from hwai.errors import UserError
 
+VAL_FRACTION = 0.1  # default share of each class held out for validation (test: another 10%, train: the rest)
+
 
 @dataclass
 class DataBundle:
@@ -24,6 +26,7 @@ class DataBundle:
     flip: bool = False  # horizontal flips are a valid augmentation (natural images, not digits)
     input_size: tuple[int, int] | None = None  # resize target; None keeps the stored size
     deskew: bool = False  # every image (all splits) sheared upright once, at load (handwriting)
+    val_fraction: float = VAL_FRACTION  # share of each class in the validation split (recorded: a checkpoint keeps it)
     notes: tuple[str, ...] = ()  # what loading changed that the user should hear once (e.g. labels remapped)
     deskewed: bool = field(default=False, repr=False)  # set once done: dataclasses.replace must not shear again
     mean: torch.Tensor = field(init=False)
@@ -63,7 +66,13 @@ class DataBundle:
     def describe(self) -> dict:
         """How to load this data again: `load(**bundle.describe())`."""
         return {"spec": self.spec, "input_size": list(self.input_size) if self.input_size else None,
-                "deskew": self.deskew}
+                "deskew": self.deskew, "val_fraction": self.val_fraction}
+
+    def sizes(self) -> dict:
+        """Samples per split and the validation fraction, which results files record beside the accuracies (counts
+        only: no split's data is read)."""
+        return {"val_fraction": self.val_fraction, "train": len(self.train[1]), "val": len(self.val[1]),
+                "test": len(self.test[1])}
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in ("train", "val", "test"):

@@ -9,24 +9,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hwai.data.bundle import DataBundle
-from hwai.errors import UserError
+from hwai.data.bundle import VAL_FRACTION, DataBundle
+from hwai.errors import UserError, finite
 
 CIFAR_HELP = ("expected the CIFAR-10 python version (data_batch_1..5, test_batch), as a directory or "
               "cifar-10-python.tar.gz, from https://www.cs.toronto.edu/~kriz/cifar.html")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
+MAX_VAL_FRACTION = 0.8  # with the test split's 10%, at least 10% of every class is left to train on
 
 
-def stratified_split(y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Indices of train/val/test, 80/10/10 within every class, the same for a given seed."""
+def check_val_fraction(val_fraction: float) -> float:
+    """`val_fraction` if it leaves samples to train on, else a UserError naming --val-fraction."""
+    return finite("--val-fraction", val_fraction, 0, MAX_VAL_FRACTION, low_open=True)
+
+
+def stratified_split(y: np.ndarray, seed: int = 0, val_fraction: float = VAL_FRACTION
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of train/val/test: 10% test and `val_fraction` validation within every class (80/10/10 by default),
+    the same for a given seed. Nested: a smaller validation fraction's split is a subset of a larger one's, and the
+    test split does not depend on it (so a larger fraction only moves training samples into validation)."""
     rng = np.random.default_rng(seed)
     parts: tuple[list, list, list] = ([], [], [])
     for label in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == label))
         n_test = int(round(len(idx) * TEST_FRACTION))
-        n_val = int(round(len(idx) * VAL_FRACTION))
+        n_val = int(round(len(idx) * val_fraction))
         parts[2].append(idx[:n_test])
         parts[1].append(idx[n_test:n_test + n_val])
         parts[0].append(idx[n_test + n_val:])
@@ -88,9 +96,11 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
 
 
 def _bundle_from_arrays(spec: str, x: np.ndarray, y: np.ndarray, classes: list[str] | None = None,
-                        test: tuple[np.ndarray, np.ndarray] | None = None, **kw) -> DataBundle:
-    """Split (x, y) 80/10/10, or 90/10 train/val when a separate test set is given; refuse data that cannot
-    be trained on (no samples, non-finite values, one class, an empty split)."""
+                        test: tuple[np.ndarray, np.ndarray] | None = None, val_fraction: float = VAL_FRACTION,
+                        **kw) -> DataBundle:
+    """Split (x, y) 80/10/10, or 90/10 train/val when a separate test set is given (`val_fraction` sets the
+    validation share); refuse data that cannot be trained on (no samples, non-finite values, one class, an
+    empty split)."""
     _check_samples(x, spec)
     y = _labels(y, spec)
     if len(y) != len(x):
@@ -105,10 +115,10 @@ def _bundle_from_arrays(spec: str, x: np.ndarray, y: np.ndarray, classes: list[s
         missing = [classes[i] for i in np.flatnonzero(present == 0)]
         raise UserError(f"{spec}: class(es) {', '.join(missing[:5])} have no training sample")
     if test is None:
-        tr, va, te = stratified_split(y)
+        tr, va, te = stratified_split(y, val_fraction=val_fraction)
         parts = [(x[i], y[i]) for i in (tr, va, te)]
     else:
-        tr, va, rest = stratified_split(y)
+        tr, va, rest = stratified_split(y, val_fraction=val_fraction)
         tr = np.sort(np.concatenate([tr, rest]))  # a separate test set: 90/10 train/val
         _check_samples(test[0], f"{spec} (test set)")
         test = (test[0], _labels(test[1], f"{spec} (test set)"))
@@ -122,7 +132,7 @@ def _bundle_from_arrays(spec: str, x: np.ndarray, y: np.ndarray, classes: list[s
         raise UserError(f"{spec}: {len(y)} samples are too few: the stratified {'90/10' if test is not None else '80/10/10'} "
                         f"split leaves the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} empty (about 10 samples per class are needed)")
     tensors = [(_tensor(a), torch.from_numpy(b)) for a, b in parts]
-    return DataBundle(spec, *tensors, classes=classes, notes=notes, **kw)
+    return DataBundle(spec, *tensors, classes=classes, notes=notes, val_fraction=val_fraction, **kw)
 
 
 def load_digits(spec: str, **kw) -> DataBundle:

@@ -161,7 +161,7 @@ def _candidate(run_dir: Path, n: int, row: list[int], cfg: NasConfig, supernet, 
         teacher, _ = subnet(supernet, {**space.arch(space.largest()), "resolution": arch["resolution"]}, data)
         tcfg = TrainConfig(epochs=cfg.finetune_epochs, lr=FINETUNE_LR, warmup_epochs=0.0, seed=cfg.supernet.seed,
                            **default_augmentation("nas", view))
-        train(model, view, tcfg, teacher=teacher, progress=False)
+        train(model, view, tcfg, teacher=teacher, progress=False, measure_test=False)  # test: once, for the best
     model.eval()
     spec = hsn.spec(supernet, arch)
     save_checkpoint(folder / "model.pt", model, spec, view.describe(), {"arch": arch, "kind": "nas subnet"})
@@ -285,7 +285,7 @@ def nas(cfg: NasConfig = NasConfig(), run_dir: str | Path | None = None, progres
     results = {
         "schema": "hwai.nas/1", "command": "nas", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": environment(1),  # candidates are timed at 1 thread (_measure_candidate)
-        "config": json.loads(json.dumps(cfg.to_dict())),
+        "config": json.loads(json.dumps(cfg.to_dict())), "splits": data.sizes(),  # n of every accuracy below
         "space": {**cfg.space.to_dict(), "subnets": cfg.space.size()},
         "target": {"name": target.name, "file": str(target.path)},
         "supernet": {k: trained[k] for k in ("step", "total_steps", "wall_s", "cpu_s")} |

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from hwai.data import DataBundle
     from hwai.measure import LatencyStats, MeasureConfig
+    from hwai.measure.accuracy import Accuracy
     from hwai.runtimes.export import Parity
 
 PASSES = 5  # timing passes over the runtimes, a fresh session of each per pass (the blocks of the fastest's interval)
@@ -30,18 +31,21 @@ class Deployment:
     artifact: Path | None
     size_kb: float | None  # every file of the artifact (OpenVINO: .xml + .bin)
     parity: Parity | None = None  # None: not run here
-    accuracy: float | None = None  # test split, executed by the runtime
+    accuracy: float | None = None  # executed by the runtime, on `scored.split` (test unless a caller decides on it)
     latency: LatencyStats | None = None  # median of the pass medians (batch 1), with the passes' repeatability
     pass_medians_ms: list[float] = field(default_factory=list)  # one per pass (a fresh session each)
     aa_pass_medians_ms: list[float] = field(default_factory=list)  # a second session per pass (the A/A arm), if timed
     note: str = ""  # why it was not run or not timed
+    scored: Accuracy | None = field(default=None, repr=False)  # the accuracy with n, interval and per-sample outcomes
 
     def to_dict(self) -> dict:
         """A flat row, as results JSON `runtimes.rows` and the report read it."""
         lat, par = self.latency, self.parity
+        counted = self.scored.fields() if self.scored else {"accuracy": self.accuracy}
         return {"runtime": self.runtime, "precision": self.precision,
                 "artifact": str(self.artifact) if self.artifact else None, "size_kb": self.size_kb,
-                "accuracy": self.accuracy, "top1_agreement": par.top1_agreement if par else None,
+                **counted, "accuracy_split": self.scored.split if self.scored else None,
+                "top1_agreement": par.top1_agreement if par else None,
                 "max_abs_diff": par.max_abs_diff if par else None, "parity_ok": par.ok if par else None,
                 "median_ms": lat.median_ms if lat else None, "iqr_ms": lat.iqr_ms if lat else None,
                 "repeats": lat.repeats if lat else None, "threads": lat.threads if lat else None,
@@ -94,17 +98,22 @@ def _maker(name: str, artifact: str | Path, threads: int, x) -> Callable[[], Cal
 
 def accuracy(name: str, artifact: str | Path, data: DataBundle, threads: int | None = None, split: str = "test") -> float:
     """Top-1 accuracy of `artifact` executed by runtime `name`."""
+    return scored(name, artifact, data, threads, split).value
+
+
+def scored(name: str, artifact: str | Path, data: DataBundle, threads: int | None = None,
+           split: str = "test") -> Accuracy:
+    """Top-1 accuracy of `artifact` executed by runtime `name`, with its sample count, 95% interval and every
+    sample's outcome (hwai.measure.accuracy: what a paired comparison of two artifacts needs)."""
     from hwai.runtimes.registry import get
 
-    return _accuracy(get(name).load(artifact, threads), data, split)
+    return _scored(get(name).load(artifact, threads), data, split)
 
 
-def _accuracy(run: Callable, data: DataBundle, split: str = "test") -> float:
-    correct = total = 0
-    for x, y in data.batches(split, batch_size=256, shuffle=False):
-        correct += int((run(x.numpy()).argmax(1) == y.numpy()).sum())
-        total += len(y)
-    return correct / max(total, 1)
+def _scored(run: Callable, data: DataBundle, split: str = "test") -> Accuracy:
+    from hwai.measure.accuracy import score
+
+    return score(lambda x: run(x.numpy()), data, split, batch_size=256)
 
 
 def size_kb(artifact: Path) -> float:
@@ -144,7 +153,8 @@ def _prepare(name: str, model: nn.Module, data: DataBundle, out_dir: Path, int8:
         if strict:
             raise UserError(deployment.note)
         return deployment, None
-    deployment.accuracy = _accuracy(run, data, split)
+    deployment.scored = _scored(run, data, split)
+    deployment.accuracy = deployment.scored.value
     return deployment, run if module.HOST else None
 
 
@@ -164,11 +174,12 @@ def ready(name: str, model: nn.Module, data: DataBundle, out_dir: str | Path, in
 
 def measure_all(model: nn.Module, data: DataBundle, out_dir: str | Path, int8: bool = False,
                 runtimes: list[str] | None = None, cfg: MeasureConfig | None = None, passes: int = PASSES,
-                parity_samples: int = 256, strict: bool = False, log: Callable[[str], None] | None = None
-                ) -> list[Deployment]:
+                parity_samples: int = 256, strict: bool = False, log: Callable[[str], None] | None = None,
+                split: str = "test") -> list[Deployment]:
     """Deploy to each runtime (default: every available host runtime) under out_dir/<runtime>/, then time
     them in `passes` passes (a fresh session each) at the same thread count (batch 1). strict: a runtime that cannot
-    export, or whose artifact disagrees with PyTorch, raises UserError; otherwise it is recorded with a note."""
+    export, or whose artifact disagrees with PyTorch, raises UserError; otherwise it is recorded with a note.
+    Accuracy on `split`: the test split for a report, the validation split for a caller that still decides."""
     from hwai.measure import MeasureConfig, physical_cores
     from hwai.runtimes.registry import available
 
@@ -181,7 +192,7 @@ def measure_all(model: nn.Module, data: DataBundle, out_dir: str | Path, int8: b
         if log:
             log(f"{name}: export {'INT8' if int8 else 'FP32'}, parity, accuracy")
         try:
-            deployment, run = _prepare(name, model, data, out_dir, int8, threads, parity_samples, strict)
+            deployment, run = _prepare(name, model, data, out_dir, int8, threads, parity_samples, strict, split)
         except UserError as exc:
             if strict:
                 raise
@@ -276,8 +287,8 @@ def measurement(cfg: MeasureConfig, passes: int, threads: int, parity_samples: i
             "runs in all; latency = median of the pass medians, IQR of all runs (hwai.measure.timing.time_rounds); the "
             "fastest is measurably faster only when the pass-paired 95% interval of the runner-up's ratio lies beyond "
             f"±{cfg.margin:.0%} or the A/A spread (the first runtime in a second session each pass); parity against "
-            "PyTorch "
-            f"on {parity_samples} real test inputs; accuracy on the test split executed by each runtime")
+            f"PyTorch on {parity_samples} real validation inputs; accuracy on the test split executed by each runtime, "
+            "with its sample count and Wilson 95% interval")
 
 
 def section(rows: list[dict], cfg: MeasureConfig, passes: int, choice: Choice | None = None) -> dict:

@@ -4,7 +4,8 @@
    fine-tune / train with distillation from the baseline, fuse, quantize;
 2. `measure_host`: export to ONNX and time it with ONNX Runtime on this machine (measured);
 3. `val_accuracy`: accuracy on the validation split of what ships: the exported INT8 ONNX model on
-   ONNX Runtime for a quantized candidate, the PyTorch model for a float one.
+   ONNX Runtime for a quantized candidate, the PyTorch model for a float one; with its sample count, 95%
+   interval and every sample's outcome (the accuracy-drop limit pairs them with the baseline's).
 """
 from __future__ import annotations
 
@@ -132,16 +133,17 @@ def val_accuracy(model: nn.Module, onnx_path: Path, bundle: DataBundle, quantize
                  runtime: str = "onnxruntime", artifact: Path | None = None) -> dict:
     """Validation accuracy of what ships: a quantized candidate's exported INT8 artifact on the runtime it ships
     on (ONNX Runtime unless the deployment search chose another; its PyTorch fake-quant accuracy kept beside it),
-    a float candidate's PyTorch model (every artifact agrees with it within the parity check)."""
-    from hwai.runtimes.deployment import accuracy
-    from hwai.train import evaluate
+    a float candidate's PyTorch model (every artifact agrees with it within the parity check). Each with its sample
+    count, Wilson 95% interval and per-sample outcomes (hwai.measure.accuracy.Accuracy.fields)."""
+    from hwai.measure.accuracy import score
+    from hwai.runtimes.deployment import scored
 
-    simulated = evaluate(model, bundle, "val")
+    simulated = score(model, bundle, "val")
     if not quantized:
-        return {"accuracy": simulated, "accuracy_source": "pytorch"}
+        return {**simulated.fields(outcomes=True), "accuracy_source": "pytorch"}
     shipped = artifact if artifact is not None and runtime != "onnxruntime" else onnx_path
-    return {"accuracy": accuracy(runtime, shipped, bundle, threads, split="val"), "accuracy_fake_quant": simulated,
-            "accuracy_source": f"{runtime} (exported INT8 model)"}
+    return {**scored(runtime, shipped, bundle, threads, split="val").fields(outcomes=True),
+            "accuracy_fake_quant": simulated.value, "accuracy_source": f"{runtime} (exported INT8 model)"}
 
 
 def parity(model: nn.Module, onnx_path: Path, inputs: torch.Tensor) -> dict:

@@ -21,11 +21,12 @@ from hwai import io
 from hwai.data import DataBundle
 from hwai.errors import UserError, finite
 from hwai.measure import MeasureConfig, environment, latency, physical_cores
+from hwai.measure.accuracy import Accuracy, breaks_limit, paired, resolution_note, score
 from hwai.measure.verdict import Comparison, Fresh, compare, protocol
 from hwai.models import ModelSpec
 from hwai.passes import DistillConfig, FuseConfig, PassContext, PruneConfig, QuantConfig, apply
 from hwai.passes.prune import PRUNABLE, achieved
-from hwai.runtimes.deployment import accuracy
+from hwai.runtimes.deployment import scored
 from hwai.runtimes.export import to_onnx, verified
 
 
@@ -43,7 +44,8 @@ class CompressConfig:
     distill: bool = False  # fine-tune (after pruning, during QAT) from the original model's logits
     finetune_epochs: int = 2  # fine-tuning epochs after pruning
     finetune_lr: float = 1e-3  # peak learning rate of that fine-tuning
-    max_accuracy_drop: float = 0.02  # allowed validation-accuracy loss vs the original (0.02 = 2 points)
+    max_accuracy_drop: float = 0.02  # allowed validation-accuracy loss vs the original (0.02 = 2 points), judged by
+    # hwai.measure.accuracy.breaks_limit: the point drop above it and the paired (McNemar) test significant
     force: bool = False  # keep a step even when it breaks the limits
     measure: MeasureConfig = MeasureConfig(max_seconds=2.0)  # latency harness settings (batch 1)
     parity_samples: int = 256  # real validation inputs for the ONNX parity check
@@ -84,6 +86,7 @@ class Stage:
     runtime: str = "onnxruntime"  # what measured host_ms and accuracy
     artifact: Path | None = None  # the measuring runtime's artifact (the ONNX file for onnxruntime)
     run: Fresh | None = None  # makes that runtime's runner on one example anew (a fresh session per block)
+    scored: Accuracy | None = None  # `accuracy` with n, its 95% interval and per-sample outcomes (paired decisions)
     speedup: float | None = None  # original / this stage, measured in the same blocks as the stage's verdict
     threads: int | None = None  # intra-op threads of host_ms
 
@@ -110,6 +113,7 @@ class CompressResult:
     measurement: str  # how latency was measured
     test_accuracy: dict  # {"original": ..., "final": ...}: the test split, measured once at the end (the runtime)
     aa_check: dict | None = None  # the original against itself (hwai.measure.verdict.Comparison): its figure, A/A
+    # (metrics holds each test accuracy with its sample count and 95% interval: test_accuracy_n, test_accuracy_ci)
 
 
 def _params(model: nn.Module) -> int:
@@ -120,26 +124,24 @@ def _stage(name: str, model: nn.Module, data: DataBundle, cfg: CompressConfig, w
            precision: str = "fp32") -> tuple[Stage, Path]:
     """Export `model` (INT8 QDQ when it is quantized) and verify parity; measure accuracy and latency on the
     measuring runtime (ONNX Runtime runs the ONNX file; another runtime gets its own artifact, checked too)."""
-    from hwai.train import evaluate
-
     example, inputs = data.example(1, split="val"), data.example(cfg.parity_samples, split="val")
     int8 = precision != "fp32"
     path = to_onnx(model, example, work / f"{name}.onnx", int8=int8, calib=data)
     check = verified(model, path, inputs)
     eager = latency(model, example, cfg.measure, runtime="torch") if precision == "fp32" else None
     if cfg.runtime == "onnxruntime":
-        acc = evaluate(model, data, "val") if not int8 else accuracy("onnxruntime", path, data, cfg.measure.threads, "val")
+        acc = score(model, data, "val") if not int8 else scored("onnxruntime", path, data, cfg.measure.threads, "val")
         artifact, run = path, None
     else:
         from hwai.runtimes import get, ready
 
         deployment, _ = ready(cfg.runtime, model, data, work / name, int8, cfg.measure.threads, cfg.parity_samples)
-        acc, artifact = deployment.accuracy, deployment.artifact
+        acc, artifact = deployment.scored, deployment.artifact
         run = Fresh(lambda: _bound(get(cfg.runtime).load(artifact, cfg.measure.threads or physical_cores()), example))
     # host latency: measured by the job, in the blocks that judge this stage (_Job.measure)
-    return Stage(name, precision, acc, _params(model), path.stat().st_size / 1024, float("nan"), float("nan"),
+    return Stage(name, precision, acc.value, _params(model), path.stat().st_size / 1024, float("nan"), float("nan"),
                  eager.median_ms if eager else None, eager.iqr_ms if eager else None, check.to_dict(), path,
-                 cfg.runtime, artifact, run), path
+                 cfg.runtime, artifact, run, scored=acc), path
 
 
 def _bound(runner: Callable, example) -> Callable[[], object]:
@@ -149,16 +151,24 @@ def _bound(runner: Callable, example) -> Callable[[], object]:
 
 
 def _verdict(after: Stage, baseline: Stage, speed: Comparison, cfg: CompressConfig) -> str:
-    """Why a step breaks the limits ("" when it does not): validation accuracy, and a statistically
-    measured slowdown (a difference within the noise is not one)."""
-    problems = []
-    drop = baseline.accuracy - after.accuracy
-    if drop > cfg.max_accuracy_drop:
-        problems.append(f"validation accuracy {after.accuracy:.2%} is {drop * 100:.2f} points below the original "
-                        f"{baseline.accuracy:.2%} (limit: at most {cfg.max_accuracy_drop * 100:.2f} points)")
+    """Why a step breaks the limits ("" when it does not): validation accuracy (the drop from the original above
+    the limit and real by the paired test on the same samples: hwai.measure.accuracy.breaks_limit), and a
+    statistically measured slowdown (a difference within the noise is not one)."""
+    problems = [_accuracy_problem(after, baseline, cfg.max_accuracy_drop)]
     if speed.verdict == "slower":
         problems.append(f"{speed.runtime} latency is measurably slower: {speed.describe()}")
-    return "; ".join(problems)
+    return "; ".join(p for p in problems if p)
+
+
+def _accuracy_problem(after: Stage, baseline: Stage, limit: float) -> str:
+    """The accuracy rule (hwai.measure.accuracy.breaks_limit) on the two stages' validation outcomes ("" when the
+    step is within it); the bare point drop where a stage has none (it cannot be paired)."""
+    drop = paired(baseline.scored, after.scored)
+    if not (breaks_limit(drop, limit) if drop else baseline.accuracy - after.accuracy > limit):
+        return ""
+    lost = drop.describe() if drop else f"{(baseline.accuracy - after.accuracy) * 100:.2f} points"
+    return (f"validation accuracy {after.accuracy:.2%} is {lost} below the original {baseline.accuracy:.2%} "
+            f"(limit: at most {limit * 100:.2f} points)")
 
 
 def mixed_policy(model: nn.Module) -> dict:
@@ -183,6 +193,9 @@ class _Job:
         self.example = data.example(1, split="val")
         log(f"measuring the original model (FP32: PyTorch eager and {cfg.runtime}; accuracy on the validation split)")
         self.baseline, self.base_path = _stage("original", original, data, cfg, work)
+        note = resolution_note(self.baseline.scored.total, cfg.max_accuracy_drop, data.val_fraction)
+        if note:  # said once: every decision of this job has the same resolution
+            log(f"note: {note}")
         self.model, self.stage, self.path = original, self.baseline, self.base_path
         self.steps: list[Step] = []
         log(f"A/A check: the original against itself on {cfg.runtime} (how far identical models lie apart here)")
@@ -273,13 +286,17 @@ def _finish(job: _Job, original: nn.Module, float_model: nn.Module, spec: ModelS
     """The test split, once, on the original and the artifact that ships (read by no decision); metrics; the run
     directory (model.onnx, the runtime's artifact, model.pt, metrics.json, report.html)."""
     cfg, data, stage = job.cfg, job.data, job.stage
-    tested = {"original": _test_accuracy(job.baseline, data, cfg), "final": _test_accuracy(stage, data, cfg)}
+    counted = {"original": _test_accuracy(job.baseline, data, cfg), "final": _test_accuracy(stage, data, cfg)}
+    tested = {k: v.value for k, v in counted.items()}
     threads = cfg.measure.threads or physical_cores()
     measurement = (f"measured: {cfg.runtime}, batch 1, {threads} thread(s); every stage timed with the model before it "
                    f"and the original in {protocol(cfg.measure)}: a stage's ms, speed-up and verdict come from its "
-                   f"blocks; accuracy on the validation split for every decision (INT8: executed by {cfg.runtime}), "
-                   f"test split measured once at the end on the original and the final {cfg.runtime} artifact")
-    metrics = _metrics(job.baseline, stage, job.steps, cfg, spec, data, measurement, tested)
+                   f"blocks; accuracy on the validation split for every decision (INT8: executed by {cfg.runtime}; a "
+                   "step breaks the accuracy limit when its drop from the original exceeds it and the exact McNemar "
+                   "test on the same samples says the loss is real, p < 0.05), test split measured once at the end on "
+                   f"the original and the final {cfg.runtime} artifact; every accuracy with its sample count and "
+                   "Wilson 95% interval")
+    metrics = _metrics(job.baseline, stage, job.steps, cfg, spec, data, measurement, counted)
     metrics["baseline"]["latency_verdict"] = job.aa.to_dict()  # the original's A/A check: its figure, the margin here
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
@@ -309,14 +326,15 @@ def _pick_runtime(model: nn.Module, data: DataBundle, cfg: CompressConfig, work:
     from hwai.runtimes import fastest, measure_all
 
     log("--runtime auto: measuring the original model on every runtime installed here")
-    choice = fastest(measure_all(model, data, work / "auto", int8=cfg.quantize is not None, cfg=cfg.measure, log=log))
+    choice = fastest(measure_all(model, data, work / "auto", int8=cfg.quantize is not None, cfg=cfg.measure, log=log,
+                                 split="val"))  # the test split is read once, after every decision
     log(f"measuring on {choice.best.runtime}: {choice.verdict}")
     return replace(cfg, runtime=choice.best.runtime)
 
 
-def _test_accuracy(stage: Stage, data: DataBundle, cfg: CompressConfig) -> float:
+def _test_accuracy(stage: Stage, data: DataBundle, cfg: CompressConfig) -> Accuracy:
     artifact = stage.path if stage.runtime == "onnxruntime" else stage.artifact
-    return accuracy(stage.runtime, artifact, data, cfg.measure.threads, "test")
+    return scored(stage.runtime, artifact, data, cfg.measure.threads, "test")
 
 
 def _achieved_text(done: dict, cfg: CompressConfig) -> str:
@@ -361,11 +379,11 @@ def _save_model(path: Path, model: nn.Module, spec: ModelSpec | None, data: Data
         io.torch_save(path, {"state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()}})
 
 
-def _summary(s: Stage, test_accuracy: float | None = None) -> dict:
-    out = {"accuracy": s.accuracy, "host_latency_ms": s.host_ms, "host_latency_iqr_ms": s.host_iqr_ms,
-           "host_threads": s.threads, "speedup": s.speedup, "torch_latency_ms": s.torch_ms, "size_kb": s.size_kb,
-           "params": s.params, "precision": s.precision}
-    return out if test_accuracy is None else {**out, "test_accuracy": test_accuracy}
+def _summary(s: Stage, test_accuracy: Accuracy | None = None) -> dict:
+    out = {**(s.scored.fields() if s.scored else {"accuracy": s.accuracy}), "host_latency_ms": s.host_ms,
+           "host_latency_iqr_ms": s.host_iqr_ms, "host_threads": s.threads, "speedup": s.speedup,
+           "torch_latency_ms": s.torch_ms, "size_kb": s.size_kb, "params": s.params, "precision": s.precision}
+    return out if test_accuracy is None else {**out, **test_accuracy.fields("test_accuracy")}
 
 
 def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConfig, spec: ModelSpec | None,
@@ -379,6 +397,7 @@ def _metrics(baseline: Stage, final: Stage, steps: list[Step], cfg: CompressConf
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": environment(cfg.measure.threads),
         "model": {"name": spec.name if spec else "model", "data": data.spec, "spec": spec.to_dict() if spec else {}},
+        "splits": data.sizes(),
         "target": None,
         "constraints": {"max_latency_ms": None, "max_size_kb": None, "max_sram_kb": None,
                         "max_accuracy_drop": cfg.max_accuracy_drop},

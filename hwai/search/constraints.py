@@ -3,6 +3,8 @@
 Each limit becomes one named Optuna constraint value (`trial.set_constraint`), (metric - limit) / limit:
 <= 0 is feasible, and a positive value says how far off a candidate is. A metric equal to its limit
 (up to float rounding) meets it; a violation is always printed with enough digits to show the difference.
+The accuracy-drop limit is judged on the same validation samples as the baseline: broken when the drop
+exceeds it and the exact McNemar test says the loss is real (hwai.measure.accuracy.breaks_limit).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from hwai.errors import UserError
+from hwai.measure.accuracy import Accuracy, breaks_limit, paired
 
 SCREEN_MARGIN = 0.25  # a corrected host prediction must exceed the limit by this fraction to screen a candidate out
 EQUAL = 1e-9  # relative: metric and limit this close are equal (accuracies are k/n, so drops carry rounding)
@@ -22,7 +25,8 @@ class Constraints:
     max_latency_ms: float | None = None  # latency on the target (predicted; measured when the target is the host)
     max_size_kb: float | None = None  # size of the exported ONNX file (measured)
     max_sram_kb: float | None = None  # peak SRAM on the target (predicted by the cost model)
-    max_accuracy_drop: float | None = 0.02  # baseline accuracy minus candidate accuracy (absolute, val split)
+    max_accuracy_drop: float | None = 0.02  # baseline accuracy minus candidate accuracy (absolute, val split), broken
+    # only when the paired test on the same validation samples says the loss is real (hwai.measure.accuracy)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -56,10 +60,26 @@ def excess(value: float, bound: float, floor: float = 1e-9) -> float:
     return (value - bound) / max(bound, floor)
 
 
-def check(c: Constraints, metrics: dict, baseline_accuracy: float | None, latency_key: str,
+def accuracy_drop(baseline: dict, metrics: dict, limit: float) -> tuple[float, str | None]:
+    """(constraint value, violation line or None) of the accuracy-drop limit: broken when the drop from the baseline
+    exceeds `limit` and the exact McNemar test on the same validation samples says the loss is real
+    (hwai.measure.accuracy.breaks_limit); metrics stored without per-sample outcomes (runs from before they were)
+    are judged on the point drop alone. A drop over the limit that the test cannot tell from chance is feasible
+    (value 0)."""
+    drop = paired(Accuracy.stored(baseline), Accuracy.stored(metrics))
+    point = baseline["accuracy"] - metrics["accuracy"]
+    over = excess(point, limit, floor=0.01)
+    if not (breaks_limit(drop, limit) if drop else over > 0):
+        return min(over, 0.0), None
+    d, b = shown(100 * point, 100 * limit)
+    return over, (f"accuracy drop {d} pt > limit {b} pt (validation accuracy {100 * metrics['accuracy']:.4g}%, "
+                  f"baseline {100 * baseline['accuracy']:.4g}%" + (f"; {drop.describe()})" if drop else ")"))
+
+
+def check(c: Constraints, metrics: dict, baseline: dict | None, latency_key: str,
           screening: bool = False) -> tuple[list[str], dict[str, float]]:
     """Violations (one readable line each, naming the metric and its limit) and the named constraint
-    values (always the same names).
+    values (always the same names). `baseline`: the baseline's metrics (its validation accuracy and outcomes).
 
     While `screening`, only predicted metrics are known; measured ones are skipped, and the corrected
     host prediction must exceed the limit by SCREEN_MARGIN (it is only an estimate of a measurement).
@@ -89,16 +109,11 @@ def check(c: Constraints, metrics: dict, baseline_accuracy: float | None, latenc
     limit("latency", latency, c.max_latency_ms, f"latency ({kind})", " ms", margin)
     limit("size", None if screening else metrics.get("size_kb"), c.max_size_kb, "size (measured ONNX)", " KB")
     limit("sram", metrics.get("peak_sram_kb"), c.max_sram_kb, "peak SRAM (predicted)", " KB")
-    accuracy = None if screening else metrics.get("accuracy")
-    drop = None if accuracy is None or baseline_accuracy is None else baseline_accuracy - accuracy
-    if c.max_accuracy_drop is not None and drop is not None:
-        values["accuracy_drop"] = excess(drop, c.max_accuracy_drop, floor=0.01)
-        if values["accuracy_drop"] > 0:
-            d, b = shown(100 * drop, 100 * c.max_accuracy_drop)
-            why.append(f"accuracy drop {d} pt > limit {b} pt (validation accuracy {100 * accuracy:.4g}%, "
-                       f"baseline {100 * baseline_accuracy:.4g}%)")
-    else:
-        values["accuracy_drop"] = 0.0
+    known = not screening and metrics.get("accuracy") is not None and (baseline or {}).get("accuracy") is not None
+    values["accuracy_drop"] = 0.0
+    if c.max_accuracy_drop is not None and known:
+        values["accuracy_drop"], line = accuracy_drop(baseline, metrics, c.max_accuracy_drop)
+        why.extend([line] if line else [])
     parity = metrics.get("parity_ok")
     values["export"] = 0.0 if parity is None or parity else 1.0
     if parity is False:

@@ -89,9 +89,12 @@ class Context:
                 f"round medians and IQR reported{deploy}. Accuracy measured on the validation split: a quantized "
                 "candidate's is its exported INT8 model run by the runtime it ships on (the PyTorch simulation's "
                 "figure is kept beside it), a float candidate's its PyTorch model (the same as its exported model "
-                "within the parity check); the test split is measured once, for the baseline and the chosen model, after the "
-                "choice. Size = bytes of the exported ONNX file; per-layer times of the baseline and the chosen model: "
-                "ONNX Runtime's profiler (hwai.profile), mean of typical profiled runs")
+                "within the parity check); every accuracy with its sample count and Wilson 95% interval; the "
+                "accuracy-drop limit is broken when the drop exceeds it and the exact McNemar test on the same "
+                "validation samples says the loss is real (p < 0.05); the test split is measured once, for the "
+                "baseline and the chosen model, after the choice. Size = bytes of the exported ONNX file; per-layer "
+                "times of the baseline and the chosen model: ONNX Runtime's profiler (hwai.profile), mean of typical "
+                "profiled runs")
 
     def prediction(self) -> str:
         if not self.targets:
@@ -104,8 +107,8 @@ class Context:
 
         files = ", ".join(f"{t.name} ({model(t)}, target file {t.path})" for t in self.targets)
         corrected = "host" + (" and target" if self.target_is_host else "")
-        return (f"hwai.cost with {files}, scored with its batch scorer; {corrected} predictions "
-                "corrected by measured-vs-predicted feedback where it lowers the held-out error (see calibration)")
+        return (f"hwai.cost with {files}, scored with its batch scorer; {corrected} latency predictions "
+                "corrected by measured-vs-predicted feedback, partially pooled (see calibration)")
 
 
 def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[nn.Module, ModelSpec]:
@@ -117,7 +120,7 @@ def _train_baseline(cfg, data: DataBundle, path: Path, progress: bool) -> tuple[
     model, spec = resolve_model(cfg.model, data, width=cfg.width)
     if not cfg.model.endswith((".pt", ".pth")) and cfg.baseline_epochs:
         tcfg = TrainConfig(epochs=cfg.baseline_epochs, seed=cfg.seed, **default_augmentation(spec.name, data))
-        train(model, data, tcfg, progress=progress, description="baseline")
+        train(model, data, tcfg, progress=progress, description="baseline", measure_test=False)  # read after the choice
     save_checkpoint(path, model, spec, data.describe(), {"kind": "baseline"})
     return model.eval(), spec
 
@@ -139,7 +142,7 @@ def _supernet(cfg, run_dir: Path, progress: bool):
     family = "resnet" if cfg.model.startswith("resnet") else "mobilenetv2"
     ncfg = NasConfig(data=cfg.data, family=family, input_size=cfg.input_size or 32,
                      supernet=SupernetConfig(seed=cfg.seed))
-    bundle = hdata.load(cfg.data, input_size=ncfg.input_size)
+    bundle = hdata.load(cfg.data, input_size=ncfg.input_size, val_fraction=cfg.val_fraction)
     if bundle.image_size is None:
         raise UserError(f"--space supernet needs images; data {cfg.data!r} holds feature vectors")
     net, _ = train_supernet(ncfg.space, bundle, ncfg.supernet, run_dir / "supernet" / "supernet.pt", progress)
@@ -180,7 +183,7 @@ def prepare(cfg, run_dir: Path, progress: bool = True, log=None) -> Context:
         side = cfg.input_size
         if side is None and not cfg.model.endswith((".pt", ".pth")):
             side = ZOO_SIDE
-        bundle = prepare_data(cfg.model, cfg.data, side or None, log)
+        bundle = prepare_data(cfg.model, cfg.data, side or None, log, cfg.val_fraction)
     target = host = None
     if cfg.target or cfg.host_target:
         from hwai import targets
@@ -214,12 +217,12 @@ def _deploy_options(cfg, on_host: bool) -> list:
 def baseline_metrics(ctx: Context) -> dict:
     """The baseline measured (validation accuracy, host latency, size) and predicted (target, host) like a
     trial (its test accuracy is measured at the end, with the chosen model's)."""
+    from hwai.measure.accuracy import score
     from hwai.search.candidate import measure_host
     from hwai.search.screen import kept_channels
     from hwai.search.space import Candidate, weighted_layers
-    from hwai.train import evaluate
 
-    metrics = {"accuracy": evaluate(ctx.baseline_model, ctx.data, "val"), "accuracy_source": "pytorch"}
+    metrics = {**score(ctx.baseline_model, ctx.data, "val").fields(outcomes=True), "accuracy_source": "pytorch"}
     onnx_path = ctx.run_dir / "baseline" / "model.onnx"
     host, _ = measure_host(ctx.baseline_model, ctx.data, onnx_path, ctx.mcfg)
     metrics.update(host)

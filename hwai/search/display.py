@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import optuna
 
+from hwai.measure.accuracy import text
 from hwai.search.results import choose, pareto, records, reference, summary, tally
 
 
@@ -23,22 +24,23 @@ def pareto_table(results: dict) -> list:
     title = Text(f"Pareto front: {len(results['pareto'])} of {len(results['trials'])} trials (feasible, "
                  f"non-dominated); target = {target}; trials: {summary(results['counts'])}")
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for col in ("trial", "accuracy\n(m)", "host ms\n(m)", "IQR ms\n(m)", "runtime,\nthreads", "target ms\n(p)",
-                "size KB\n(m)", "energy mJ\n(p)", "SRAM KB\n(p)"):
+    n = results["baseline"].get("accuracy_n")
+    for col in ("trial", f"accuracy [95% CI]\n(m, n={n})" if n else "accuracy\n(m)", "host ms\n(m)", "IQR ms\n(m)",
+                "runtime,\nthreads", "target ms\n(p)", "size KB\n(m)", "energy mJ\n(p)", "SRAM KB\n(p)"):
         table.add_column(col, justify="right", no_wrap=True, min_width=max(map(len, col.splitlines())))
     best = results["best"].get("trial")
     rows = [{**results["baseline"], "_name": "base", "_desc": f"{results['model']['name']} (the baseline)"}]
     rows += [{**r["metrics"], "_name": f"{r['number']}{'*' if r['number'] == best else ''}", "_desc": r["description"]}
              for r in results["trials"] if r["number"] in results["pareto"]]
     for m in rows:
-        table.add_row(m["_name"], _fmt(m.get("accuracy"), ".2%"), _fmt(m.get("host_latency_ms"), ".3f"),
+        table.add_row(m["_name"], text(m, cell=True), _fmt(m.get("host_latency_ms"), ".3f"),
                       _fmt(m.get("host_latency_iqr_ms"), ".3f"),
                       f"{m.get('host_runtime', 'onnxruntime')}, {m.get('host_threads', '-')}",
                       _fmt(m.get("target_latency_ms"), ".3f"),
                       _fmt(m.get("size_kb"), ".1f"), _fmt(m.get("energy_mj"), ".4f"), _fmt(m.get("peak_sram_kb"), ".1f"))
     legend = Text(f"(m) measured on this machine, on the runtime and thread count shown; (p) predicted by the cost "
-                  f"model for {target}; accuracy on the validation split (INT8 candidates: their exported model on "
-                  "that runtime); * the best")
+                  f"model for {target}; accuracy on the validation split with its Wilson 95% interval (INT8 "
+                  "candidates: their exported model on that runtime); * the best")
     return [table, legend] + [Text(f"  {m['_name']}: {m['_desc']}") for m in rows]
 
 
@@ -74,7 +76,7 @@ class Progress:
         status = f"{summary(counts)} | Pareto {len(front)}"
         if best["trial"] is not None:
             m = best["metrics"]
-            status += f" | best #{best['trial']}: acc {m['accuracy']:.2%}, {_latency(m, cfg.latency_key)}"
+            status += f" | best #{best['trial']}: acc {text(m, cell=True)}, {_latency(m, cfg.latency_key)}"
         self.bar.update(self.task, completed=min(counts["complete"] + counts["screened_out"], cfg.trials),
                         status=status)
         if trial is not None and self.enabled:
@@ -96,7 +98,7 @@ def _line(rec: dict, latency_key: str) -> str:
     if rec["outcome"] == "screened_out":
         return f"{head}: {rec['reason']} [{rec['description']}]"
     source = "" if m.get("accuracy_source", "pytorch") == "pytorch" else f", {m.get('host_runtime', 'onnxruntime')} INT8"
-    parts = [f"acc {m['accuracy']:.2%} (measured{source})", f"host {m['host_latency_ms']:.3f} ms (measured, "
+    parts = [f"acc {text(m)} (measured{source})", f"host {m['host_latency_ms']:.3f} ms (measured, "
              f"{m.get('host_runtime', 'onnxruntime')}, {m.get('host_threads', '?')} thread(s))"]
     if "target_latency_ms" in m:
         parts.append(f"target {m['target_latency_ms']:.3f} ms (predicted)")

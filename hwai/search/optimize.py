@@ -5,9 +5,9 @@ A trial: sample a candidate (hwai.search.space) -> screen it with the cost model
 pruned, with the reason) -> build it, fine-tune with distillation from the baseline, export and time it on
 this machine (measured), evaluate what ships on the validation split (measured; INT8 candidates on ONNX
 Runtime) -> predict the built model exactly and pair the host prediction with the measurement: the
-feedback layer (hwai.search.feedback) corrects later host predictions when that lowers the held-out
-error. Objectives: accuracy (max), host latency, target latency, size, energy (min). The study lives in
-the run directory (SQLite) or a shared RDB URL: runs resume and scale out.
+feedback layer (hwai.search.feedback, partial pooling) corrects later host predictions. Objectives:
+accuracy (max), host latency, target latency, size, energy (min). The study lives in the run directory
+(SQLite) or a shared RDB URL: runs resume and scale out.
 """
 from __future__ import annotations
 
@@ -61,12 +61,20 @@ class OptimizeConfig:
     # weight-sharing supernet (hwai.nas), inherited weights fine-tuned per trial, the largest subnet the baseline
     supernet: str | None = None  # --space supernet: a `hwai nas` run directory or supernet.pt; None: train one
     # in the run directory (family from `model`: resnet* -> resnet, else mobilenetv2; largest side `input_size`)
+    val_fraction: float | None = None  # share of every class held out for validation (decisions read it); None: 0.1,
+    # or the fraction a checkpoint baseline was trained with (which always wins)
 
     def __post_init__(self) -> None:
         if self.space_kind not in ("zoo", "supernet"):
             raise UserError(f"unknown search space {self.space_kind!r}: use zoo or supernet")
         if self.supernet is not None and self.space_kind != "supernet":
             raise UserError("--supernet is for --space supernet")
+        if self.supernet is not None and self.val_fraction is not None:
+            raise UserError("--val-fraction: a `hwai nas` supernet keeps the split it was trained on; leave it out")
+        if self.val_fraction is not None:
+            from hwai.data.formats import check_val_fraction
+
+            check_val_fraction(self.val_fraction)
         if self.supernet is not None and not Path(self.supernet).exists():
             raise UserError(f"no supernet at {self.supernet}: give a `hwai nas` run directory or its supernet.pt")
         if self.trials < 1 or self.baseline_epochs < 0:
@@ -148,7 +156,7 @@ def study_config(storage_url: str, study_name: str) -> tuple[optuna.Study, Optim
 
 
 def current_correction(study: optuna.Study, baseline: dict) -> Correction:
-    """The feedback edge: the correction chosen on every measured-and-predicted pair in the study so far."""
+    """The feedback edge: the correction fitted on every measured-and-predicted pair in the study so far."""
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return fit(pairs([baseline] + [t.user_attrs.get("metrics", {}) for t in done]))
 
@@ -198,7 +206,7 @@ class Objective:
         twin = _twin(trial)
         if twin is not None:  # the sampler proposed a candidate already built: reuse, do not train it again
             metrics = {**twin.user_attrs["metrics"], "duplicate_of": twin.number}
-            why, values = check(cfg.constraints, metrics, ctx.baseline.get("accuracy"), cfg.latency_key)
+            why, values = check(cfg.constraints, metrics, ctx.baseline, cfg.latency_key)
             self._record(trial, folder, metrics, why, values, started)
             return [metrics[o] for o in cfg.objectives]
         group = "int" if cand.quantized else "fp32"
@@ -232,7 +240,7 @@ class Objective:
             metrics["host_error_pct"] = 100 * (predicted - measured) / measured
             metrics["host_error_raw_pct"] = 100 * (metrics["host_predicted_raw_ms"] - measured) / measured
         save_checkpoint(folder / "model.pt", model_float, cand.spec, bundle.describe(), {"candidate": cand.to_dict()})
-        why, values = check(cfg.constraints, metrics, ctx.baseline.get("accuracy"), cfg.latency_key)
+        why, values = check(cfg.constraints, metrics, ctx.baseline, cfg.latency_key)
         self._record(trial, folder, metrics, why, values, started)
         return [metrics[o] for o in cfg.objectives]
 
@@ -267,6 +275,15 @@ def _twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
         if t.params == trial.params and "duplicate_of" not in t.user_attrs.get("metrics", {}):
             return t
     return None
+
+
+def _resolution(ctx: Context) -> str | None:
+    """Said once per run: the accuracy-drop limit is finer than the validation split can resolve."""
+    from hwai.measure.accuracy import resolution_note
+
+    limit = ctx.cfg.constraints.max_accuracy_drop
+    n = ctx.baseline.get("accuracy_n", len(ctx.data.val[1]))
+    return None if limit is None else resolution_note(n, limit, ctx.data.val_fraction)
 
 
 def _run_loop(ctx: Context, study: optuna.Study, wait: bool, timeout_s: float | None, progress: bool,
@@ -327,6 +344,9 @@ def optimize(cfg: OptimizeConfig = OptimizeConfig(), run_dir: str | Path | None 
         if "baseline" not in study.user_attrs:
             study.set_user_attr("baseline", baseline_metrics(ctx))
         ctx.baseline = study.user_attrs["baseline"]
+        note = _resolution(ctx)
+        if progress and note:
+            print(f"note: {note}")
         if "warm_start" not in study.user_attrs and not study.trials:
             policies = (supernet_warm_start(cfg.space, ctx.base_spec, ctx.supernet.space) if ctx.supernet is not None
                         else warm_start(cfg.space, ctx.base_spec))[:max(1, cfg.trials // 4)]

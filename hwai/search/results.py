@@ -124,7 +124,7 @@ def choose(recs: list[dict], front: list[int], latency_key: str, constraints: di
 def reference(ctx) -> dict | None:
     """The baseline's metrics when the baseline itself meets the user's limits (a candidate must beat it)."""
     base = ctx.baseline or {}
-    why, _ = check(ctx.cfg.constraints, base, base.get("accuracy"), ctx.cfg.latency_key)
+    why, _ = check(ctx.cfg.constraints, base, base, ctx.cfg.latency_key)
     return None if why or not base else base
 
 
@@ -140,7 +140,7 @@ def export_best(ctx, best: dict) -> tuple[dict, dict]:
     import shutil
 
     from hwai.models import ModelSpec
-    from hwai.runtimes.deployment import accuracy
+    from hwai.runtimes.deployment import scored
     from hwai.search import candidate as hc
     from hwai.search.space import Candidate
     from hwai.train import load_checkpoint, save_checkpoint
@@ -173,8 +173,8 @@ def export_best(ctx, best: dict) -> tuple[dict, dict]:
     threads = ctx.mcfg.threads
     out = {"onnx": "best/model.onnx", "onnx_source": source, "model": "best/model.pt",
            "parity": hc.parity(model, onnx_path, bundle.example(hc.PARITY_SAMPLES, split="val")),
-           "onnx_val_accuracy": accuracy("onnxruntime", onnx_path, bundle, threads, split="val"),
-           "test_accuracy": accuracy("onnxruntime", onnx_path, bundle, threads, split="test"),
+           **scored("onnxruntime", onnx_path, bundle, threads, split="val").fields("onnx_val_accuracy"),
+           **scored("onnxruntime", onnx_path, bundle, threads, split="test").fields("test_accuracy"),
            "test_accuracy_source": "onnxruntime (best/model.onnx)"}
     runtime, threads = best["metrics"].get("host_runtime", "onnxruntime"), best["metrics"].get("host_threads", threads)
     out.update(runtime=runtime, threads=threads)
@@ -183,8 +183,8 @@ def export_best(ctx, best: dict) -> tuple[dict, dict]:
 
         artifact = get(runtime).export(model, bundle.example(1), folder / runtime, int8=cand.quantized, calib=bundle)
         shown = artifact.relative_to(ctx.run_dir)
-        out.update(artifact=str(shown), test_accuracy=accuracy(runtime, artifact, bundle, threads, split="test"),
-                   test_accuracy_source=f"{runtime} ({shown}, {threads} thread(s))")
+        tested = scored(runtime, artifact, bundle, threads, split="test").fields("test_accuracy")
+        out.update(artifact=str(shown), **tested, test_accuracy_source=f"{runtime} ({shown}, {threads} thread(s))")
     out.update(mcu_bundle(ctx, cand, model, model_float, bundle))
     detail = _target_detail(ctx, cand, model_float, bundle)
     detail["layers"] = _measured_layers(ctx, detail.get("layers", []), onnx_path, bundle, cand.quantized)
@@ -275,8 +275,9 @@ def finalize(ctx, study: optuna.Study) -> dict:
     if best["trial"] is not None:
         trial = study.get_trials(deepcopy=False)[best["trial"]]
         exported, detail = export_best(ctx, {**best, "candidate": trial.user_attrs["candidate"]})
-        best.update(exported, metrics={**best["metrics"], "test_accuracy": exported["test_accuracy"]})
-    baseline = {**ctx.baseline, "test_accuracy": _baseline_test_accuracy(ctx)}  # measured once, after the choice
+        tested = {k: exported[k] for k in ("test_accuracy", "test_accuracy_n", "test_accuracy_ci")}
+        best.update(exported, metrics={**best["metrics"], **tested})
+    baseline = {**ctx.baseline, **_baseline_test_accuracy(ctx)}  # measured once, after the choice
     io.write_json(ctx.run_dir / "pareto.json", {"objectives": objectives, "kinds": ctx.kinds(),
                                                 "trials": [r for r in recs if r["number"] in front]})
     target = ctx.target
@@ -284,6 +285,7 @@ def finalize(ctx, study: optuna.Study) -> dict:
         "schema": "hwai.results/1", "command": "optimize", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "environment": environment(ctx.mcfg.threads),
         "model": {"name": ctx.base_spec.name, "data": cfg.data, "spec": ctx.base_spec.to_dict()},
+        "splits": ctx.data.sizes(),
         "target": {"name": target.name, "file": str(target.path), "sram_bytes": _sram(target)} if target
         else {"name": "host", "file": None, "sram_bytes": None},
         "constraints": cfg.constraints.to_dict(), "objectives": objectives, "baseline": baseline,
@@ -307,16 +309,18 @@ def _techniques(baseline: dict, best: dict) -> list[dict]:
     return [{"name": best["description"], "metric_before": baseline, "metric_after": best["metrics"]}]
 
 
-def _baseline_test_accuracy(ctx) -> float:
-    """The baseline's exported ONNX model on the test split (ONNX Runtime, as the chosen model's)."""
-    from hwai.runtimes.deployment import accuracy
+def _baseline_test_accuracy(ctx) -> dict:
+    """The baseline's exported ONNX model on the test split (ONNX Runtime, as the chosen model's), with its sample
+    count and 95% interval (test_accuracy, test_accuracy_n, test_accuracy_ci)."""
+    from hwai.runtimes.deployment import scored
 
-    return accuracy("onnxruntime", ctx.run_dir / "baseline" / "model.onnx", ctx.data, ctx.mcfg.threads, split="test")
+    onnx = ctx.run_dir / "baseline" / "model.onnx"
+    return scored("onnxruntime", onnx, ctx.data, ctx.mcfg.threads, split="test").fields("test_accuracy")
 
 
 def _calibration(recs: list[dict], ctx) -> dict:
-    """The measured-vs-predicted feedback at the end of the run: the chosen correction and its held-out
-    (leave-one-out) error against the raw cost model's, and the errors the trials saw as the run went."""
+    """The measured-vs-predicted feedback at the end of the run: the partially pooled correction and its nested
+    leave-one-out error against the raw cost model's, and the errors the trials saw as the run went."""
     if ctx.host is None:
         return {"target": None, "note": "no host target: no measured-vs-predicted feedback"}
     correction = fit(pairs([ctx.baseline] + [r["metrics"] for r in recs if r["state"] == "COMPLETE"]))
@@ -330,12 +334,14 @@ def _calibration(recs: list[dict], ctx) -> dict:
     applies = ["host_predicted_ms (screening when the latency limit is on the host)"]
     if ctx.target_is_host:
         applies.append("target_latency_ms (the target is the host)")
-    not_applied = None if ctx.target is None or ctx.target_is_host else (
-        f"{ctx.target.name} predictions: that target cannot be measured on this machine")
+    not_applied = ["energy_mj: the cost model's energy has no term in time (MACs x pJ/MAC + bytes x pJ/byte)"]
+    if ctx.target is not None and not ctx.target_is_host:
+        not_applied.append(f"{ctx.target.name} predictions: that target cannot be measured on this machine")
     return {"target": ctx.host.name, "file": str(ctx.host.path), "threads": ctx.mcfg.threads,
-            "method": "multiplicative factor(s) measured/predicted (geometric mean), one for all or one per kernel "
-                      "group (fp32 / int), or none: whichever has the lowest leave-one-out median |error| over the "
-                      "baseline and completed trials; applied to later predictions",
+            "method": "partial pooling of log(measured / predicted) over the baseline and completed trials: a pooled "
+                      f"factor shrunk toward 1 (a prior worth {correction.prior_pairs:g} pairs), kernel-group factors "
+                      "(fp32 / int) shrunk toward the pooled one by the ratio of within- to between-group variance; "
+                      "error by nested leave-one-out (every fold refits everything); applied to later predictions",
             **correction.to_dict(), "applies_to": applies, "not_applied_to": not_applied,
             "trials": len(done), "in_run_median_abs_error_pct_raw": median_abs("host_error_raw_pct"),
             "in_run_median_abs_error_pct_corrected": median_abs("host_error_pct")}

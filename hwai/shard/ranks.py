@@ -145,8 +145,11 @@ def _train_rank(shard, model, data, input_size, width, out, options, augment) ->
         console.print(f"activation checkpoints on {len(mp['modules'])} submodule(s) for the "
                       f"{cfg.memory_budget_mb:g} MiB budget: {mp['baseline_bytes'] / 2**20:.1f} -> "
                       f"{mp['peak_bytes'] / 2**20:.1f} MiB per rank (predicted)", highlight=False)
-    console.print(f"test accuracy [bold]{result.test_accuracy:.2%}[/] (measured), val {result.val_accuracy:.2%}; "
-                  f"training took {result.wall_s:.1f} s (measured wall time)")
+    from hwai.measure.accuracy import rate
+
+    console.print(f"test accuracy [bold]{rate(result.test_accuracy, len(bundle.test[1]))}[/] (measured), validation "
+                  f"{rate(result.val_accuracy, len(bundle.val[1]))}; training took {result.wall_s:.1f} s (measured "
+                  "wall time)")
     console.print(f"checkpoint: {escape(str(out))} (ordinary, for hwai profile/compress); sharded: "
                   f"{escape(str(dcp_dir(out)))} (resumes when the same command runs again)", highlight=False)
 
