@@ -29,7 +29,7 @@ def test_quick_calibration_writes_a_target_and_measurements_the_cost_model_learn
     cfg = calibrate.CalibrateConfig.quick(families=("cnn", "dscnn"), synthetic=1, threads=1)
     result = calibrate.calibrate(tmp_path / "host.yaml", cfg, progress=False)
     t = targets.load(tmp_path / "host.yaml")
-    assert t.name == "host" and t == result.target and result.measurements == tmp_path / "host.measurements.csv"
+    assert t.name == "host" and t == result.target and result.measurements == tmp_path / "host.threads-1.measurements.csv"
     measured = [f for f in t.sources if not f.startswith("energy")]
     assert all(t.sources[f][2].startswith("calibrated ") for f in measured)
     assert all(t.sources[f][2].startswith("not measured") for f in t.sources if f.startswith("energy"))
@@ -43,7 +43,8 @@ def test_quick_calibration_writes_a_target_and_measurements_the_cost_model_learn
     assert ran > 20 and matched == ran  # every kernel ONNX Runtime ran was detected from the captured graphs
     g = calibrate.build(Case("cnn", 16, 0.25))[2]
     p = cost.predict(g, t, precision="int8")
-    assert p.model == "learned" and p.latency_ms > 0 and "host.measurements.csv" in p.describe()
+    assert p.model == "learned" and p.latency_ms > 0 and "host.threads-1.measurements.csv" in p.describe()
+    assert p.threads == 1 and "for 1 thread(s)" in p.describe()
 
 
 def test_calibrate_rejects_a_non_yaml_out(tmp_path):
@@ -69,10 +70,10 @@ def test_a_device_kit_is_measured_without_hwai_and_imported(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "hwai", "calibrate", "--from", str(out), "--target", "rpi4"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert cli.returncode == 0, cli.stderr
-    stored = (user / "rpi4.measurements.csv").read_text().splitlines()
+    stored = (user / "rpi4.threads-1.measurements.csv").read_text().splitlines()
     assert (user / "rpi4.yaml").is_file() and [line for line in stored if not line.startswith("# method:")] == \
         out.read_text().splitlines()
     assert any(line.startswith("# method: ") for line in stored)  # the regressor cross-validation chose
     rpi4 = targets.load(user / "rpi4.yaml")
     p = cost.predict(calibrate.build(Case("cnn", 16, 0.75))[2], rpi4, precision="int8")
-    assert p.model == "learned" and "rpi4.measurements.csv" in p.describe()
+    assert p.model == "learned" and "rpi4.threads-1.measurements.csv" in p.describe()

@@ -108,8 +108,9 @@ def test_fit_predict_round_trip_from_stored_measurements(measured_host):
 
 def test_the_fit_recovers_the_whole_model_terms(measured_host):
     model = cost.learned_model(measured_host)
-    assert model.overhead_us == pytest.approx(OVERHEAD_US, rel=0.1) and model.scale == pytest.approx(SCALE, rel=0.02)
-    assert all(v == pytest.approx(PER_KERNEL_US, abs=0.3) for v in model.per_kernel_us.values())
+    assert model.overhead_us == pytest.approx(OVERHEAD_US, rel=0.1)
+    assert all(v == pytest.approx(SCALE, rel=0.03) for v in model.terms.scale.values())
+    assert all(v == pytest.approx(PER_KERNEL_US, abs=0.3) for v in model.terms.per_kernel_us.values())
     assert model.nchwc_block == 16
     assert cost.learned_model(measured_host) is model  # fitted once per process
     for method in ("linear", "rf"):

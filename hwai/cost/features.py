@@ -22,6 +22,11 @@ NAMES = ("log MACs", "log elements in", "log elements out", "log weights", "kern
          "log channels in", "log channels out", "log output pixels", "adds a residual")
 
 
+def weight_itemsize(op: str) -> int:
+    """Bytes per weight of a kernel as run (int8 weights in the quantized kernels)."""
+    return 1 if op.startswith(("QLinear", "QGemm", "ConvInteger", "MatMulInteger")) else 4
+
+
 def kernel_type(op: str, dw: bool) -> str:
     return f"{op}/dw" if op in CONV and dw else op
 

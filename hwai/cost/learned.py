@@ -3,11 +3,11 @@ process) from a target's stored measurements (hwai.cost.measurements) — no sto
 
 Per kernel type (hwai.cost.features): a linear roofline-feature baseline, `t = a0 + a1 MACs + a2 elements +
 a3 weights` (non-negative, least relative squares), times exp(a regressor of log(measured / baseline)) on the
-kernel's features: gradient-boosted trees ("gbt", default), a random forest ("rf"), or nothing ("linear").
-A type never measured is predicted by the baseline of its group (convolutions, matrix products, the rest).
-Whole model: `overhead + sum over kernels of (scale x prediction + per_kernel[type])`, fitted to the whole-model
-latencies of the same file; it takes out the profiler's own bookkeeping, which inflates the kernel times it
-reports by a few microseconds each (more for kernels that use the thread pool).
+kernel's features: gradient-boosted trees ("gbt", default), a random forest ("rf"), or nothing ("linear") —
+one regressor per type with enough measurements (nn-Meter's per-kernel-type predictors), the others sharing
+their group's. A type never measured is predicted by the baseline of its group (convolutions, matrix products,
+the rest). Whole model: the kernels' predictions composed by hwai.cost.whole (per-inference overhead, input and
+output copies, per-type scale and term), fitted to the whole-model latencies of the same file.
 
 The batch scorer detects each candidate's kernels (hwai.cost.kernels), predicts the distinct kernels once and
 keeps the roofline's energy and memory terms (hwai.cost.roofline).
@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hwai.cost import features as F
+from hwai.cost import whole as W
 from hwai.cost.kernels import Runtime, Slot, detect, onnxruntime_cpu
 from hwai.cost.lowering import lower
 from hwai.cost.measurements import Measurements
 from hwai.targets import DTYPES, Target
 
 METHODS = ("gbt", "rf", "linear")
-MIN_ROWS = 12  # kernels of one type needed before a regressor is fitted on its residuals
+MIN_ROWS = 12  # kernels of one group needed before a regressor is fitted on its residuals
+OWN_ROWS = 60  # kernels of one type needed for a regressor of its own
 
 
 def _regressor(method: str):
@@ -49,37 +51,15 @@ def _nnls_relative(lin: np.ndarray, t: np.ndarray) -> np.ndarray:
     return coef / scale
 
 
-RIDGE = 0.1  # pull of each kernel type's own term towards the common one (in units of relative error)
-
-
-def _whole_terms(sums: np.ndarray, counts: np.ndarray, whole: np.ndarray) -> np.ndarray:
-    """[overhead, scale, per_kernel, per_type...] of whole = overhead + scale x kernel sum + counts @ (per_kernel +
-    per_type), counts: (models, types). Least relative squares with a soft-L1 loss (a model measured during a
-    burst of other processes' work must not drag the terms) and a ridge pulling each type's own term to 0.
-    The profiler's bookkeeping costs each kernel a few microseconds (per_kernel < 0), more for kernels that use
-    the thread pool (their type's term), and on a busy machine more on long kernels (scale < 1)."""
-    from scipy.optimize import least_squares
-
-    t = counts.shape[1]
-
-    def residuals(p):
-        pred = p[0] + p[1] * sums + counts @ (p[2] + p[3:])
-        return np.concatenate([pred / whole - 1.0, RIDGE * p[3:]])
-
-    lower = np.concatenate([[0.0, 0.2, -50.0], np.full(t, -50.0)])
-    upper = np.concatenate([[1e4, 2.0, 50.0], np.full(t, 50.0)])
-    start = np.clip(np.concatenate([[max(float(np.median(whole - sums)), 0.0), 1.0, -1.0], np.zeros(t)]), lower, upper)
-    return least_squares(residuals, start, bounds=(lower, upper), loss="soft_l1", f_scale=0.05).x
-
-
 def _per_case(case_of_row, us: np.ndarray, cases: list, type_of_row, types: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per case: the sum of kernel times, and (cases, types) kernel counts."""
+    """(cases, types) sums of kernel times and kernel counts."""
     order, col = {c: i for i, c in enumerate(cases)}, {t: j for j, t in enumerate(types)}
     pos = np.array([order.get(c, -1) for c in case_of_row], dtype=int)
     ok = pos >= 0
-    sums = np.bincount(pos[ok], weights=us[ok], minlength=len(order))
-    counts = np.zeros((len(cases), len(types)))
-    np.add.at(counts, (pos[ok], [col[t] for t in np.asarray(type_of_row)[ok]]), 1.0)
+    at = (pos[ok], np.array([col[t] for t in np.asarray(type_of_row)[ok]], dtype=int))
+    sums, counts = np.zeros((len(cases), len(types))), np.zeros((len(cases), len(types)))
+    np.add.at(sums, at, us[ok])
+    np.add.at(counts, at, 1.0)
     return sums, counts
 
 
@@ -114,6 +94,21 @@ def featurize(meas: Measurements, idx: np.ndarray) -> dict[str, tuple[np.ndarray
     return out
 
 
+def excluded(meas_rows: dict, exclude) -> np.ndarray:
+    """Rows (kernel or model) of the left-out families or cases: a family also takes the random networks shaped
+    after its kernels ("synthetic:F", hwai.calibrate.cases) with it."""
+    fam = meas_rows["family"].astype(str)
+    near = np.array([f.split(":", 1)[1] if f.startswith("synthetic:") else "" for f in fam])
+    ex = list(exclude)
+    return np.isin(fam, ex) | np.isin(near, ex) | np.isin(meas_rows["case"].astype(str), ex)
+
+
+def model_io(meas: Measurements, idx) -> np.ndarray:
+    """(len(idx), 3) inputs, input KiB, output KiB of measured models."""
+    m = meas.models
+    return np.array([W.io_of(m["in_shape"][i], m["out_shape"][i]) for i in idx], dtype=float).reshape(-1, 3)
+
+
 def group_of(key: str) -> str:
     """Kernel types share a residual regressor per group: convolutions, matrix products, the rest."""
     op = key.split("/")[0]
@@ -122,19 +117,18 @@ def group_of(key: str) -> str:
 
 @dataclass
 class KernelModel:
-    """Per-type linear baselines, a residual regressor per group of types, and the whole-model terms,
-    fitted from one measurement file."""
+    """Per-type linear baselines, residual regressors (per type, or per group of types), and the whole-model
+    composition (hwai.cost.whole), fitted from one measurement file."""
 
     source: Measurements
     method: str = "gbt"
-    exclude: tuple[str, ...] = ()  # families or cases left out of the fit (to evaluate on them)
+    exclude: tuple[str, ...] = ()  # families or cases left out of the fit (to evaluate on them; see `excluded`)
     baselines: dict[str, np.ndarray] = field(default_factory=dict)  # type (or group, "_any") -> [a0, a_MACs,
     # a_elements, a_weights] (us)
     rows: dict[str, int] = field(default_factory=dict)  # type -> kernels fitted
-    regressors: dict[str, tuple[object, list[str]]] = field(default_factory=dict)  # group -> (regressor, its types)
-    overhead_us: float = 0.0  # whole model = overhead + sum over kernels of (scale x predicted profiled time
-    scale: float = 1.0  # + per_kernel_us[type]): the profiler's bookkeeping taken back out
-    per_kernel_us: dict[str, float] = field(default_factory=dict)  # type (or "_any") -> term
+    regressors: dict[str, tuple[object, list[str]]] = field(default_factory=dict)  # type or group -> (regressor,
+    # the types it serves)
+    terms: W.Terms = field(default_factory=W.Terms)  # the whole-model composition
     nchwc_block: int = 0
     factors: dict[str, float] = field(default_factory=dict)  # kernel type -> correction factor (see `corrected`)
 
@@ -142,7 +136,7 @@ class KernelModel:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}")
         k, m = self.source.kernels, self.source.models
-        keep = ~(np.isin(k["family"].astype(str), self.exclude) | np.isin(k["case"].astype(str), self.exclude))
+        keep = ~excluded(k, self.exclude)
         rows = featurize(self.source, np.flatnonzero(keep))
         for key, (_, lin, t, _) in rows.items():
             self.baselines[key], self.rows[key] = _nnls_relative(lin, t), len(t)
@@ -152,26 +146,42 @@ class KernelModel:
                 self.baselines[group] = _nnls_relative(np.concatenate([r[1] for r in members]),
                                                        np.concatenate([r[2] for r in members]))
         if self.method != "linear":
-            for group in sorted({group_of(key) for key in rows}):
-                types = sorted(key for key in rows if group_of(key) == group)
-                if sum(self.rows[t] for t in types) < MIN_ROWS:
-                    continue
-                x = np.concatenate([self._inputs(t, types, rows[t][0]) for t in types])
-                y = np.concatenate([np.log(rows[t][2] / self._base(t, rows[t][1])) for t in types])
-                self.regressors[group] = (_regressor(self.method).fit(x, y), types)
+            self._fit_regressors(rows)
         self.nchwc_block = self._block()
-        mk = ~(np.isin(m["family"].astype(str), self.exclude) | np.isin(m["case"].astype(str), self.exclude))
+        mk = np.flatnonzero(~excluded(m, self.exclude))
         fitted = np.zeros(len(k["us"]))  # the kernels as the model predicts them: the terms absorb its bias too
+        wbytes = np.zeros(len(k["us"]))
         for key, (x, lin, _, idx) in rows.items():
             fitted[idx] = self.kernel_us(key, x, lin)
+            wbytes[idx] = lin[:, 3] * F.weight_itemsize(key)
         unfeatured = keep & (fitted == 0)
         fitted[unfeatured] = k["us"][unfeatured]
         type_of = kernel_types(self.source)[keep]
         types = sorted(set(type_of))
-        sums, counts = _per_case(k["case"][keep], fitted[keep], list(m["case"][mk]), type_of, types)
-        terms = _whole_terms(sums, counts, m["us"][mk])
-        self.overhead_us, self.scale = float(terms[0]), float(terms[1])
-        self.per_kernel_us = {"_any": float(terms[2]), **{t: float(terms[2] + d) for t, d in zip(types, terms[3:])}}
+        cases = list(m["case"][mk])
+        sums, counts = _per_case(k["case"][keep], fitted[keep], cases, type_of, types)
+        weights = _per_case(k["case"][keep], wbytes[keep], cases, type_of, types)[0].sum(1)
+        self.terms = W.fit(sums, counts, model_io(self.source, mk), weights, m["us"][mk], types)
+
+    def _fit_regressors(self, rows: dict) -> None:
+        """A regressor of log(measured / baseline) per type with OWN_ROWS kernels, one per group for the rest."""
+        own = [key for key in rows if self.rows[key] >= OWN_ROWS]
+        plan = [(key, [key]) for key in sorted(own)]
+        for group in sorted({group_of(key) for key in rows}):
+            rest = sorted(key for key in rows if group_of(key) == group and key not in own)
+            if rest:
+                plan.append((group, rest))
+        for name, types in plan:
+            if sum(self.rows[t] for t in types) < MIN_ROWS:
+                continue
+            x = np.concatenate([self._inputs(t, types, rows[t][0]) for t in types])
+            y = np.concatenate([np.log(rows[t][2] / self._base(t, rows[t][1])) for t in types])
+            self.regressors[name] = (_regressor(self.method).fit(x, y), types)
+
+    @property
+    def threads(self) -> int:
+        """The intra-op thread count its measurements were taken at."""
+        return self.source.threads
 
     @staticmethod
     def _inputs(key: str, types: list[str], x: np.ndarray) -> np.ndarray:
@@ -187,15 +197,30 @@ class KernelModel:
 
     def case_us(self, meas: Measurements, cases) -> dict[str, float]:
         """Whole-model us of measured models, predicted from their measured kernels' features."""
-        k = meas.kernels
+        k, m = meas.kernels, meas.models
         cases = list(cases)
         idx = np.flatnonzero(np.isin(k["case"].astype(str), cases))
-        contrib = np.zeros(len(k["us"]))
-        for key, (x, lin, _, rows) in featurize(meas, idx).items():
-            contrib[rows] = self.contribution_us(key, self.kernel_us(key, x, lin))
         order = {c: i for i, c in enumerate(cases)}
-        total = np.bincount([order[c] for c in k["case"][idx]], weights=contrib[idx], minlength=len(cases))
-        return dict(zip(cases, self.overhead_us + total))
+        pos = np.array([order.get(c, -1) for c in k["case"]])
+        feats = featurize(meas, idx)
+        wbytes = np.zeros(len(k["us"]))
+        for key, (_, lin, _, rows) in feats.items():
+            wbytes[rows] = lin[:, 3] * F.weight_itemsize(key)
+        factor = self.terms.cache_factor(np.bincount(pos[idx], weights=wbytes[idx], minlength=len(cases)))
+        contrib = np.zeros(len(k["us"]))
+        for key, (x, lin, _, rows) in feats.items():
+            contrib[rows] = self.contribution_us(key, self.kernel_us(key, x, lin) * factor[pos[rows]])
+        total = np.bincount(pos[idx], weights=contrib[idx], minlength=len(cases))
+        row = {c: i for i, c in enumerate(m["case"])}
+        io = model_io(meas, [row[c] for c in cases])
+        return {c: self.terms.io_us(int(n), kin, kout) + t for c, t, (n, kin, kout) in zip(cases, total, io)}
+
+    def rows_us(self, meas: Measurements, idx: np.ndarray) -> np.ndarray:
+        """Predicted profiled us of kernel rows `idx` of `meas` (0 for convs without a kernel size)."""
+        out = np.zeros(len(meas.kernels["us"]))
+        for key, (x, lin, _, rows) in featurize(meas, idx).items():
+            out[rows] = self.kernel_us(key, x, lin)
+        return out[idx]
 
     def _block(self) -> int:
         """The NCHWc block of the measured runtime: channels of NchwcConv outputs are padded to it."""
@@ -216,14 +241,19 @@ class KernelModel:
     def kernel_us(self, key: str, x: np.ndarray, lin: np.ndarray) -> np.ndarray:
         """Predicted profiled time (us) of kernels of one type (a type never measured: its group's baseline)."""
         base = self._base(key, lin) * self.factors.get(key, 1.0)
-        reg, types = self.regressors.get(group_of(key), (None, []))
+        reg, types = self.regressors.get(key, self.regressors.get(group_of(key), (None, [])))
         if reg is None or key not in types or not len(x):
             return base
         return base * np.exp(reg.predict(self._inputs(key, types, x)))
 
     def contribution_us(self, key: str, profiled_us: np.ndarray) -> np.ndarray:
         """What kernels of one type add to a whole model's latency, from their predicted profiled times."""
-        return self.scale * profiled_us + self.per_kernel_us.get(key, self.per_kernel_us["_any"])
+        return self.terms.kernel_us(key, profiled_us)
+
+    @property
+    def overhead_us(self) -> float:
+        """The per-inference cost of a one-input model without kernels."""
+        return self.terms.overhead_us
 
     @property
     def types(self) -> set[str]:
@@ -263,12 +293,18 @@ class LearnedScorer:
         self.c0 = np.array([n.output_shape[1] if len(n.output_shape) > 1 else 1 for n in graph.nodes], dtype=float)
         index = {n.name: i for i, n in enumerate(graph.nodes)}
         self.layer_of = np.array([index.get(n.fused_into, i) if fuse else i for i, n in enumerate(graph.nodes)])
+        self.notes: list[str] = []  # e.g. which calibration's thread count it uses (hwai.cost.prepare)
+        self.overhead_us = model.terms.io_us(*program_io(self.program))  # per inference, in no layer
+
+    @property
+    def threads(self) -> int:
+        return self.model.threads
 
     def kernel_times(self, channel_scale=None, bits=None, cands=None) -> tuple[
             list[Slot], list[tuple[np.ndarray, np.ndarray]], list[str], int]:
-        """Detected kernel slots of B candidates; per slot (candidates where present, predicted profiled us);
-        each slot's kernel type; B. Distinct kernels are predicted once (a slot's features are fixed by its
-        element counts)."""
+        """Detected kernel slots of B candidates; per slot (candidates where present, predicted profiled us, with
+        the candidate's cache factor: hwai.cost.whole); each slot's kernel type; B. Distinct kernels are
+        predicted once (a slot's features are fixed by its element counts)."""
         out_s, _, dt, _ = cands or self.roofline.candidates(channel_scale, bits)
         channels = np.maximum(np.rint(self.c0[:, None] * out_s), 1).T.astype(np.int64)
         int8 = (dt == DTYPES.index("int8")).T  # after the target's dtype fallback (int4 -> int8, fp16 -> fp32)
@@ -285,6 +321,7 @@ class LearnedScorer:
                 by_type.setdefault(keys[-1], []).append((j, b, _elems(slot.in_shape, b), _elems(slot.out_shape, b),
                                                         res, const))
         times: list = [(np.zeros(0, dtype=np.intp), np.zeros(0))] * len(slots)
+        weights = np.zeros(batch)  # each candidate's weight bytes as run
         for key, parts in by_type.items():
             part = np.concatenate([np.full(len(p[1]), n) for n, p in enumerate(parts)])
             ie, oe, res = (np.concatenate([p[k] for p in parts]) for k in (2, 3, 4))
@@ -293,16 +330,20 @@ class LearnedScorer:
             const = {c: np.array([p[5][c] for p in parts])[part[first]] for c in parts[0][5]}
             x, lin = F.matrices(key.split("/")[0], F.raw(ie[first], oe[first], res[first], const))
             us = self.model.kernel_us(key, x, lin)[inverse]
+            rows_b = np.concatenate([p[1] for p in parts])
+            weights += np.bincount(rows_b, weights=(lin[:, 3] * F.weight_itemsize(key))[inverse], minlength=batch)
             start = 0
             for j, b, *_ in parts:
                 times[j] = (b, us[start:start + len(b)])
                 start += len(b)
+        factor = self.model.terms.cache_factor(weights)  # the kernels run slower once the weights leave the caches
+        times = [(b, us * factor[b]) for b, us in times]
         return slots, times, keys, batch
 
     def latency_ms(self, times: list[tuple[np.ndarray, np.ndarray]], keys: list[str], batch: int) -> np.ndarray:
         b = np.concatenate([t[0] for t in times] + [np.zeros(0, dtype=np.intp)])
         us = np.concatenate([self.model.contribution_us(key, t[1]) for key, t in zip(keys, times)] + [np.zeros(0)])
-        return (self.model.overhead_us + np.bincount(b, weights=us, minlength=batch)) / 1e3
+        return (self.overhead_us + np.bincount(b, weights=us, minlength=batch)) / 1e3
 
     def score(self, channel_scale=None, bits=None, sparsity=None):
         """Predicted totals of B candidates (hwai.cost.BatchScores), latency from the learned model."""
@@ -321,8 +362,8 @@ class LearnedScorer:
         for layer in layers:
             layer.latency_ms, layer.bound = per.get(index[layer.name], 0.0), "kernels"
         t["latency_ms"] = float(self.latency_ms(times, keys, batch)[0])
-        t["notes"] = [f"learned latency includes a per-inference overhead of {self.model.overhead_us / 1e3:.4f} ms "
-                      "that no layer carries"]
+        t["notes"] = [f"learned latency includes a per-inference overhead of {self.overhead_us / 1e3:.4f} ms "
+                      "(session run, input and output copies) that no layer carries", *self.notes]
         unmeasured = sorted({k for k, s in zip(keys, slots) if s.mask[0] and k not in self.model.types})  # noqa: B007
         if unmeasured:
             t["notes"].append(f"kernel types never measured on {self.target.name} ({', '.join(unmeasured)}): "
@@ -339,7 +380,7 @@ class LearnedScorer:
             if len(b):
                 out.setdefault(key, np.zeros(batch))
                 out[key] += np.bincount(b, weights=m.contribution_us(key, us), minlength=batch) / 1e3
-        return out, m.overhead_us / 1e3
+        return out, self.overhead_us / 1e3
 
     def layer_ms(self, slots: list[Slot], times: list[tuple[np.ndarray, np.ndarray]], keys: list[str]) -> dict[int, float]:
         """Predicted ms per layer (fusion-group head index) of candidate 0: its kernels' share of the whole."""
@@ -349,6 +390,14 @@ class LearnedScorer:
                 head = int(self.layer_of[slot.owner])
                 out[head] = out.get(head, 0.0) + float(self.model.contribution_us(key, us[:1])[0]) / 1e3
         return out
+
+
+def program_io(prog) -> tuple[int, float, float]:
+    """(inputs, input KiB, output KiB) of a lowered graph as its session sees them (float32 tensors)."""
+    outputs = [i for i in range(len(prog.ops)) if prog.uses[i] > len(prog.consumers(i))]
+    kib = lambda shape: float(np.prod(shape)) * 4 / 1024  # noqa: E731
+    return (len(prog.input_shapes), sum(kib(s) for s in prog.input_shapes),
+            sum(kib(prog.graph.nodes[prog.ops[i].node].output_shape) for i in outputs))
 
 
 def _elems(shape: tuple, b: np.ndarray) -> np.ndarray:
