@@ -39,7 +39,8 @@ from rich.table import Table
 from hwai import calibrate, cost, targets
 from hwai.calibrate.cases import FAMILIES, Case, build, random_zoo
 from hwai.cost import measurements
-from hwai.cost.learned import METHODS, KernelModel, LearnedScorer
+from hwai.cost.learned import METHODS, KernelModel
+from hwai.cost.learned_scorer import LearnedScorer
 from hwai.measure import ort_trace as device
 from hwai.measure import physical_cores
 
@@ -91,7 +92,8 @@ def predictions(cases: list[Case], graphs: list, meas, target, progress: Progres
                         scorer = LearnedScorer(g, target, model)
                         pred[i] = scorer.score(bits=bits(g, case)).latency_ms[0] * 1e3
                         if method == meas.method and not lofo:
-                            shares[case.label] = {k: float(v[0]) for k, v in scorer.type_ms(bits=bits(g, case))[0].items()}
+                            per_type = scorer.type_ms(bits=bits(g, case))[0]
+                            shares[case.label] = {k: float(v[0]) for k, v in per_type.items()}
             out[f"{method}{' lofo' if lofo else ''}"] = pred
     out["roofline"] = np.array([cost.predict(g, target, precision=c.dtype, model="roofline").latency_ms * 1e3
                                 for c, g in zip(cases, graphs)])
@@ -141,7 +143,8 @@ def calibration_for(threads: int, args, work: Path, console: Console):
     target = targets.load(args.target)
     meas, note = cost.calibration(target, threads)
     if meas is None:
-        raise SystemExit(f"{target.name} has no measurements: run `hwai calibrate --threads {threads}` or pass --calibrate")
+        raise SystemExit(f"{target.name} has no measurements: run `hwai calibrate --threads {threads}` or pass "
+                         "--calibrate")
     if note:
         console.print(f"[yellow]note: {note}[/]")
     return target, meas, None
@@ -219,11 +222,13 @@ def run(threads: int, args, work: Path, console: Console) -> str:
         table.add_row(c.label + (" (calibrated)" if c.label in calibrated else ""), f"{measured[i] / 1e3:.4f}",
                       f"{second[c.label] / first[c.label]:.3f}", f"{pred[best][i] / 1e3:.4f}",
                       f"{pred[best][i] / measured[i] - 1:+.1%}", f"{pred[best + ' lofo'][i] / 1e3:.4f}",
-                      f"{pred[best + ' lofo'][i] / measured[i] - 1:+.1%}", f"{pred['roofline'][i] / measured[i] - 1:+.1%}")
+                      f"{pred[best + ' lofo'][i] / measured[i] - 1:+.1%}",
+                      f"{pred['roofline'][i] / measured[i] - 1:+.1%}")
     console.print(table)
     within = {k: np.abs(v / measured - 1) <= 0.10 for k, v in pred.items()}
     summary = Table("model", "within +-10% (all)", "median |error|", "within +-10% (family not in the fit)",
-                    "median |error| (family not in the fit)", title=f"prediction accuracy by regressor, {threads} thread(s)")
+                    "median |error| (family not in the fit)",
+                    title=f"prediction accuracy by regressor, {threads} thread(s)")
     for method in METHODS:
         err, lofo = np.abs(pred[method] / measured - 1), np.abs(pred[f"{method} lofo"] / measured - 1)
         summary.add_row(method + (" (the cost model's)" if method == best else ""), f"{within[method].mean():.0%}",
@@ -237,7 +242,8 @@ def run(threads: int, args, work: Path, console: Console) -> str:
     for label, mask in groups + [(d, np.array([c.dtype == d for c in cases])) for d in ("fp32", "int8")]:
         if mask.any():
             per.add_row(label, str(mask.sum()), f"{within[best][mask].mean():.0%}",
-                        f"{within[best + ' lofo'][mask].mean():.0%}", f"{np.median(pred[best][mask] / measured[mask] - 1):+.1%}")
+                        f"{within[best + ' lofo'][mask].mean():.0%}",
+                        f"{np.median(pred[best][mask] / measured[mask] - 1):+.1%}")
     console.print(per)
     if within[best].mean() < GOAL_ALL or within[best + " lofo"].mean() < GOAL_LOFO:
         limits(console, cases, measured, pred, shares, meas, best)
@@ -263,7 +269,8 @@ def run(threads: int, args, work: Path, console: Console) -> str:
     console.print(info)
     rate = min(np.median(r) for _, _, kind, r, _ in speed if kind == "search-like")
     return (f"P2 ({threads} thread{'s' if threads > 1 else ''}): {within[best].mean():.0%} within ±10% (all), "
-            f"{within[best + ' lofo'].mean():.0%} (families not in the fit), noise ceiling {(repeat <= 0.10).mean():.0%}, "
+            f"{within[best + ' lofo'].mean():.0%} (families not in the fit), "
+            f"noise ceiling {(repeat <= 0.10).mean():.0%}, "
             f"{rate:,.0f} candidates/s scored")
 
 

@@ -80,6 +80,8 @@ class CalibrationResult:
     detected: tuple[int, int] = (0, 0)  # kernels hwai.cost.kernels detected that ONNX Runtime ran, of those it ran
     method: str = "gbt"  # the regressor the cost model uses (the best in cross-validation)
     method_errors: dict | None = None  # regressor -> cross-validated median |error|
+    threads: int = 0  # the intra-op thread count measured (the calibration predicts that count)
+    sampling: str = ""  # how the models were sampled (first sample, adaptive batches)
 
     def within(self, tol: float = 0.10) -> float:
         """Share of models predicted within +-tol by the cross-validated learned model."""
@@ -182,7 +184,8 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
     meas = measurements.load(stored)
     agreement = detection_agreement(meas, {c.label: g for c, g in zip(fit_on, graphs)})
     return CalibrationResult(out, stored, targets.load(out), micro, rows, len(meas.kernels["us"]),
-                             time.perf_counter() - started, agreement, method, errors)
+                             time.perf_counter() - started, agreement, method, errors, threads,
+                             meas.meta.get("sampling", ""))
 
 
 def choose_method(path: Path, folds: int) -> tuple[str, dict[str, float], list[dict]]:
@@ -208,7 +211,8 @@ def choose_method(path: Path, folds: int) -> tuple[str, dict[str, float], list[d
     return best, medians, rows[best]
 
 
-def calibrate_from(source: str | Path, target: str = "host", cfg: CalibrateConfig = CalibrateConfig()) -> CalibrationResult:
+def calibrate_from(source: str | Path, target: str = "host",
+                   cfg: CalibrateConfig = CalibrateConfig()) -> CalibrationResult:
     """Import measurements taken on a device (the kit's measure_kernels.py) for `target`: stored next to its
     YAML file in the user target folder, then checked by cross-validation."""
     started = time.perf_counter()
@@ -216,4 +220,5 @@ def calibrate_from(source: str | Path, target: str = "host", cfg: CalibrateConfi
     method, errors, rows = choose_method(stored, cfg.folds)
     loaded = targets.load(target)
     return CalibrationResult(Path(loaded.path), stored, loaded, {}, rows, len(meas.kernels["us"]),
-                             time.perf_counter() - started, (0, 0), method, errors)
+                             time.perf_counter() - started, (0, 0), method, errors, meas.threads,
+                             meas.meta.get("sampling", ""))

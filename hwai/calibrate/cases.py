@@ -135,8 +135,8 @@ def sample(per_family: int, synthetic: int, seed: int, families=FAMILIES, per_va
     focus = list(FOCUS)
     for k in range(synthetic):
         size = int(rng.choice((8, 12, 16, 24, 32, 48)))
-        cases += [Case(SYNTHETIC, size, 1.0, d, seed=seed * 1000 + k, focus=focus[k % len(focus)] if per_variant else "")
-                  for d in DTYPES]
+        kind = focus[k % len(focus)] if per_variant else ""
+        cases += [Case(SYNTHETIC, size, 1.0, d, seed=seed * 1000 + k, focus=kind) for d in DTYPES]
     return tuple(cases)
 
 

@@ -19,13 +19,14 @@ def _part(gm: fx.GraphModule, inputs: list[fx.Node], body: list[fx.Node], output
     return fx.GraphModule(gm, graph)
 
 
-def split(model: nn.Module, example: torch.Tensor, seed: int) -> tuple[tuple[nn.Module, tuple], tuple[nn.Module, tuple]]:
+def split(model: nn.Module, example: torch.Tensor, seed: int) -> tuple[tuple[nn.Module, tuple], ...]:
     """((first part, its inputs), (second part, its inputs)) of `model` cut before a random conv or linear layer
     (seeded; the first layer excluded)."""
     gm = fx.symbolic_trace(model.eval())
     nodes = list(gm.graph.nodes)
     modules = dict(gm.named_modules())
-    cuts = [i for i, n in enumerate(nodes) if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear))]
+    cuts = [i for i, n in enumerate(nodes)
+            if n.op == "call_module" and isinstance(modules[n.target], (nn.Conv2d, nn.Linear))]
     at = cuts[1:] or cuts
     i = int(at[np.random.default_rng(seed).integers(len(at))])
     before, after = nodes[:i], nodes[i:]

@@ -84,7 +84,7 @@ def prepare(graph: Graph, target: Target, fuse: bool = True, model: str = "auto"
     if kernel_model is None:
         scorer = Scorer(graph, target, fuse)
         return scorer.corrected(corrections) if corrections else scorer
-    from hwai.cost.learned import LearnedScorer
+    from hwai.cost.learned_scorer import LearnedScorer
 
     try:
         kernel_model = kernel_model.corrected(corrections) if corrections else kernel_model
