@@ -39,13 +39,23 @@ def _regressor(method: str):
     return RandomForestRegressor(n_estimators=80, min_samples_leaf=5, max_features=0.7, random_state=0, n_jobs=1)
 
 
-def _nnls_relative(lin: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Non-negative a minimising sum(((lin a - t) / t)^2)."""
+SPREAD = 0.2  # a measurement whose rounds spread by this fraction of its time counts half (`trust`)
+
+
+def trust(us: np.ndarray, spread_us: np.ndarray) -> np.ndarray:
+    """Weights of measurements in the fits: 1 / (1 + (spread / us / SPREAD)^2), where spread is how far its
+    rounds lay apart (other processes' bursts): on a quiet machine all weigh about 1."""
+    return 1.0 / (1.0 + (np.asarray(spread_us, dtype=float) / np.maximum(us, 1e-9) / SPREAD) ** 2)
+
+
+def _nnls_relative(lin: np.ndarray, t: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Non-negative a minimising sum(w ((lin a - t) / t)^2)."""
     from scipy.optimize import nnls
 
-    a = lin / t[:, None]
+    root = np.sqrt(w if w is not None else np.ones(len(t)))
+    a = lin / t[:, None] * root[:, None]
     scale = np.maximum(np.abs(a).max(axis=0), 1e-30)
-    coef, _ = nnls(a / scale, np.ones(len(t)))
+    coef, _ = nnls(a / scale, root)
     return coef / scale
 
 
@@ -136,15 +146,17 @@ class KernelModel:
         k, m = self.source.kernels, self.source.models
         keep = ~excluded(k, self.exclude)
         rows = featurize(self.source, np.flatnonzero(keep))
-        for key, (_, lin, t, _) in rows.items():
-            self.baselines[key], self.rows[key] = _nnls_relative(lin, t), len(t)
+        w = trust(k["us"], k["spread_us"])
+        for key, (_, lin, t, idx) in rows.items():
+            self.baselines[key], self.rows[key] = _nnls_relative(lin, t, w[idx]), len(t)
         for group in ("conv", "gemm", "other", "_any"):  # for kernel types never measured
             members = [r for key, r in rows.items() if group in (group_of(key), "_any")]
             if members:
                 self.baselines[group] = _nnls_relative(np.concatenate([r[1] for r in members]),
-                                                       np.concatenate([r[2] for r in members]))
+                                                       np.concatenate([r[2] for r in members]),
+                                                       np.concatenate([w[r[3]] for r in members]))
         if self.method != "linear":
-            self._fit_regressors(rows)
+            self._fit_regressors(rows, w)
         self.nchwc_block = self._block()
         mk = np.flatnonzero(~excluded(m, self.exclude))
         fitted = np.zeros(len(k["us"]))  # the kernels as the model predicts them: the terms absorb its bias too
@@ -159,9 +171,10 @@ class KernelModel:
         cases = list(m["case"][mk])
         sums, counts = _per_case(k["case"][keep], fitted[keep], cases, type_of, types)
         weights = _per_case(k["case"][keep], wbytes[keep], cases, type_of, types)[0].sum(1)
-        self.terms = W.fit(sums, counts, model_io(self.source, mk), weights, m["us"][mk], types)
+        self.terms = W.fit(sums, counts, model_io(self.source, mk), weights, m["us"][mk], types,
+                           trust(m["us"][mk], m["spread_us"][mk]))
 
-    def _fit_regressors(self, rows: dict) -> None:
+    def _fit_regressors(self, rows: dict, w: np.ndarray) -> None:
         """A regressor of log(measured / baseline) per type with OWN_ROWS kernels, one per group for the rest."""
         own = [key for key in rows if self.rows[key] >= OWN_ROWS]
         plan = [(key, [key]) for key in sorted(own)]
@@ -174,7 +187,8 @@ class KernelModel:
                 continue
             x = np.concatenate([self._inputs(t, types, rows[t][0]) for t in types])
             y = np.concatenate([np.log(rows[t][2] / self._base(t, rows[t][1])) for t in types])
-            self.regressors[name] = (_regressor(self.method).fit(x, y), types)
+            weight = np.concatenate([w[rows[t][3]] for t in types])
+            self.regressors[name] = (_regressor(self.method).fit(x, y, sample_weight=weight), types)
 
     @property
     def threads(self) -> int:

@@ -72,9 +72,10 @@ def io_of(shapes_in: str, shapes_out: str) -> tuple[int, float, float]:
 
 
 def fit(sums: np.ndarray, counts: np.ndarray, io: np.ndarray, weight_bytes: np.ndarray, whole: np.ndarray,
-        types: list[str]) -> Terms:
+        types: list[str], trust: np.ndarray | None = None) -> Terms:
     """Terms from per-model kernel sums and counts per type ((models, types) each), io ((models, 3): inputs,
-    input KiB, output KiB), weight bytes and the measured whole-model times (us)."""
+    input KiB, output KiB), weight bytes and the measured whole-model times (us), each model weighted by
+    `trust` (hwai.cost.learned.trust)."""
     from scipy.optimize import least_squares
 
     t, h = len(types), hinges(weight_bytes)
@@ -85,8 +86,10 @@ def fit(sums: np.ndarray, counts: np.ndarray, io: np.ndarray, weight_bytes: np.n
         return (p[0] + p[1] * np.maximum(io[:, 0] - 1, 0) + p[2] * io[:, 1] + p[3] * io[:, 2]
                 + (sums @ scale) * (1.0 + h @ p[c:]) + counts @ term)
 
+    root = np.sqrt(trust if trust is not None else np.ones(len(whole)))
+
     def residuals(p):
-        return np.concatenate([predict(p) / whole - 1.0, RIDGE_SCALE * p[6:6 + t], RIDGE_TERM * p[6 + t:c],
+        return np.concatenate([(predict(p) / whole - 1.0) * root, RIDGE_SCALE * p[6:6 + t], RIDGE_TERM * p[6 + t:c],
                                RIDGE_SCALE * p[c:]])
 
     # overhead, per input, in/KiB, out/KiB, common scale, common term, per-type scales, per-type terms, cache
