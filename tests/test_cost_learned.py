@@ -215,7 +215,7 @@ def test_per_kernel_type_shares_and_corrections_for_a_search(measured_host):
 def test_calibrations_per_thread_count_are_stored_and_selected(tmp_path):
     shutil.copyfile(targets.load("host").path, tmp_path / "host.yaml")
     cases = FIT
-    for threads, speed in ((1, 1.0), (2, 1.8)):
+    for threads, speed in ((1, 1.0), (2, 3.0)):
         write_measurements(measurements.path_for(tmp_path / "host.yaml", threads), cases, threads, speed)
     assert measurements.path_for(tmp_path / "host.yaml", 2).name == "host.threads-2.measurements.csv"
     host = targets.load(tmp_path / "host.yaml")
@@ -223,7 +223,7 @@ def test_calibrations_per_thread_count_are_stored_and_selected(tmp_path):
     g = build(Case("resnet8", 24, 0.75, "int8"))[2]
     one, two = (cost.predict(g, host, precision="int8", threads=n) for n in (1, 2))
     assert (one.threads, two.threads) == (1, 2) and "for 1 thread(s)" in one.describe()
-    assert one.latency_ms / two.latency_ms == pytest.approx(1.8, rel=0.1)  # each from its own calibration
+    assert 2.4 < one.latency_ms / two.latency_ms < 3.6  # each from its own calibration (3x apart)
     assert "host.threads-2.measurements.csv" in two.model_source
     four = cost.predict(g, host, precision="int8", threads=4)  # none at 4: the nearest, said in a note
     assert four.threads == 2 and any("no calibration at 4 thread(s)" in n for n in four.notes)
