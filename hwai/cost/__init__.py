@@ -1,9 +1,11 @@
 """Predict latency, energy and peak memory of a captured graph on a hardware target.
 
 Two latency models, chosen per target automatically:
-- learned (hwai.cost.learned): when the target has stored kernel measurements (`<target>.measurements.csv`
-  next to its YAML file, written by `hwai calibrate` or imported with `hwai calibrate --from FILE`): the
-  kernels ONNX Runtime runs (hwai.cost.kernels) each predicted by a regressor fitted to measured kernels;
+- learned (hwai.cost.learned): when the target has stored kernel measurements (one file per thread count,
+  `<target>.threads-<N>.measurements.csv` next to its YAML file, written by `hwai calibrate` or imported with
+  `hwai calibrate --from FILE`): the kernels ONNX Runtime runs (hwai.cost.kernels) each predicted by a
+  regressor fitted to measured kernels, composed into a whole inference (hwai.cost.whole), from the calibration
+  at the thread count the prediction is for (`threads=`; `Prediction.threads` says which);
 - roofline (hwai.cost.roofline): from the target file's peaks, bandwidths and efficiencies, otherwise.
 Energy and memory always come from the roofline's terms. `Prediction.model` says which model predicted the
 latency and `Prediction.describe()` from what (file, kernels, machine, date).
