@@ -102,7 +102,7 @@ def plan_model(name: str, bundle) -> dict:
 def balanced_cut(name: str, bundle, host: str) -> str:
     """The cut that balances the two stages' predicted host times (for a model no cut helps)."""
     _, g = _graph(name, bundle)
-    planner = Planner(g, [Device(targets.load(host))] * 2, [link.load("loopback")], "throughput")
+    planner = Planner(g, [Device(targets.load(host), threads=1)] * 2, [link.load("loopback")], "throughput")
     return planner.label(planner.best().cuts[0])
 
 

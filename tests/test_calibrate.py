@@ -29,7 +29,7 @@ def test_quick_calibration_writes_a_target_and_measurements_the_cost_model_learn
     cfg = calibrate.CalibrateConfig.quick(families=("cnn", "dscnn"), synthetic=1, threads=1)
     result = calibrate.calibrate(tmp_path / "host.yaml", cfg, progress=False)
     t = targets.load(tmp_path / "host.yaml")
-    assert t.name == "host" and t == result.target and result.measurements == tmp_path / "host.measurements.csv"
+    assert t.name == "host" and t == result.target and result.measurements == tmp_path / "host.threads-1.measurements.csv"
     measured = [f for f in t.sources if not f.startswith("energy")]
     assert all(t.sources[f][2].startswith("calibrated ") for f in measured)
     assert all(t.sources[f][2].startswith("not measured") for f in t.sources if f.startswith("energy"))
@@ -43,7 +43,8 @@ def test_quick_calibration_writes_a_target_and_measurements_the_cost_model_learn
     assert ran > 20 and matched == ran  # every kernel ONNX Runtime ran was detected from the captured graphs
     g = calibrate.build(Case("cnn", 16, 0.25))[2]
     p = cost.predict(g, t, precision="int8")
-    assert p.model == "learned" and p.latency_ms > 0 and "host.measurements.csv" in p.describe()
+    assert p.model == "learned" and p.latency_ms > 0 and "host.threads-1.measurements.csv" in p.describe()
+    assert p.threads == 1 and "for 1 thread(s)" in p.describe()
 
 
 def test_calibrate_rejects_a_non_yaml_out(tmp_path):
@@ -52,7 +53,8 @@ def test_calibrate_rejects_a_non_yaml_out(tmp_path):
 
 
 def test_a_device_kit_is_measured_without_hwai_and_imported(tmp_path):
-    cases = [Case("cnn", 16, 0.5, d) for d in ("fp32", "int8")] + [Case("synthetic", 12, 1.0, "int8", seed=3)]
+    cases = [Case("cnn", 16, 0.5, d) for d in ("fp32", "int8")] + [Case("synthetic", 12, 1.0, "int8", seed=3),
+                                                                    Case("resnet8", 16, 0.5, "int8", seed=1, stage=2)]
     kit = calibrate.export_kit(cases, tmp_path / "kit [v1]")
     assert {p.name for p in kit.iterdir()} >= {"kit.json", "measure_kernels.py", "README.txt", "0000.onnx"}
     with pytest.raises(calibrate.UserError, match="not empty"):
@@ -69,10 +71,64 @@ def test_a_device_kit_is_measured_without_hwai_and_imported(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "hwai", "calibrate", "--from", str(out), "--target", "rpi4"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert cli.returncode == 0, cli.stderr
-    stored = (user / "rpi4.measurements.csv").read_text().splitlines()
+    stored = (user / "rpi4.threads-1.measurements.csv").read_text().splitlines()
     assert (user / "rpi4.yaml").is_file() and [line for line in stored if not line.startswith("# method:")] == \
         out.read_text().splitlines()
     assert any(line.startswith("# method: ") for line in stored)  # the regressor cross-validation chose
+    staged = [line for line in stored if line.startswith("model,resnet8 stage2")]
+    assert len(staged) == 1 and "+" in staged[0].split(",")[6]  # a stage cut inside a block: two inputs measured
     rpi4 = targets.load(user / "rpi4.yaml")
     p = cost.predict(calibrate.build(Case("cnn", 16, 0.75))[2], rpi4, precision="int8")
-    assert p.model == "learned" and "rpi4.measurements.csv" in p.describe()
+    assert p.model == "learned" and "rpi4.threads-1.measurements.csv" in p.describe()
+
+
+def test_a_stage_case_is_the_model_cut_in_two():
+    import torch
+
+    from hwai.calibrate.cases import example_of, model_of
+    from hwai.calibrate.stages import split
+
+    case = Case("resnet8", 16, 0.5, "fp32", seed=1, stage=2)
+    model, example = model_of(case), example_of(case)
+    for seed in range(6):
+        (first, args1), (second, args2) = split(model, example, seed)
+        with torch.no_grad():
+            assert torch.allclose(second(*args2), model(example), atol=1e-5)  # the two parts are the model
+        assert args1 == (example,) and all(isinstance(a, torch.Tensor) for a in args2)
+    assert max(len(split(model, example, s)[1][1]) for s in range(6)) == 2  # some cuts fall inside a block
+
+
+def test_clocks_and_undisturbed_runs():
+    from hwai.measure import ort_trace
+
+    assert ort_trace.clock_for("auto", 1) == "cpu" and ort_trace.clock_for("auto", 2) == "wall"
+    with pytest.raises(ValueError, match="1 intra-op thread"):
+        ort_trace.clock_for("cpu", 4)
+    kept = ort_trace.undisturbed([0.0, 300.0, 0.5, 40.0, 0.0, 1.0, 900.0, 0.2], least=3)
+    assert list(kept) == [0, 2, 4, 5, 7]  # every undisturbed run
+    assert list(ort_trace.undisturbed([50.0, 300.0, 10.0, 40.0], least=2)) == [2, 3]  # else the least disturbed
+
+
+def test_adaptive_sampling_goes_where_the_error_is(tmp_path):
+    """Cross-validated kernel errors find the kernels no feature explains; the next batch favours the kernel
+    type whose error weighs most, shaped after its worst kernels; a network shaped after a family's kernel is
+    left out with that family."""
+    from collections import Counter
+
+    from test_cost_learned import FIT, write_measurements
+
+    from hwai.calibrate import adaptive
+    from hwai.cost.learned import kernel_types
+
+    path = tmp_path / "m.csv"
+    write_measurements(path, FIT, times={"dscnn": 3.0})  # dscnn's kernels run 3x slower than any feature says
+    meas = measurements.read(path)
+    idx, err = adaptive.kernel_errors(meas, "linear")
+    fam = meas.kernels["family"][idx]
+    assert np.median(err[fam == "dscnn"]) > 0.5 > 0.1 > np.median(err[fam == "resnet8"])
+    batch, weights = adaptive.next_batch(meas, 24, seed=1, method="linear")
+    assert len(batch) == 24 and all(c.model == "synthetic" for c in batch) and set(weights) == set(kernel_types(meas))
+    top = max(weights, key=weights.get)
+    assert Counter(c.focus for c in batch).most_common(1)[0][0] == adaptive.focus_of(top)
+    near = [c for c in batch if c.near]
+    assert near and all(c.family == f"synthetic:{c.near}" for c in near)

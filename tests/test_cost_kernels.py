@@ -94,3 +94,40 @@ def test_no_nchwc_runtime_runs_plain_convs():
     g = build(Case("resnet8", 16, 0.5))[2]
     ops = {k[0] for k in detected(g, False, 0)}
     assert "FusedConv" in ops and not {"NchwcConv", "ReorderInput", "ReorderOutput"} & ops
+
+
+@pytest.mark.parametrize("model,cut", [("resnet8", "layers.0.0.relu1"), ("mobilenetv2", "3.block.1.2"), ("mobilenetv2", "add")])
+def test_a_pipeline_stage_is_a_model_of_its_own(model, cut, block):
+    """The second stage of a split (its received tensors as inputs: two of them inside a residual block) runs
+    the kernels detected from its part graph."""
+    from hwai import models, targets
+    from hwai.shard.link import load as load_link
+    from hwai.shard.plan import Device, Planner
+    from hwai.shard.split import split
+
+    net = models.create(model, num_classes=10, in_channels=3, input_size=16, width=0.5).eval()
+    example = torch.randn(1, 3, 16, 16)
+    planner = Planner(graph.capture(net, example), [Device(targets.load("host"))] * 2, [load_link("loopback")])
+    pos = next(k for k in planner.positions if planner.label(k) == cut)
+    part = planner.part_graph(pos, len(planner.nodes))
+    pipe = split(net, planner.graph, [pos], example)
+    seen = {}
+    handle = pipe.get_stage_module(1).register_forward_pre_hook(lambda m, args: seen.setdefault("args", args))
+    with torch.no_grad():
+        pipe(example)
+    handle.remove()
+    args = seen["args"]
+    assert len(args) == len(planner.crossing(pos)) == (1 if cut == "add" else 2)
+    from hwai.calibrate.cases import export_onnx, input_names
+
+    stage = export_onnx(pipe.get_stage_module(1), args)
+    session = ort_session(stage, 1, profile=True)
+    session.run(None, {n: a.numpy() for n, a in zip(input_names(len(args)), args)})
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink()
+    ran = collections.Counter((kernel_op(e["name"][:-12], e["args"]["op_name"]),
+                               tuple(next(iter(e["args"]["output_type_shape"][0].values()))))
+                              for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))
+    found = collections.Counter((op, out) for op, _, out in detected(part, False, block))
+    assert found == ran

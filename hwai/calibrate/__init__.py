@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hwai import targets
+from hwai.calibrate import adaptive
 from hwai.calibrate.cases import FAMILIES, Case, build, sample
 from hwai.calibrate.kit import export_kit, import_measurements, write_kit
 from hwai.errors import UserError
@@ -35,10 +36,15 @@ class CalibrateConfig:
     """What `hwai calibrate` measures, and how."""
 
     families: tuple[str, ...] = FAMILIES  # zoo families measured
-    per_family: int = 7  # configurations (width, input size) of every family, each FP32 and INT8
-    synthetic: int = 18  # random networks, each FP32 and INT8
+    per_family: int = 6  # configurations (width, input size) of every family, each FP32 and INT8
+    per_variant: int = 4  # variants of every family: kernel size, pruned, pipeline stage, mixed precision
+    synthetic: int = 14  # random networks of the first sample (every FOCUS kind), each FP32 and INT8
+    budget_s: float = 300.0  # wall time of the whole calibration: adaptive batches follow the first sample until
+    # it is spent (hwai.calibrate.adaptive); 0: the first sample only
+    batch: int = 40  # models per adaptive batch
     seed: int = 0
     threads: int | None = None  # ONNX Runtime intra-op threads; None: physical cores
+    clock: str = "auto"  # wall, or cpu (this thread's CPU time, 1 thread only); auto: cpu at 1 thread (ort_trace)
     rounds: int = 3  # passes over all models, spread in time; per kernel the lowest round median counts
     profiled_runs: int = 20  # profiled runs per model and round
     min_runs: int = 20  # plain runs per model and round at least
@@ -51,12 +57,13 @@ class CalibrateConfig:
     @classmethod
     def quick(cls, **overrides) -> "CalibrateConfig":
         """A small calibration (seconds): for tests and a first look, not for accurate predictions."""
-        return replace(cls(families=("mlp", "cnn", "resnet8", "dscnn"), per_family=1, synthetic=2, rounds=1,
-                           profiled_runs=5, min_runs=10, max_seconds=0.05, gemm_size=128, roofline_cases=4, folds=3),
-                       **overrides)
+        return replace(cls(families=("mlp", "cnn", "resnet8", "dscnn"), per_family=1, per_variant=0, synthetic=2,
+                           budget_s=0.0, rounds=1, profiled_runs=5, min_runs=10, max_seconds=0.05, gemm_size=128,
+                           roofline_cases=4, folds=3), **overrides)
 
     def cases(self) -> tuple[Case, ...]:
-        return sample(self.per_family, self.synthetic, self.seed, self.families)
+        """The first sample (adaptive batches follow within the budget)."""
+        return sample(self.per_family, self.synthetic, self.seed, self.families, self.per_variant)
 
 
 @dataclass
@@ -73,6 +80,8 @@ class CalibrationResult:
     detected: tuple[int, int] = (0, 0)  # kernels hwai.cost.kernels detected that ONNX Runtime ran, of those it ran
     method: str = "gbt"  # the regressor the cost model uses (the best in cross-validation)
     method_errors: dict | None = None  # regressor -> cross-validated median |error|
+    threads: int = 0  # the intra-op thread count measured (the calibration predicts that count)
+    sampling: str = ""  # how the models were sampled (first sample, adaptive batches)
 
     def within(self, tol: float = 0.10) -> float:
         """Share of models predicted within +-tol by the cross-validated learned model."""
@@ -124,7 +133,7 @@ def detection_agreement(meas, graphs: dict[str, object]) -> tuple[int, int]:
 
 def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progress: bool = True) -> CalibrationResult:
     """Measure this machine's kernels and write a host target file to `out` (.yaml) with the measurements
-    next to it (`<name>.measurements.csv`)."""
+    next to it (`<name>.threads-<N>.measurements.csv`; those of other thread counts stay)."""
     # long: one calibration recipe (measure, detect kernels, fit, cross-validate, write), read top to bottom
     import yaml
 
@@ -141,50 +150,42 @@ def calibrate(out: str | Path, cfg: CalibrateConfig = CalibrateConfig(), progres
     stamp = f"calibrated {dt.date.today().isoformat()} on {cpu_model()}"
     base = targets.load(cfg.base)
     cases = list(cfg.cases())
-    zoo = [c for c in cases if c.model != "synthetic"]
+    zoo = [c for c in cases if c.model != "synthetic" and not c.stage and c.dtype != "mixed" and not c.prune]
     fit_on = zoo[:: max(1, len(zoo) // cfg.roofline_cases)][: cfg.roofline_cases]
     with progress_bar(disable=not progress, transient=False) as bar, tempfile.TemporaryDirectory() as tmp:
-        task = bar.add_task("microbenchmarks", total=len(cases) * (cfg.rounds + 1) + len(fit_on) + 3)
+        task = bar.add_task("microbenchmarks", total=None)
 
-        def advance(label: str) -> None:
-            bar.update(task, description=label[:60], advance=1)
+        def say(label: str) -> None:
+            bar.update(task, description=f"{time.perf_counter() - started:4.0f} s: {label}"[:70])
 
         micro = roofline.microbench(threads, cfg.gemm_size)
-        advance("export models")
-        write_kit(cases, Path(tmp) / "kit", advance)
+        rows, meta, sampling = adaptive.measure(cfg, threads, Path(tmp), say)
+        meta["sampling"] = (f"{sum(sampling['batches'])} models: {sampling['batches'][0]} in the first sample, "
+                            f"adaptive batches of {sampling['batches'][1:]} (budget {cfg.budget_s:g} s)")
         csv = Path(tmp) / "measurements.csv"
-        done = [0]
-
-        def measured(i: int, total: int, label: str) -> None:
-            if i > done[0]:
-                bar.update(task, advance=i - done[0])
-                done[0] = i
-            bar.update(task, description=label[:60])
-
-        ort_trace.measure(Path(tmp) / "kit", csv, threads, cfg.rounds, cfg.profiled_runs, cfg.min_runs, cfg.max_seconds,
-                       progress=measured)
-        bar.update(task, advance=len(cases) * cfg.rounds - done[0])
-        advance("microbenchmarks again")
+        ort_trace.write(csv, rows, meta)
+        say("microbenchmarks again")
         again = roofline.microbench(threads, cfg.gemm_size)  # once more at the end: keep the better of the two
         micro = {k: (min if k == "overhead_s" else max)(v, again[k]) for k, v in micro.items()}
         meas = measurements.read(csv)
         whole = dict(zip(meas.models["case"], meas.models["us"]))
         graphs = []
         for case in fit_on:
-            advance(f"roofline: capture {case.label}")
+            say(f"roofline: capture {case.label}")
             graphs.append(build(case)[2])
         raw, micro = roofline.fit_target(micro, graphs, [c.dtype for c in fit_on],
                                          np.array([whole[c.label] * 1e-6 for c in fit_on]), base, threads,
                                          cfg.gemm_size, stamp)
         text = f"# written by `hwai calibrate` ({stamp}); measured numbers, not datasheet figures\n"
         hio.write_text(out, text + yaml.safe_dump(raw, sort_keys=False, width=200))
-        stored = measurements.path_for(out)
+        stored = measurements.path_for(out, threads)
         hio.write_text(stored, csv.read_text())
     method, errors, rows = choose_method(stored, cfg.folds)
     meas = measurements.load(stored)
     agreement = detection_agreement(meas, {c.label: g for c, g in zip(fit_on, graphs)})
     return CalibrationResult(out, stored, targets.load(out), micro, rows, len(meas.kernels["us"]),
-                             time.perf_counter() - started, agreement, method, errors)
+                             time.perf_counter() - started, agreement, method, errors, threads,
+                             meas.meta.get("sampling", ""))
 
 
 def choose_method(path: Path, folds: int) -> tuple[str, dict[str, float], list[dict]]:
@@ -210,7 +211,8 @@ def choose_method(path: Path, folds: int) -> tuple[str, dict[str, float], list[d
     return best, medians, rows[best]
 
 
-def calibrate_from(source: str | Path, target: str = "host", cfg: CalibrateConfig = CalibrateConfig()) -> CalibrationResult:
+def calibrate_from(source: str | Path, target: str = "host",
+                   cfg: CalibrateConfig = CalibrateConfig()) -> CalibrationResult:
     """Import measurements taken on a device (the kit's measure_kernels.py) for `target`: stored next to its
     YAML file in the user target folder, then checked by cross-validation. A table of published measurements
     (hwai.targets.evidence) instead fits the target's roofline to its rows (`calibrate_published`)."""
@@ -223,7 +225,8 @@ def calibrate_from(source: str | Path, target: str = "host", cfg: CalibrateConfi
     method, errors, rows = choose_method(stored, cfg.folds)
     loaded = targets.load(target)
     return CalibrationResult(Path(loaded.path), stored, loaded, {}, rows, len(meas.kernels["us"]),
-                             time.perf_counter() - started, (0, 0), method, errors)
+                             time.perf_counter() - started, (0, 0), method, errors, meas.threads,
+                             meas.meta.get("sampling", ""))
 
 
 def calibrate_published(table: str | Path, target: str) -> CalibrationResult:

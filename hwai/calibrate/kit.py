@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from hwai.calibrate.cases import Case, onnx_of
+from hwai.calibrate.cases import Case, exported
 from hwai.errors import UserError
 from hwai.measure import ort_trace
 
@@ -68,13 +68,12 @@ def write_kit(cases: list[Case], folder: Path, progress=lambda label: None) -> P
     models = []
     for i, case in enumerate(cases):
         progress(f"export {case.label}")
-        onnx_model = onnx_of(case)
+        onnx_model, inputs = exported(case)
         file = f"{i:04d}.onnx"
         (folder / file).write_bytes(onnx_model)
         aliases, nodes = manifest(onnx_model)
-        models.append({"file": file, "case": case.label,
-                       "family": case.model, "dtype": case.dtype,
-                       "input": [1, case.channels, case.input_size, case.input_size],
+        models.append({"file": file, "case": case.label, "family": case.family, "dtype": case.dtype,
+                       "input": list(inputs[0][1]), "inputs": [[name, list(shape)] for name, shape in inputs],
                        "aliases": aliases, "nodes": nodes})
     spec = {"format": ort_trace.KIT_FORMAT, "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "models": models}
@@ -125,7 +124,7 @@ def import_measurements(source: Path, target_name: str) -> tuple[Path, object]:
         user.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(yaml_path, user / yaml_path.name)
         yaml_path = user / yaml_path.name
-    dest = measurements.path_for(yaml_path)
+    dest = measurements.path_for(yaml_path, meas.threads or None)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.copyfile(source, tmp)
     tmp.replace(dest)

@@ -16,6 +16,8 @@ def calibrate(
                                        "host.yaml, which `--target host` then uses); the measurements go next to it"),
     threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime threads (default: physical cores)"),
     quick: bool = typer.Option(False, "--quick", help="a few models, one pass (seconds; for tests, not accuracy)"),
+    budget: float = typer.Option(300.0, min=0, help="seconds of wall time: after the first sample, models where "
+                                 "the fitted error is largest are measured until it is spent"),
     from_file: Optional[Path] = typer.Option(None, "--from", help="import measurements taken on a device with "
                                              "the kit's measure_kernels.py (see --export-kit), or fit the target "
                                              "to a table of published measurements (hwai/targets/published/*.csv)"),
@@ -29,7 +31,8 @@ def calibrate(
     from hwai import calibrate as hcal
     from hwai import targets as htargets
 
-    cfg = hcal.CalibrateConfig.quick(threads=threads) if quick else hcal.CalibrateConfig(threads=threads)
+    cfg = (hcal.CalibrateConfig.quick(threads=threads) if quick else
+           hcal.CalibrateConfig(threads=threads, budget_s=budget))
     if sum(x is not None for x in (from_file, export_kit)) > 1:
         raise UserError("use one of --from and --export-kit")
     if export_kit is not None:
@@ -64,8 +67,9 @@ def calibrate(
         table.add_row(r["case"], f"{r['measured_ms']:.4f}", f"{r['spread_ms']:.4f}", str(r["runs"]),
                       f"{r['predicted_ms']:.4f}", f"{r['error']:+.1%}")
     show(table)
-    console.print(f"{result.kernels:,} kernel measurements of {len(result.rows)} models "
-                  f"({result.measurements.name} next to {result.path}, {result.seconds:.0f} s); "
+    console.print(f"{result.kernels:,} kernel measurements of {len(result.rows)} models at "
+                  f"{result.threads} thread(s) ({result.measurements.name} next to {result.path}, "
+                  f"{result.seconds:.0f} s{'; ' + result.sampling if result.sampling else ''}); "
                   f"cross-validated: {result.within():.0%} within +-10%, median |error| {result.median_error():.1%} "
                   f"(regressor {result.method}; median |error| "
                   + ", ".join(f"{k} {v:.1%}" for k, v in (result.method_errors or {}).items()) + "). "

@@ -1,9 +1,11 @@
 """Predict latency, energy and peak memory of a captured graph on a hardware target.
 
 Two latency models, chosen per target automatically:
-- learned (hwai.cost.learned): when the target has stored kernel measurements (`<target>.measurements.csv`
-  next to its YAML file, written by `hwai calibrate` or imported with `hwai calibrate --from FILE`): the
-  kernels ONNX Runtime runs (hwai.cost.kernels) each predicted by a regressor fitted to measured kernels;
+- learned (hwai.cost.learned): when the target has stored kernel measurements (one file per thread count,
+  `<target>.threads-<N>.measurements.csv` next to its YAML file, written by `hwai calibrate` or imported with
+  `hwai calibrate --from FILE`): the kernels ONNX Runtime runs (hwai.cost.kernels) each predicted by a
+  regressor fitted to measured kernels, composed into a whole inference (hwai.cost.whole), from the calibration
+  at the thread count the prediction is for (`threads=`; `Prediction.threads` says which);
 - roofline (hwai.cost.roofline): from the target file's peaks, bandwidths and efficiencies, otherwise.
 Energy and memory always come from the roofline's terms. `Prediction.model` says which model predicted the
 latency and `Prediction.describe()` from what (file, kernels, machine, date).
@@ -34,46 +36,65 @@ from hwai.graph import Graph
 from hwai.targets import Target
 
 __all__ = ["BITS", "BatchScores", "LayerPrediction", "MODELS", "Prediction", "Scorer", "activation_timeline",
-           "learned_model", "op_key", "patch_latency", "predict", "prepare", "resolve_dtype"]
+           "calibration", "learned_model", "op_key", "patch_latency", "predict", "prepare", "resolve_dtype"]
 MODELS = ("auto", "learned", "roofline")
 
 
-def learned_model(target: Target, method: str | None = None):
-    """The fitted kernel model of `target` (hwai.cost.learned.KernelModel), or None without stored measurements;
-    method: gbt, rf or linear (default: the one calibration chose)."""
+def calibration(target: Target, threads: int | None = None) -> tuple[object, str]:
+    """(Measurements, note) of the calibration `target`'s predictions for `threads` intra-op threads use
+    (hwai.cost.measurements.select; threads None: the only one, else this machine's physical cores, else the
+    most threads); (None, "") without stored measurements."""
     from hwai.cost import measurements
+    from hwai.measure import physical_cores
 
-    path = measurements.path_for(target.path)
-    if not path.is_file():
+    path, _, note = measurements.select(target.path, threads, physical_cores())
+    return (measurements.load(path), note) if path is not None else (None, "")
+
+
+def learned_model(target: Target, method: str | None = None, threads: int | None = None):
+    """The fitted kernel model of `target` for `threads` (hwai.cost.learned.KernelModel; its `threads` says the
+    calibration's), or None without stored measurements; method: gbt, rf or linear (default: the one
+    calibration chose)."""
+    meas, _ = calibration(target, threads)
+    if meas is None:
         return None
     from hwai.cost.learned import model_for
 
-    meas = measurements.load(path)
     return model_for(meas, method or meas.method)
 
 
 def prepare(graph: Graph, target: Target, fuse: bool = True, model: str = "auto",
-            corrections: dict[str, float] | None = None):
+            corrections: dict[str, float] | None = None, threads: int | None = None):
     """A batch scorer of `graph` on `target` (`.score(channel_scale=, bits=, sparsity=)`, `.node_names`):
     the learned latency model where the target has measurements (model "auto" or "learned"), else the roofline.
     corrections: latency factors, per kernel type for the learned model (the keys of `scorer.type_ms()`), per
-    op key (conv, depthwise, linear, ...) for the roofline; unlisted ones stay 1."""
+    op key (conv, depthwise, linear, ...) for the roofline; unlisted ones stay 1.
+    threads: the intra-op thread count the latency is for: the learned model uses the target's calibration at
+    that count (`calibration`; the scorer's `threads` and `notes` say which it used)."""
     if model not in MODELS:
         raise UserError(f"cost model must be one of {', '.join(MODELS)}, got {model!r}")
-    kernel_model = learned_model(target) if model != "roofline" else None
+    kernel_model, note = None, ""
+    if model != "roofline":
+        meas, note = calibration(target, threads)
+        if meas is not None:
+            from hwai.cost.learned import model_for
+
+            kernel_model = model_for(meas, meas.method)
     if model == "learned" and kernel_model is None:
         raise UserError(f"{target.name} has no stored measurements ({target.path}): run `hwai calibrate` "
                         "(this machine) or `hwai calibrate --from FILE --target NAME`")
     if kernel_model is None:
         scorer = Scorer(graph, target, fuse)
         return scorer.corrected(corrections) if corrections else scorer
-    from hwai.cost.learned import LearnedScorer
+    from hwai.cost.learned_scorer import LearnedScorer
 
     try:
         kernel_model = kernel_model.corrected(corrections) if corrections else kernel_model
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    return LearnedScorer(graph, target, kernel_model, fuse)
+    scorer = LearnedScorer(graph, target, kernel_model, fuse)
+    scorer.notes = [note] if note else []
+    return scorer
 
 
 def activation_timeline(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,
@@ -110,15 +131,17 @@ def _roofline_total(roof: Scorer, layers: list, peak_act: float) -> tuple[float,
 
 def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None = None,
             sparsity: dict[str, float] | None = None, fuse: bool = True, model: str = "auto",
-            corrections: dict[str, float] | None = None) -> Prediction:
+            corrections: dict[str, float] | None = None, threads: int | None = None) -> Prediction:
     """Predicted per-layer and total latency, energy and peak memory of `graph` on `target`.
 
     precision: one of fp32/fp16/int8/int4 for every node, or {node_name: dtype}; None: each node's own dtype.
     sparsity: {node_name: fraction of zero weights}; it only helps where the target accelerates sparsity.
     model: "auto" (learned where the target has measurements, else roofline), "learned" or "roofline".
     corrections: latency factors (see `prepare`).
+    threads: the intra-op thread count the latency is for (see `prepare`); `Prediction.threads` says the
+    calibration's.
     """
-    scorer = prepare(graph, target, fuse, model, corrections)
+    scorer = prepare(graph, target, fuse, model, corrections, threads)
     roof = getattr(scorer, "roofline", scorer)
     bits, sp = candidate_inputs(roof, precision, sparsity)
     layers, t = scorer.breakdown(bits=bits, sparsity=sp)
@@ -131,7 +154,8 @@ def predict(graph: Graph, target: Target, precision: str | dict[str, str] | None
                       fit_message(target, float(sram), weights, peak_act),
                       notes(roof, bits, bool(sparsity)) + t.get("notes", []) + extra,
                       model="learned" if learned else "roofline",
-                      model_source=scorer.model.describe() if learned else "")
+                      model_source=scorer.model.describe() if learned else "",
+                      threads=scorer.model.threads if learned else None)
 
 
 def patch_latency(graph: Graph, patch_plan, target: Target) -> tuple[float, float]:

@@ -4,7 +4,9 @@ hwai.cost.kernels.Slot, vectorized over candidates).
 
 A kernel's *type* (one linear baseline each) is its op, with depthwise convolutions apart ("QLinearConv/dw").
 Features: work (MACs, elements in and out, weights, on the channels as run, i.e. padded to the NCHWc block),
-kernel size, stride, channels as run (convs, GEMMs), output pixels (convs), and whether a conv also adds a
+kernel size, stride, channels as run (convs, GEMMs) and their alignment (the largest power of two up to 16
+dividing them: SIMD kernels take a slower path for the channels a vector does not fill; measured, an int8
+depthwise conv of 22 channels runs 2x slower than one of 32), output pixels (convs), and whether a conv also adds a
 residual (ONNX Runtime reports it as a third input of two or more dimensions besides the input and weights).
 Within one detected kernel only the channel counts vary between candidates, so its features follow from its
 element counts and a few constants (`constants`, `raw`).
@@ -19,7 +21,13 @@ GEMM = ("Gemm", "FusedGemm", "QGemm", "MatMul", "QLinearMatMul", "MatMulInteger"
 POOLS = ("MaxPool", "NchwcMaxPool", "NhwcMaxPool", "AveragePool", "NchwcAveragePool", "QLinearAveragePool")
 RAW = ("in_elems", "out_elems", "in_c", "out_c", "kh", "kw", "stride", "groups", "dw", "residual")
 NAMES = ("log MACs", "log elements in", "log elements out", "log weights", "kernel area", "stride",
-         "log channels in", "log channels out", "log output pixels", "adds a residual")
+         "log channels in", "log channels out", "log output pixels", "adds a residual",
+         "channels in: largest power-of-2 divisor (up to 16)", "channels out: largest power-of-2 divisor (up to 16)")
+
+
+def weight_itemsize(op: str) -> int:
+    """Bytes per weight of a kernel as run (int8 weights in the quantized kernels)."""
+    return 1 if op.startswith(("QLinear", "QGemm", "ConvInteger", "MatMulInteger")) else 4
 
 
 def kernel_type(op: str, dw: bool) -> str:
@@ -66,6 +74,15 @@ def raw_from_shapes(op: str, in_shape: tuple, out_shape: tuple, attrs: dict) -> 
     return raw(np.prod(in_shape), np.prod(out_shape), attrs.get("residual", 0), const)
 
 
+def _alignment(c: np.ndarray) -> np.ndarray:
+    """The largest power of two up to 16 that divides each channel count (0 for no channels)."""
+    c = np.rint(c).astype(np.int64)
+    out = np.zeros(len(c))
+    for p in (1, 2, 4, 8, 16):
+        out = np.where((c > 0) & (c % p == 0), p, out)
+    return out
+
+
 def matrices(op: str, raw_cols: dict) -> tuple[np.ndarray, np.ndarray]:
     """(n, F) regressor features and (n, 4) linear-baseline columns [1, MACs, elements, weights] of kernels
     of one op; `raw_cols` holds (n,) arrays or scalars."""
@@ -85,6 +102,6 @@ def matrices(op: str, raw_cols: dict) -> tuple[np.ndarray, np.ndarray]:
     pixels = r["out_elems"] / np.maximum(r["out_c"], 1) if op in CONV else np.zeros(n)
     x = np.column_stack([np.log1p(macs), np.log1p(r["in_elems"]), np.log1p(r["out_elems"]), np.log1p(weights),
                          k_area, r["stride"], np.log1p(r["in_c"]), np.log1p(r["out_c"]), np.log1p(pixels),
-                         r["residual"]])
+                         r["residual"], _alignment(r["in_c"]), _alignment(r["out_c"])])
     lin = np.column_stack([np.ones(n), macs, r["in_elems"] + r["out_elems"] * (1 + r["residual"]), weights])
     return x, lin

@@ -19,21 +19,21 @@ class _Detector:
         b = ch.shape[0]
         self.B = b
         g = prog.graph
-        n_ops = len(prog.ops)
-        in_ch = int(g.input_shape[1]) if len(g.input_shape) > 1 else 1
-        # per tensor (op index; the model input is the last row): logical channels and spatial dims
-        self.c = [ch[:, op.node] for op in prog.ops] + [np.full(b, in_ch)]
+        n = len(prog.ops) + len(prog.input_shapes)
+        # per tensor (op index, then the program inputs): logical channels and spatial dims
+        self.c = [ch[:, op.node] for op in prog.ops] + [np.full(b, int(s[1]) if len(s) > 1 else 1)
+                                                        for s in prog.input_shapes]
         self.hw = [tuple(int(s) for s in g.nodes[op.node].output_shape[2:]) for op in prog.ops] + \
-                  [tuple(int(s) for s in g.input_shape[2:])]
+                  [tuple(int(d) for d in s[2:]) for s in prog.input_shapes]
         self.int8 = [q[:, op.head] for op in prog.ops]
         z = lambda: np.zeros(b, dtype=bool)  # noqa: E731
-        self.nc = [z() for _ in range(n_ops + 1)]  # float tensor in NCHWc blocks
-        self.u8 = [z() for _ in range(n_ops + 1)]  # uint8 tensor
-        self.nhwc = [z() for _ in range(n_ops + 1)]  # uint8 tensor in channels-last layout
-        self.nc_conv = [np.full(b, -1) for _ in range(n_ops + 1)]  # NchwcConv writing the tensor (fusion target)
-        self.start_uses = [np.zeros(b, dtype=int) for _ in range(n_ops + 1)]
-        self.has_act = [z() for _ in range(n_ops)]
-        self.has_sum = [z() for _ in range(n_ops)]
+        self.nc = [z() for _ in range(n)]  # float tensor in NCHWc blocks
+        self.u8 = [z() for _ in range(n)]  # uint8 tensor
+        self.nhwc = [z() for _ in range(n)]  # uint8 tensor in channels-last layout
+        self.nc_conv = [np.full(b, -1) for _ in range(n)]  # NchwcConv writing the tensor (fusion target)
+        self.start_uses = [np.zeros(b, dtype=int) for _ in range(n)]
+        self.has_act = [z() for _ in prog.ops]
+        self.has_sum = [z() for _ in prog.ops]
         self.slots: list[Slot] = []
         self.conv_slot: dict[int, Slot] = {}  # NchwcConv of a conv op
         self.plain_conv: dict[int, Slot | None] = {}  # plain Conv (no activation) of a conv op
@@ -43,7 +43,7 @@ class _Detector:
 
     # ---- shapes
     def t(self, i: int) -> int:
-        return i if i >= 0 else len(self.p.ops)
+        return i if i >= 0 else len(self.p.ops) - 1 - i
 
     def nchw(self, i: int, padded: bool = False) -> tuple:
         t = self.t(i)
@@ -55,7 +55,10 @@ class _Detector:
         return (1, *self.hw[t], self.c[t]) if self.hw[t] else (1, self.c[t])
 
     def owner(self, i: int) -> int:
-        return self.p.ops[i].head if i >= 0 else (self.p.ops[self.p.consumers(-1)[0]].head if self.p.ops else 0)
+        if i >= 0:
+            return self.p.ops[i].head
+        readers = self.p.consumers(i)
+        return self.p.ops[readers[0]].head if readers else 0
 
     # ---- kernel slots
     def add(self, op: str, owner: int, mask, in_shape, out_shape, **attrs) -> Slot | None:

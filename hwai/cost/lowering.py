@@ -30,7 +30,7 @@ class Op:
     kind: str  # conv, gemm, matmul, bn, act, add, mul, concat, maxpool, avgpool, gap, flatten, reshape, other
     onnx: str  # its ONNX op type (the kernel name when ONNX Runtime runs it as is)
     node: int  # index of the hwai node whose output this op writes (channels, shape)
-    inputs: list[int]  # producer op indices; -1: the model input
+    inputs: list[int]  # producer op indices; -1 - k: the program's input k
     head: int = -1  # the hwai node the op comes from (its dtype, and the layer its time is reported under)
     members: list[int] = field(default_factory=list)  # hwai nodes folded into this op (e.g. BatchNorm)
     k: tuple[int, int] = (1, 1)  # kernel height, width (conv, pools)
@@ -49,8 +49,9 @@ class Program:
     graph: Graph
     ops: list[Op]
     uses: list[int]  # consumers of each op's output, + 1 for a graph output
-    input_uses: int  # consumers of the model input
+    input_uses: list[int]  # consumers of each program input
     op_of_node: dict[int, int]  # hwai node index -> op writing its output (aliases map to their source)
+    input_shapes: list[tuple] = field(default_factory=list)  # shape of each program input (-1 - k: input k)
 
     def consumers(self, i: int) -> list[int]:
         return [j for j, op in enumerate(self.ops) if i in op.inputs]
@@ -98,7 +99,8 @@ def _kind(node: Node) -> tuple[str, str]:
 
 
 def lower(graph: Graph) -> Program:
-    """The ops the exporter writes for `graph`."""
+    """The ops the exporter writes for `graph`. An identity node without inputs is an input of its own (a pipeline
+    stage's received tensors: hwai.shard.plan); an identity node read by nothing makes all its inputs outputs."""
     # long: one pass over the graph's nodes with one branch per op kind
     index = {n.name: i for i, n in enumerate(graph.nodes)}
     consumers: dict[str, list[str]] = {}
@@ -106,9 +108,17 @@ def lower(graph: Graph) -> Program:
         for p in n.inputs:
             consumers.setdefault(p, []).append(n.name)
     ops: list[Op] = []
-    op_of: dict[int, int] = {}  # hwai node -> op index (-1: the model input)
+    op_of: dict[int, int] = {}  # hwai node -> op index (-1 - k: program input k)
+    sources: list[tuple] = []  # shapes of identity source nodes: the program's inputs
+    alias_of: dict[int, list[int]] = {}  # identity node -> the ops (or inputs) it passes on
     for i, node in enumerate(graph.nodes):
         srcs = [op_of.get(index[p], -1) for p in node.inputs if p in index] or [-1]
+        if node.op == "identity" and not node.inputs:
+            op_of[i] = -1 - len(sources)
+            sources.append(tuple(int(d) for d in node.output_shape))
+            continue
+        if node.op == "identity":
+            alias_of[i] = srcs
         if node.op == "identity" or node.target in ALIAS_TARGETS or (node.op == "reshape" and node.target in (
                 "view", "reshape", "contiguous") and node.inputs and graph.nodes[index[node.inputs[0]]].output_shape
                 == node.output_shape):
@@ -148,15 +158,18 @@ def lower(graph: Graph) -> Program:
         op_of[i] = len(ops)
         ops.append(op)
     uses = [0] * len(ops)
-    input_uses = 0
+    shapes = sources or [tuple(graph.input_shape)]
+    input_uses = [0] * len(shapes)
     for op in ops:
         for s in set(op.inputs):
             if s >= 0:
                 uses[s] += 1
             else:
-                input_uses += 1
+                input_uses[-1 - s] += 1
     read = {p for n in graph.nodes for p in n.inputs}
     for i, node in enumerate(graph.nodes):  # graph outputs
-        if node.name not in read and op_of.get(i, -1) >= 0:
-            uses[op_of[i]] += 1
-    return Program(graph, ops, uses, input_uses, op_of)
+        if node.name not in read:
+            for src in set(alias_of.get(i, [op_of.get(i, -1)])):
+                if src >= 0:
+                    uses[src] += 1
+    return Program(graph, ops, uses, input_uses, op_of, shapes)

@@ -1,5 +1,7 @@
-"""Stored kernel measurements of a target: `<target>.measurements.csv` next to its YAML file, written by
-`hwai calibrate` or imported with `hwai calibrate --from FILE` (format: hwai.measure.ort_trace).
+"""Stored kernel measurements of a target, one file per thread count next to its YAML file
+(`<target>.threads-<N>.measurements.csv`; `<target>.measurements.csv` from calibrations before thread counts
+were kept apart), written by `hwai calibrate` or imported with `hwai calibrate --from FILE` (format:
+hwai.measure.ort_trace). A prediction uses the calibration at the thread count it is for (`select`).
 
 A file that is not one (another CSV, a truncated or edited file) is refused with one line naming the file
 and the first problem.
@@ -19,6 +21,7 @@ from hwai.measure.ort_trace import COLUMNS, FORMAT, META_KEYS
 SUFFIX = ".measurements.csv"
 NUMERIC = ("stride", "groups", "cin", "cout", "inputs", "us", "spread_us", "runs")
 REQUIRED = ("us", "runs")
+MODEL_COLUMNS = ("case", "family", "dtype", "in_shape", "out_shape", "inputs", "us", "spread_us", "runs")
 
 
 @dataclass
@@ -28,7 +31,8 @@ class Measurements:
     path: Path
     meta: dict[str, str]
     kernels: dict[str, np.ndarray]  # COLUMNS -> (K,) arrays (numbers as float, text as object)
-    models: dict[str, np.ndarray]  # whole-model rows: case, family, dtype, us, spread_us, runs
+    models: dict[str, np.ndarray]  # whole-model rows: MODEL_COLUMNS (in/out_shape: "+"-joined tensor shapes, empty
+    # in files written before they were recorded)
     skipped: list[str] = field(default_factory=list)  # why rows were left out
 
     @property
@@ -47,10 +51,59 @@ class Measurements:
                 f"thread(s), {self.meta.get('date', '?')[:10]} ({self.path.name})")
 
 
-def path_for(target_path: str | Path) -> Path:
-    """Where a target's measurements live: next to its YAML file."""
+def path_for(target_path: str | Path, threads: int | None = None) -> Path:
+    """Where a target's measurements at `threads` intra-op threads live: next to its YAML file (threads None: the
+    one file of a calibration that did not keep thread counts apart)."""
     p = Path(target_path)
-    return p.with_name(p.name.rsplit(".", 1)[0] + SUFFIX)
+    stem = p.name.rsplit(".", 1)[0]
+    return p.with_name(f"{stem}.threads-{threads}{SUFFIX}" if threads else stem + SUFFIX)
+
+
+def header_threads(path: Path) -> int:
+    """The thread count a measurement file's header states (0 when it does not)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if not line.startswith("#"):
+                    break
+                key, _, value = line[1:].partition(":")
+                if key.strip() == "threads" and value.strip().isdigit():
+                    return int(value.strip())
+    except (OSError, UnicodeDecodeError):
+        pass
+    return 0
+
+
+def stored(target_path: str | Path) -> dict[int, Path]:
+    """A target's measurement files by thread count (0: a file whose header states none)."""
+    p = Path(target_path)
+    stem = p.name.rsplit(".", 1)[0]
+    out: dict[int, Path] = {}
+    legacy = path_for(p)
+    if legacy.is_file():
+        out[header_threads(legacy)] = legacy
+    for f in sorted(p.parent.glob(f"{stem}.threads-*{SUFFIX}")):
+        n = f.name[len(stem) + len(".threads-"): -len(SUFFIX)]
+        if n.isdigit():
+            out[int(n)] = f  # a per-thread file wins over an older one of the same count
+    return out
+
+
+def select(target_path: str | Path, threads: int | None = None, default: int = 0) -> tuple[Path | None, int, str]:
+    """(file, its thread count, note) of the calibration a prediction for `threads` uses: the file at that count,
+    else the nearest count with a note saying so; threads None: the only file, else the one at `default` (e.g.
+    this machine's physical cores), else the most threads. (None, 0, "") without measurements."""
+    files = stored(target_path)
+    if not files:
+        return None, 0, ""
+    if threads is None:
+        n = next(iter(files)) if len(files) == 1 else default if default in files else max(files)
+        return files[n], n, ""
+    if threads in files:
+        return files[threads], threads, ""
+    n = min(files, key=lambda k: (abs(math.log(max(k, 1) / threads)), -k))
+    return files[n], n, (f"no calibration at {threads} thread(s): predicted from the one at {n or '?'} thread(s) "
+                         f"({files[n].name}); run `hwai calibrate --threads {threads}` for this thread count")
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -108,7 +161,8 @@ def read(path: str | Path, kernels_needed: bool = True) -> Measurements:
                 _fail(path, f"line {n}: {key} must be a finite {'positive' if key == 'us' else 'non-negative'} "
                             f"number, got {value}")
         try:
-            _shape(row["in_shape"]), _shape(row["out_shape"]), _shape(row["k"])
+            for text in (*row["in_shape"].split("+"), *row["out_shape"].split("+"), row["k"]):
+                _shape(text)
         except ValueError:
             _fail(path, f"line {n}: shapes must be like 1x3x32x32")
         (kernels if row["kind"] == "kernel" else models).append(row)
@@ -127,8 +181,7 @@ def read(path: str | Path, kernels_needed: bool = True) -> Measurements:
                         else np.array(values, dtype=object))
         return out
 
-    return Measurements(path, meta, columns(kernels, COLUMNS), columns(models, ("case", "family", "dtype", "us",
-                                                                               "spread_us", "runs")))
+    return Measurements(path, meta, columns(kernels, COLUMNS), columns(models, MODEL_COLUMNS))
 
 
 def set_method(path: Path, method: str, detail: str) -> None:

@@ -106,12 +106,14 @@ class Prediction:
     kind: str = "predicted"
     model: str = "roofline"  # which model predicted the latency: "roofline" or "learned"
     model_source: str = ""  # for "learned": the measurements it was fitted to (file, kernels, machine, date)
+    threads: int | None = None  # "learned": the intra-op thread count of its calibration (None: the roofline)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         source = f" {self.model_source}" if self.model_source else ""
+        source += f", for {self.threads} thread(s)" if self.threads else ""
         return (f"predicted ({self.model} cost model{source}, target {self.target} from {self.target_file}): "
                 f"{self.latency_ms:.3f} ms, {self.energy_mj:.4f} mJ, peak SRAM {self.sram_bytes_needed / 1024:.1f} KiB; "
                 f"{self.fit_message}")

@@ -11,8 +11,9 @@ then, back on the machine with hwai: `hwai calibrate --from measurements.csv --t
 `hwai calibrate` runs the same code on this machine.
 
 How it measures: every model gets a plain and a profiling ONNX Runtime session (full graph optimization,
-sequential, N intra-op threads). A round is one pass over all models: per model, warm-up runs, then plain and
-profiled runs alternately (so both see the same load), then more plain runs until the estimate settles.
+sequential, N intra-op threads). A round is one pass over all models: per model, the profiled runs, then the
+plain runs until the estimate settles, each block after warm-up runs (back-to-back inferences, as an
+application runs them).
 Rounds are spread in time because noise on a shared machine comes in bursts. Per round, a model's latency and
 each kernel's time is the mean of its faster half of runs (`fast_half`); over rounds the lowest counts (other
 processes only ever slow a run down).
@@ -102,31 +103,60 @@ def kernels(trace: list):
             yield e["name"][: -len("_kernel_time")], e["ts"], e["dur"], e.get("args", {})
 
 
-def _timed(run) -> float:
-    t0 = time.perf_counter()
+CLOCKS = ("wall", "cpu", "auto")
+
+
+def clock_for(clock: str, threads: int) -> str:
+    """The clock a measurement uses: "cpu" (this thread's CPU time) only at 1 intra-op thread, where ONNX Runtime
+    computes in the calling thread, so a run's CPU time is its latency without the time other processes held the
+    core; "auto": cpu at 1 thread, else wall."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    if clock == "auto":
+        return "cpu" if threads == 1 else "wall"
+    if clock == "cpu" and threads != 1:
+        raise ValueError("the cpu clock measures latency only at 1 intra-op thread")
+    return clock
+
+
+def _timed(run, clock: str = "wall") -> float:
+    now = time.thread_time if clock == "cpu" else time.perf_counter
+    t0 = now()
     run()
-    return (time.perf_counter() - t0) * 1e6
+    return (now() - t0) * 1e6
 
 
-def _round(plain, profiled, feed: dict, profiled_runs: int, min_runs: int, max_seconds: float) -> list[float]:
-    """One round of one model: warm-up, plain and profiled runs alternately, then plain runs until the estimate
-    settles (within 2% over the last half) or `max_seconds`; returns the plain latencies (us)."""
+def _disturbed(run) -> float:
+    """Microseconds a run spent not computing (wall time minus this thread's CPU time): other processes held the
+    core. Meaningful at 1 intra-op thread, where ONNX Runtime computes in the calling thread."""
+    w0, c0 = time.perf_counter(), time.thread_time()
+    run()
+    return max(0.0, (time.perf_counter() - w0) - (time.thread_time() - c0)) * 1e6
+
+
+def _round(plain, profiled, feed: dict, profiled_runs: int, min_runs: int, max_seconds: float,
+           clock: str = "wall") -> tuple[list[float], list[float]]:
+    """One round of one model: the profiled runs in a block, then the plain ones (each after 3 warm-up runs, so
+    both run in the steady state of back-to-back inferences, the model's weights as warm in the caches as they
+    stay; alternating the two sessions would evict each other's weights) until the estimate settles (within 2%
+    over the last half) or `max_seconds`. Returns the plain latencies (us) on `clock` and how long each profiled
+    run was disturbed (`_disturbed`; us)."""
+    disturbed = []
+    if profiled is not None:
+        for _ in range(3):
+            profiled.run(None, feed)
+        disturbed = [_disturbed(lambda: profiled.run(None, feed)) for _ in range(profiled_runs)]
     for _ in range(3):
         plain.run(None, feed)
-        if profiled is not None:
-            profiled.run(None, feed)
-    whole = []
-    for _ in range(profiled_runs):
-        whole.append(_timed(lambda: plain.run(None, feed)))
-        profiled.run(None, feed)
+    whole: list[float] = []
     start = time.perf_counter()
     while True:
         n = len(whole)
         if n >= min_runs and n % 10 == 0:
             now = fast_half(whole)
             if time.perf_counter() - start > max_seconds or abs(now - fast_half(whole[: n // 2])) <= 0.02 * now:
-                return whole
-        whole.append(_timed(lambda: plain.run(None, feed)))
+                return whole, disturbed
+        whole.append(_timed(lambda: plain.run(None, feed), clock))
 
 
 def fast_half(values) -> float:
@@ -138,8 +168,18 @@ def fast_half(values) -> float:
     return float(v[: max(1, (len(v) + 1) // 2)].mean())
 
 
-def _kernel_rounds(trace: list, rounds: int, per_round: int) -> dict:
-    """kernel name -> (op, input shape, output shape, inputs of >= 2 dims, [per-round us]) from one trace."""
+def undisturbed(disturbed, least: int = 5) -> np.ndarray:
+    """Indices of the runs other processes did not interrupt (disturbed for under 2 us), at least the `least`
+    least disturbed ones: their kernel times are the kernels' own (the profiler times kernels by the wall clock)."""
+    d = np.asarray(disturbed, dtype=float)
+    order = np.argsort(d, kind="stable")
+    return np.sort(order[: max(min(least, len(d)), int((d < 2.0).sum()))])
+
+
+def _kernel_rounds(trace: list, rounds: int, per_round: int, disturbed: list | None = None) -> dict:
+    """kernel name -> (op, input shape, output shape, inputs of >= 2 dims, [per-round us]) from one trace;
+    `disturbed`: per round, how long each profiled run was disturbed (1 thread): only the undisturbed runs count."""
+    # long: one pass assigning kernel events to runs, then per kernel and round the fast half of its kept runs
     runs = model_runs(trace)
     starts = [s for s, _ in runs]
     per_run: list[dict] = [{} for _ in runs]
@@ -160,6 +200,8 @@ def _kernel_rounds(trace: list, rounds: int, per_round: int) -> dict:
         found = []
         for r in range(rounds):
             chunk = per_run[r * (warm + per_round) + warm:(r + 1) * (warm + per_round)]
+            if disturbed is not None and len(disturbed[r]) == len(chunk):
+                chunk = [chunk[j] for j in undisturbed(disturbed[r])]
             vals = [run[name] for run in chunk if name in run]
             if vals:
                 found.append(fast_half(vals))
@@ -187,15 +229,21 @@ def machine() -> str:
     return f"{cpu_name()} ({platform.machine()}, {os.cpu_count()} logical cores)"
 
 
-def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: int = 20, min_runs: int = 20,
-            max_seconds: float = 0.25, progress=None) -> int:
-    """Measure every model of `kit`, write the CSV to `out`; returns the number of kernel rows written.
-    `progress(done, total, label)` is called before each model of each round. With `profiled_runs` 0 only
-    whole models are timed (no kernel rows)."""
-    # long: runs standalone on a device without hwai: sessions, rounds and the CSV as one recipe
+def _feeds(m: dict, plain) -> dict:
+    """Random inputs of a kit model: `inputs` ([name, shape] pairs, e.g. a pipeline stage's several tensors) or
+    the one `input` shape."""
+    rng = np.random.default_rng(0)
+    shapes = m.get("inputs") or [[plain.get_inputs()[0].name, m["input"]]]
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes}
+
+
+def measure_rows(kit: Path, threads: int, rounds: int = 3, profiled_runs: int = 20, min_runs: int = 20,
+                 max_seconds: float = 0.25, progress=None, clock: str = "auto") -> tuple[list[dict], dict]:
+    """Measure every model of `kit`: (CSV rows, header) as `measure` writes them."""
+    # long: runs standalone on a device without hwai: sessions, rounds and rows as one recipe
     import onnxruntime as ort
 
-    kit = Path(kit)
+    kit, clock = Path(kit), clock_for(clock, threads)
     spec = json.loads((kit / "kit.json").read_text())
     if spec.get("format") != KIT_FORMAT:
         raise ValueError(f"{kit / 'kit.json'} is not an hwai calibration kit ({KIT_FORMAT})")
@@ -203,33 +251,37 @@ def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: 
     sessions = []
     for m in models:
         path = kit / m["file"]
-        feed = {"input": np.random.default_rng(0).standard_normal(m["input"]).astype(np.float32)}
         plain = session(path, threads)
         profiled = session(path, threads, True) if profiled_runs else None
-        feed = {plain.get_inputs()[0].name: feed["input"]}
-        sessions.append((plain, profiled, feed))
-    whole: list[list[float]] = [[] for _ in models]
+        sessions.append((plain, profiled, _feeds(m, plain)))
+    whole: list[list[list[float]]] = [[] for _ in models]
     per_round: list[list[float]] = [[] for _ in models]
+    disturbances: list[list[list[float]]] = [[] for _ in models]
     total, done = rounds * len(models), 0
     for r in range(rounds):
         for i, (m, (plain, profiled, feed)) in enumerate(zip(models, sessions)):
             if progress:
                 progress(done, total, f"round {r + 1}/{rounds}: {m['case']}")
-            whole[i].append(_round(plain, profiled, feed, profiled_runs, min_runs, max_seconds))
-            per_round[i].append(fast_half(whole[i][-1]))
+            runs, disturbed = _round(plain, profiled, feed, profiled_runs, min_runs, max_seconds, clock)
+            whole[i].append(runs)
+            disturbances[i].append(disturbed)
+            per_round[i].append(fast_half(runs))
             done += 1
     rows = []
     for i, (m, (plain, profiled, feed)) in enumerate(zip(models, sessions)):
         best = int(np.argmin(per_round[i]))
         q1, q3 = np.percentile(whole[i][best], [25, 75])
         base = {"case": m["case"], "family": m["family"], "dtype": m["dtype"]}
-        rows.append({**base, "kind": "model", "us": f"{per_round[i][best]:.3f}", "spread_us": f"{q3 - q1:.3f}",
-                     "runs": len(whole[i][best])})
+        outs = plain.run(None, feed)  # the model's tensors in and out: what a run copies
+        rows.append({**base, "kind": "model", "in_shape": "+".join(_shape(v.shape) for v in feed.values()),
+                     "out_shape": "+".join(_shape(np.shape(o)) for o in outs), "inputs": len(feed),
+                     "us": f"{per_round[i][best]:.3f}", "spread_us": f"{q3 - q1:.3f}", "runs": len(whole[i][best])})
         if profiled is None:
             continue
         trace = end_trace(profiled)
         aliases, nodes = m.get("aliases", {}), m.get("nodes", {})
-        for name, (op, ins, outs, n_act, times) in _kernel_rounds(trace, rounds, profiled_runs).items():
+        kept = disturbances[i] if clock == "cpu" else None
+        for name, (op, ins, outs, n_act, times) in _kernel_rounds(trace, rounds, profiled_runs, kept).items():
             if not times:
                 continue
             attrs = nodes.get(resolve(name, aliases) or "", {})
@@ -241,16 +293,30 @@ def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: 
                          "runs": len(times) * profiled_runs})
     meta = {"machine": machine(), "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
             "threads": threads, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "kit": spec.get("created", ""), "rounds": rounds}
+            "kit": spec.get("created", ""), "rounds": rounds, "clock": clock}
+    return rows, meta
+
+
+def write(out: Path, rows: list[dict], meta: dict) -> None:
+    """A measurement CSV: the format line, the header (META_KEYS, then any other keys) and the rows."""
     tmp = Path(str(out) + ".tmp")
     with open(tmp, "w", newline="") as fh:
         fh.write(FORMAT + "\n")
-        for key in META_KEYS:
+        for key in (*META_KEYS, *(k for k in meta if k not in META_KEYS)):
             fh.write(f"# {key}: {meta[key]}\n")
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, out)
+
+
+def measure(kit: Path, out: Path, threads: int, rounds: int = 3, profiled_runs: int = 20, min_runs: int = 20,
+            max_seconds: float = 0.25, progress=None, clock: str = "auto") -> int:
+    """Measure every model of `kit`, write the CSV to `out`; returns the number of kernel rows written.
+    `progress(done, total, label)` is called before each model of each round. With `profiled_runs` 0 only
+    whole models are timed (no kernel rows). clock: "wall", "cpu" (1 thread only) or "auto" (`clock_for`)."""
+    rows, meta = measure_rows(kit, threads, rounds, profiled_runs, min_runs, max_seconds, progress, clock)
+    write(out, rows, meta)
     return sum(r["kind"] == "kernel" for r in rows)
 
 
@@ -260,12 +326,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("measurements.csv"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime intra-op threads")
     parser.add_argument("--rounds", type=int, default=3, help="passes over all models, spread in time")
+    parser.add_argument("--clock", choices=CLOCKS, default="auto", help="wall time, or this thread's CPU time "
+                        "(1 thread only: a run's latency without the time other processes held the core); auto: cpu "
+                        "at 1 thread")
     args = parser.parse_args(argv)
 
     def show(done: int, total: int, label: str) -> None:
         print(f"\r[{done + 1}/{total}] {label[:70]:<70}", end="", file=sys.stderr, flush=True)
 
-    n = measure(args.kit, args.out, args.threads, args.rounds, progress=show)
+    n = measure(args.kit, args.out, args.threads, args.rounds, progress=show, clock=args.clock)
     print(f"\nwrote {n} kernel measurements to {args.out}; copy it back and run "
           f"`hwai calibrate --from {args.out.name} --target NAME`", file=sys.stderr)
     return 0

@@ -75,13 +75,15 @@ def node_precision(graph: hgraph.Graph, bits: dict[str, int]) -> dict[str, str]:
     return out
 
 
-def predict(graph: hgraph.Graph, targets: list, cand: Candidate) -> dict:
+def predict(graph: hgraph.Graph, targets: list, cand: Candidate, threads: dict[str, int] | None = None) -> dict:
     """Cost-model predictions with a per-layer breakdown of a built candidate (`graph`: its pruned float
-    model, unfused: the cost model fuses Conv+BN+ReLU as the target's runtime does) on each target."""
+    model, unfused: the cost model fuses Conv+BN+ReLU as the target's runtime does) on each target
+    (`threads`: target name -> the thread count its latency is for)."""
     from hwai import cost
 
     precision = node_precision(graph, cand.bits)
-    return {t.name: cost.predict(graph, t, precision=precision) for t in targets}
+    threads = threads or {}
+    return {t.name: cost.predict(graph, t, precision=precision, threads=threads.get(t.name)) for t in targets}
 
 
 def realize(cand: Candidate, baseline: nn.Module, base_spec: ModelSpec, data: DataBundle,

@@ -44,6 +44,12 @@ class Context:
         return list({t.name: t for t in (self.target, self.host) if t is not None}.values())
 
     @property
+    def threads(self) -> dict[str, int]:
+        """Target name -> the thread count its latency is predicted for: the host's, the feedback measurement's
+        (its calibration at that count; hwai.cost.prepare)."""
+        return {self.host.name: self.mcfg.threads} if self.host is not None and self.mcfg.threads else {}
+
+    @property
     def target_is_host(self) -> bool:
         """The target's predictions come from the host target file: measured feedback is valid for them."""
         return self.target is not None and self.host is not None and str(self.target.path) == str(self.host.path)
@@ -102,8 +108,8 @@ class Context:
         from hwai.cost import measurements
 
         def model(t) -> str:
-            stored = measurements.path_for(t.path)
-            return f"learned kernel model from {stored}" if stored.is_file() else "roofline model"
+            stored, n, _ = measurements.select(t.path, self.threads.get(t.name), measure.physical_cores())
+            return f"learned kernel model from {stored} ({n} thread(s))" if stored else "roofline model"
 
         files = ", ".join(f"{t.name} ({model(t)}, target file {t.path})" for t in self.targets)
         corrected = "host" + (" and target" if self.target_is_host else "")
@@ -197,7 +203,7 @@ def prepare(cfg, run_dir: Path, progress: bool = True, log=None) -> Context:
     mcfg = measure.MeasureConfig(threads=cfg.threads or measure.physical_cores(), max_seconds=cfg.measure_seconds)
     ctx = Context(cfg, run_dir, bundle, spec, model, target, host, mcfg, supernet=supernet)
     ctx.deploy = _deploy_options(cfg, ctx.target_is_host or target is None)
-    ctx.screen = Screen(ctx.targets, bundle)
+    ctx.screen = Screen(ctx.targets, bundle, ctx.threads)
     return ctx
 
 

@@ -240,7 +240,7 @@ def _target_detail(ctx, cand, model_float, bundle) -> dict:
 
     example = bundle.example(1)
     graph = hgraph.capture(model_float.eval(), example)  # pruned, unfused: the cost model fuses as the runtime does
-    pred = hc.predict(graph, [ctx.target], cand)[ctx.target.name]
+    pred = hc.predict(graph, [ctx.target], cand, ctx.threads)[ctx.target.name]
     layers = [{"name": l.name, "op": l.op, "dtype": l.dtype, "predicted_ms": l.latency_ms,
                "predicted_energy_uj": l.energy_uj, "bound": l.bound} for l in pred.layers]
     # the chart: live bytes at the precision the target runs (int8 buffers for int8 layers), layer by layer and

@@ -39,8 +39,9 @@ class Score:
 class Screen:
     """Batch cost-model scores of candidates on targets (see the module docstring)."""
 
-    def __init__(self, targets: list, data: DataBundle) -> None:
+    def __init__(self, targets: list, data: DataBundle, threads: dict[str, int] | None = None) -> None:
         self.targets, self.data = list(targets), data
+        self.threads = dict(threads or {})  # target name -> the thread count its latency is predicted for
         self._arch: dict[str, tuple] = {}  # spec key -> (graph, {target name: Scorer}, channel counts)
 
     @property
@@ -58,7 +59,7 @@ class Screen:
 
             example = data_at(self.data, spec).example(1)
             graph = hgraph.capture(build(spec).eval(), example)
-            scorers = {t.name: cost.prepare(graph, t) for t in self.targets}
+            scorers = {t.name: cost.prepare(graph, t, threads=self.threads.get(t.name)) for t in self.targets}
             self._arch[key] = (graph, scorers, channels(graph))
         return self._arch[key]
 

@@ -242,8 +242,8 @@ def run_stage(model: nn.Module, example: torch.Tensor, devices: list[Device], li
     dist.gather_object(mine, gathered, dst=0)
     if rank != 0:
         return None
-    host_planner = Planner(capture(model, example[:cfg.micro]), [Device(host)] * world, [host_link] * (world - 1),
-                           objective)
+    host_planner = Planner(capture(model, example[:cfg.micro]), [Device(host, threads=cfg.threads)] * world,
+                           [host_link] * (world - 1), objective)
     return _results(name, option, why, planner, host_planner, gathered, cfg, host, host_link)
 
 

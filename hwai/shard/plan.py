@@ -56,6 +56,8 @@ class Device:
     target: Target
     precision: str = "fp32"  # fp32 | fp16 | int8 | int4
     max_sram_bytes: float | None = None  # --max-sram-kb for this device's part
+    threads: int | None = None  # intra-op threads its part runs with: the target's calibration at that count
+    # predicts it (hwai.cost.prepare; None: the target's default calibration)
 
 
 @dataclass(frozen=True)
@@ -276,10 +278,11 @@ class Planner:
         latency = energy = 0.0
         weights = layers = 0
         if sub.nodes:
-            pred = cost.predict(sub, tgt, precision=dev.precision)
+            pred = cost.predict(sub, tgt, precision=dev.precision, threads=dev.threads)
             own = [layer for layer in pred.layers if not layer.name.startswith(MARK)]
-            # the part runs as one inference on its device: its layers plus what the model charges per inference
-            # and no layer carries (the learned model's overhead; zero for the roofline)
+            # the part runs as a model of its own on its device (its own session, its received tensors as inputs,
+            # the tensors it sends as outputs): its layers plus what the model charges per inference and no layer
+            # carries (the learned model's session overhead and input / output copies; zero for the roofline)
             latency = pred.latency_ms - sum(layer.latency_ms for layer in pred.layers if layer.name.startswith(MARK))
             energy = sum(layer.energy_uj for layer in own) / 1e3
             weights, layers = pred.weight_bytes, len(own)
