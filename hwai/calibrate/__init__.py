@@ -3,7 +3,7 @@ networks (FP32 and INT8 QDQ) with its profiler, store the measurements next to t
 cost model fits itself to them when a prediction needs it), and fit the roofline's factors for energy, memory
 and as a fallback. Every number written says `calibrated <date> on <cpu>`.
 
-    hwai.calibrate.calibrate("~/.config/hwai/targets/host.yaml")          # writes host.yaml + host.measurements.csv
+    hwai.calibrate.calibrate("~/.config/hwai/targets/host.yaml")          # writes host.yaml + host.threads-N.measurements.csv
     hwai.calibrate.calibrate(out, CalibrateConfig.quick())                # seconds, for tests
 
 Devices hwai cannot run on: `export_kit` writes the models and a standalone script; its CSV comes back

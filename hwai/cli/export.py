@@ -52,7 +52,7 @@ def export(
     passes = 1 if single else PASSES
     if single:  # one named runtime: its failure is the command's
         rows = [hrt.deploy(names[0], net, bundle, out, int8, cfg)]
-    else:  # a target's runtimes or auto: record failures, time the rest in interleaved passes
+    else:  # a target's runtimes or auto: record failures, time the rest in passes (a fresh session of each, random order)
         rows = hrt.measure_all(net, bundle, out, int8 or names == ["tflm"], names, cfg, passes=passes, log=log)
     if not any(d.artifact for d in rows):
         raise UserError("no artifact was written: " + "; ".join(f"{d.runtime}: {d.note}" for d in rows))

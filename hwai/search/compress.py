@@ -320,7 +320,7 @@ def _finish(job: _Job, original: nn.Module, float_model: nn.Module, spec: ModelS
 def _pick_runtime(model: nn.Module, data: DataBundle, cfg: CompressConfig, work: Path,
                   log: Callable[[str], None]) -> CompressConfig:
     """--runtime auto: every runtime installed here, measured on the original model at the precision the job
-    ends in (interleaved passes); the fastest measures every step."""
+    ends in (passes with a fresh session of each runtime, in random order); the fastest measures every step."""
     from dataclasses import replace
 
     from hwai.runtimes import fastest, measure_all
