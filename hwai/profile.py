@@ -238,3 +238,22 @@ def merge_layers(rows: list[dict], series: dict[str, dict[str, float]]) -> list[
     if not rows:
         rows = [{"name": name, "op": ""} for name in dict.fromkeys(n for times in series.values() for n in times)]
     return [{**r, **{key: times[r["name"]] for key, times in series.items() if r["name"] in times}} for r in rows]
+
+
+def side_by_side(original: torch.nn.Module, original_onnx: Path, compressed: torch.nn.Module, compressed_onnx: Path,
+                 precision: str, data: DataBundle, cfg: measure.MeasureConfig) -> dict:
+    """results.json `layers` (measured ORT time per layer of the original FP32 and the compressed ONNX,
+    side by side) and `memory` (live activation bytes of the compressed model over its execution order)."""
+    from hwai import memory
+
+    example = data.example(1)
+    mcfg = replace(cfg, layer_runs=10)
+    series = {"fp32_measured_ms": module_times(original_onnx, data, mcfg),
+              ("compressed_fp32" if precision == "fp32" else precision) + "_measured_ms":
+                  module_times(compressed_onnx, data, mcfg)}
+    nodes = [{"name": n.name, "op": n.op} for n in capture(original, example).nodes]
+    rows = [r for r in merge_layers(nodes, series) if any(k in r for k in series)]
+    # live activations of the compressed model at its precision (int8 buffers when quantized): layer by layer, as an
+    # in-place arena plan, and the best patch plan's peak (hwai.memory; predicted, no target SRAM in compress)
+    return {"layers": rows, "memory": memory.report(memory.capture(compressed, example),
+                                                    "int8" if precision != "fp32" else "fp32")}

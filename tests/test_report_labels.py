@@ -102,10 +102,11 @@ def test_a_step_judged_by_interleaved_timing_shows_that_verdict(tmp_path):
         "metric_after": {"accuracy": 0.96, "host_latency_ms": 0.105, "size_kb": 558.3},
         "latency_verdict": {"before_ms": 0.0675, "after_ms": 0.1106, "ratio": 1.637, "ratio_low": 1.596,
                             "ratio_high": 1.675, "runs": 841, "threads": 2, "runtime": "onnxruntime",
-                            "verdict": "slower", "confidence": 0.95}}]
+                            "verdict": "slower", "confidence": 0.95, "margin": 0.05, "widened": True, "blocks": 10}}]
     page = page_of(tmp_path, data, "metrics.json")
-    step = row(page, "host latency, interleaved A/B (the decision)")
-    assert "1.64× slower" in step and "95% CI 1.60–1.68×" in step and "0.0459 ms → 0.105 ms" in step
+    step = row(page, "host latency (the decision)")
+    assert "1.64× slower" in step and "95% CI 1.60–1.68×" in step and "in 10 blocks" in step
+    assert "margin ±5% (the A/A spread)" in step
     assert "2.29×" not in page and '<span class="badge fail">rolled back</span>' in page
 
 

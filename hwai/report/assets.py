@@ -51,6 +51,7 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 1
 table.compare { table-layout: fixed; }
 table.compare th:nth-child(1) { width: 34%; } table.compare th:nth-child(2) { width: 11%; }
 table.compare th:nth-child(3), table.compare th:nth-child(4) { width: 17%; } table.compare th:nth-child(5) { width: 21%; }
+table.compare td:nth-child(5) { white-space: normal; }  /* a change in words may wrap: '1.13× faster (not a ...)' */
 tr.group td { background: #f8fafc; color: #374151; font-size: 13px; padding-top: 12px; }
 section h3 { font-size: 15px; font-weight: 650; margin: 18px 0 6px; }
 .step + .step { border-top: 1px solid var(--line); margin-top: 8px; }

@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from hwai.report.labels import METRICS, change, fmt, label, number, spread, threads
+from hwai.report.labels import METRICS, change, label, number, spread, threads
 from hwai.report.parts import badge, cell, changed, section, span
 from hwai.report.run import Run
 
@@ -119,21 +119,24 @@ def _technique(run: Run, i: int, t: dict[str, Any]) -> str:
 
 
 def _verdict_row(run: Run, key: str, v: dict[str, Any], before: dict, after: dict) -> str:
-    """A step's host latency as the decision measured it: both models timed in interleaved runs, the median ratio
-    with its interval; each stage's own timing (a separate measurement) named beside it."""
+    """A step's host latency as the decision measured it: both models timed in blocks (a fresh session each,
+    runs interleaved), the ratio with its interval across blocks and the equivalence margin it was judged by."""
     found = change("host_latency_ms", v.get("before_ms"), v.get("after_ms"), v.get("ratio"), v.get("verdict"))
     low, high = number(v.get("ratio_low")), number(v.get("ratio_high"))
     interval = ""
     if low and high:  # the interval in the words of the change: 'faster' ratios inverted
         low, high = (1 / high, 1 / low) if number(v.get("ratio")) < 1 else (low, high)
-        interval = f"{float(v.get('confidence') or 0.95):.0%} CI {low:.2f}–{high:.2f}×; "
+        interval = f"{float(v.get('confidence') or 0.95):.0%} CI {low:.2f}–{high:.2f}×"
+    margin = number(v.get("margin"))
+    judged = f"margin ±{margin:.0%}" + (" (the A/A spread)" if v.get("widened") else "") if margin else ""
     setup = f"{v.get('runtime')}, {threads(v.get('threads'))}" if v.get("runtime") else ""
-    own = f"{fmt('host_latency_ms', before.get('host_latency_ms'))} → {fmt('host_latency_ms', after.get('host_latency_ms'))}"
-    return (f"<tr><td>host latency, interleaved A/B (the decision)<div class='sub'>both models timed in turns, "
-            f"{escape(str(v.get('runs')))} runs each; each model's own timing (a separate run) gave {escape(own)}</div>"
-            f"</td><td>{badge('measured')}</td>{cell('host_latency_ms', v.get('before_ms'), f'{key}.latency_verdict.before_ms', setup)}"
+    blocks = f"{escape(str(v.get('blocks')))} blocks, " if v.get("blocks") else ""
+    return (f"<tr><td>host latency (the decision)<div class='sub'>both models in {blocks}a fresh session each, runs "
+            f"interleaved; {escape(str(v.get('runs')))} runs each</div></td><td>{badge('measured')}</td>"
+            f"{cell('host_latency_ms', v.get('before_ms'), f'{key}.latency_verdict.before_ms', setup)}"
             f"{cell('host_latency_ms', v.get('after_ms'), f'{key}.latency_verdict.after_ms', setup)}"
-            f"<td class='num'>{changed(found)}<div class='sub'>{escape(interval)}median of the ratios</div></td></tr>")
+            f"<td class='num'>{changed(found)}<div class='sub'>{escape(interval)}</div><div class='sub'>{escape(judged)}"
+            "</div></td></tr>")
 
 
 def trials(run: Run) -> str:

@@ -300,8 +300,10 @@ def _finish(job: _Job, original: nn.Module, float_model: nn.Module, spec: ModelS
     metrics["baseline"]["latency_verdict"] = job.aa.to_dict()  # the original's A/A check: its figure, the margin here
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
+        from hwai.profile import side_by_side
+
         log("per-layer times of the original and the compressed model (ONNX Runtime profiler)")
-        metrics.update(_layer_detail(original, job.base_path, float_model, job.path, stage.precision, data, cfg))
+        metrics.update(side_by_side(original, job.base_path, float_model, job.path, stage.precision, data, cfg.measure))
         out_dir.mkdir(parents=True, exist_ok=True)
         io.atomic_write(out_dir / "model.onnx", lambda t: shutil.copyfile(job.path, t))
         if stage.artifact != job.path:  # the measuring runtime's own artifact (OpenVINO also has its .bin)
@@ -346,28 +348,6 @@ def _achieved_text(done: dict, cfg: CompressConfig) -> str:
     if abs(done["channels"] - cfg.prune) > 0.02:
         text += "; differs from the request: small layers keep at least one channel, ratios round to whole channels"
     return text
-
-
-def _layer_detail(original: nn.Module, original_onnx: Path, compressed: nn.Module, compressed_onnx: Path,
-                  precision: str, data: DataBundle, cfg: CompressConfig) -> dict:
-    """results.json `layers` (measured ORT time per layer of the original FP32 and the compressed ONNX,
-    side by side) and `memory` (live activation bytes of the compressed model over its execution order)."""
-    from dataclasses import replace
-
-    from hwai import graph, memory
-    from hwai.profile import merge_layers, module_times
-
-    example = data.example(1)
-    mcfg = replace(cfg.measure, layer_runs=10)
-    series = {"fp32_measured_ms": module_times(original_onnx, data, mcfg),
-              ("compressed_fp32" if precision == "fp32" else precision) + "_measured_ms":
-                  module_times(compressed_onnx, data, mcfg)}
-    nodes = [{"name": n.name, "op": n.op} for n in graph.capture(original, example).nodes]
-    rows = [r for r in merge_layers(nodes, series) if any(k in r for k in series)]
-    # live activations of the compressed model at its precision (int8 buffers when quantized): layer by layer, as an
-    # in-place arena plan, and the best patch plan's peak (hwai.memory; predicted, no target SRAM in compress)
-    return {"layers": rows, "memory": memory.report(memory.capture(compressed, example),
-                                                    "int8" if precision != "fp32" else "fp32")}
 
 
 def _save_model(path: Path, model: nn.Module, spec: ModelSpec | None, data: DataBundle, metrics: dict) -> None:
