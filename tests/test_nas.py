@@ -272,7 +272,7 @@ def test_trial_api_samples_a_subnet(tmp_path, digits):
 
 def test_cli_bad_options_exit_2(tmp_path):
     for args in (["--family", "vit"], ["--precision", "int4"], ["--epochs", "0"], ["--max-latency-ms", "-1"],
-                 ["--target", "nosuch"]):
+                 ["--target", "nosuch"], ["--val-fraction", "0.95"]):
         r = run_cli("nas", "--run", tmp_path / "r", *args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
 
@@ -280,11 +280,15 @@ def test_cli_bad_options_exit_2(tmp_path):
 def test_cli_end_to_end_resumes_and_exports(tmp_path):
     run = tmp_path / "run [1]"
     args = ["nas", "--data", "digits", "--family", "resnet", "--input-size", "12", "--epochs", "1", "--subnets", "12",
-            "--trials", "60", "--candidates", "2", "--target", "stm32h743", "--threads", "1", "--run", run]
+            "--trials", "60", "--candidates", "2", "--target", "stm32h743", "--threads", "1", "--val-fraction", "0.3",
+            "--run", run]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     results = json.loads((run / "results.json").read_text())
     assert results["schema"] == "hwai.nas/1" and len(results["candidates"]) >= 1
+    assert results["splits"]["val_fraction"] == 0.3 and "retest tau" in r.stdout
+    retest, held_out = results["predictor"]["retest"], results["predictor"]["held_out_subnets"]
+    assert retest["subnets"] == held_out and retest["val_samples"] == results["splits"]["val"]
     assert results["cost_table"]["check"]["latency_ms"]["max_rel_error"] < 1e-6
     best = results["best"]
     assert best["candidate"] is not None and 0 < best["test_accuracy"] <= 1 and best["measured"]["parity"]["ok"]
