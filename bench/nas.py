@@ -108,8 +108,9 @@ def _details(res: dict, speed: dict, precision: str, nas_here: float) -> None:
     console.print(f"accuracy predictor: Kendall tau {pred['kendall_tau']:.3f} on {pred['held_out_subnets']} held-out "
                   f"measured subnets (fit on {pred['fit_subnets']}), MAE {pred['mae']:.4f}")
     console.print(f"measurement retest: Kendall tau {again['kendall_tau']:.3f} between the stored val accuracy of the "
-                  f"same {again['subnets']} subnets and a second measurement with other BatchNorm recalibration batches "
-                  f"({again['val_samples']} val samples, mean |change| {100 * again['mean_abs_change']:.2f} points; the "
+                  f"same {again['subnets']} subnets and a second measurement with other BatchNorm recalibration "
+                  f"batches ({again['val_samples']} val samples, mean |change| {100 * again['mean_abs_change']:.2f} "
+                  "points; the "
                   "ceiling of any predictor judged against one measurement per subnet)", highlight=False)
     chk = res["cost_table"]["check"]
     console.print("cost table vs hwai.cost.predict on whole subnets (max relative error): " + ", ".join(
@@ -164,11 +165,12 @@ def main() -> None:
         acc, lat = best["measured"]["val_accuracy"], best["cost_predict"]["latency_ms"]
     pred = res["predictor"]
     console.print(f"P3: {speed['subnets_per_s']:.0f} subnets/s scored; supernet subnets dominate {won['share']:.0%} of "
-                  f"the per-trial front at equal wall time ({won['dominated']} of {won['front']} points; lower predicted "
-                  f"{args.target} latency, accuracy not worse by exact McNemar p<{won['alpha']:g} on the same "
-                  f"{res['splits']['val']} val samples); predictor tau {pred['kendall_tau']:.2f} / retest tau "
-                  f"{pred['retest']['kendall_tau']:.2f}; best subnet acc {100 * acc:.1f}% at {lat:.2f} ms predicted",
-                  highlight=False, markup=False)
+                  f"the per-trial front at equal wall time ({won['dominated']} of {won['front']} points; lower "
+                  f"predicted {args.target} latency, accuracy not worse by the exact McNemar test, alpha "
+                  f"{won['alpha']:g}, on the same {res['splits']['val']} val samples); predictor tau "
+                  f"{pred['kendall_tau']:.2f} / retest tau {pred['retest']['kendall_tau']:.2f}; best subnet acc "
+                  f"{100 * acc:.1f}% at {lat:.2f} ms predicted", highlight=False, markup=False)
+
 
 if __name__ == "__main__":
     main()

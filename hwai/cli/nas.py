@@ -91,8 +91,8 @@ def summary(results: dict) -> list:
     if "retest" in pred:  # runs from before the retest: none
         again = pred["retest"]
         lines.append(f"measurement retest: Kendall tau {again['kendall_tau']:.3f} between two measurements of the same "
-                     f"{again['subnets']} subnets (BatchNorm recalibrated on other training batches, {again['val_samples']}"
-                     " val samples): the ceiling of the predictor's tau; goal >= 0.9 each")
+                     f"{again['subnets']} subnets (BatchNorm recalibrated on other training batches, "
+                     f"{again['val_samples']} val samples): the ceiling of the predictor's tau; goal >= 0.9 each")
     lines.append(f"scoring: {score['subnets_per_s']:,.0f} subnets/s end to end (measured: median of "
                  f"{score['repeats']} batches of {score['batch']:,}, wall clock); search: "
                  f"{results['search']['trials']:,} NSGA-II proposals in {results['search']['wall_s']:.1f} s")

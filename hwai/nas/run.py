@@ -2,8 +2,9 @@
 build the cost table, search on predictions, then extract, fine-tune, measure and export the best.
 
 A run directory holds every stage's result, written atomically, so rerunning with the same --run resumes
-after the last finished step: config.json, supernet.pt, cost_table.json, measured.json, search.json,
-candidates/N/{metrics.json, model.pt}, best/{model.onnx, model.pt}, results.json.
+after the last finished step: config.json, supernet.pt, cost_table.json, measured.json, retest.json (the
+held-out subnets measured again with other BatchNorm recalibration batches: the measurement's own retest tau),
+search.json, candidates/N/{metrics.json, model.pt}, best/{model.onnx, model.pt}, results.json.
 """
 from __future__ import annotations
 
@@ -291,7 +292,8 @@ def nas(cfg: NasConfig = NasConfig(), run_dir: str | Path | None = None, progres
              "cost_table": {"wall_s": table_info["wall_s"] + table_info["check_wall_s"], "cpu_s": table_info["cpu_s"]},
              "measure_subnets": {"wall_s": sum(r["wall_s"] for r in records), "cpu_s": measured_spent["cpu_s"]},
              "predictor_fit": fit_spent,
-             "retest": {"wall_s": retested["wall_s"], "cpu_s": retest_spent["cpu_s"]}, "search": {"wall_s": found["wall_s"], "cpu_s": found["cpu_s"]},
+             "retest": {"wall_s": retested["wall_s"], "cpu_s": retest_spent["cpu_s"]},
+             "search": {"wall_s": found["wall_s"], "cpu_s": found["cpu_s"]},
              "candidates": {"wall_s": sum(c["wall_s"] for c in candidates),
                             "cpu_s": sum(c["cpu_s"] for c in candidates)}}
     results = {
@@ -309,7 +311,8 @@ def nas(cfg: NasConfig = NasConfig(), run_dir: str | Path | None = None, progres
         "total_cpu_s": sum(s["cpu_s"] for s in spent.values()),
         "kinds": {"predicted": "accuracy (predictor), latency_ms, energy_mj, sram_kb, fits (cost table; cost_predict: "
                                "hwai.cost.predict on the whole extracted subnet)",
-                  "measured": "val_accuracy (after fine-tuning, quantized where precision is int8), "
+                  "measured": "val_accuracy (after fine-tuning, quantized where precision is int8; with its n, Wilson "
+                              "95% interval and per-sample outcomes), "
                               "inherited_val_accuracy (extracted + BatchNorm recalibrated, FP32), host latency "
                               "(ONNX Runtime, 1 thread, batch 1, median and IQR), ONNX size, parity, times"},
     }
