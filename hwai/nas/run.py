@@ -25,7 +25,7 @@ from hwai.nas.training import SupernetConfig
 
 PRECISIONS = ("int8", "fp32")
 FINETUNE_LR = 1e-3  # fine-tuning inherited weights: half of AdamW's default peak rate
-VAL_FRACTION = 0.5  # mnist: 2,500 validation samples (0.1's 500 retest at tau 0.78; see docs/guides/nas.md)
+VAL_FRACTION = 0.5  # mnist: 2,500 val samples, retest tau 0.935 (0.1: 500, tau 0.78); docs/guides/nas.md
 CHECKED_SUBNETS = 12  # subnets whose cost-table composition is checked against cost.predict on the whole graph
 
 
