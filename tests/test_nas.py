@@ -272,7 +272,7 @@ def test_trial_api_samples_a_subnet(tmp_path, digits):
 
 def test_cli_bad_options_exit_2(tmp_path):
     for args in (["--family", "vit"], ["--precision", "int4"], ["--epochs", "0"], ["--max-latency-ms", "-1"],
-                 ["--target", "nosuch"]):
+                 ["--target", "nosuch"], ["--val-fraction", "0.95"]):
         r = run_cli("nas", "--run", tmp_path / "r", *args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
 
@@ -280,11 +280,15 @@ def test_cli_bad_options_exit_2(tmp_path):
 def test_cli_end_to_end_resumes_and_exports(tmp_path):
     run = tmp_path / "run [1]"
     args = ["nas", "--data", "digits", "--family", "resnet", "--input-size", "12", "--epochs", "1", "--subnets", "12",
-            "--trials", "60", "--candidates", "2", "--target", "stm32h743", "--threads", "1", "--run", run]
+            "--trials", "60", "--candidates", "2", "--target", "stm32h743", "--threads", "1", "--val-fraction", "0.3",
+            "--run", run]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     results = json.loads((run / "results.json").read_text())
     assert results["schema"] == "hwai.nas/1" and len(results["candidates"]) >= 1
+    assert results["splits"]["val_fraction"] == 0.3 and "retest tau" in r.stdout
+    retest, held_out = results["predictor"]["retest"], results["predictor"]["held_out_subnets"]
+    assert retest["subnets"] == held_out and retest["val_samples"] == results["splits"]["val"]
     assert results["cost_table"]["check"]["latency_ms"]["max_rel_error"] < 1e-6
     best = results["best"]
     assert best["candidate"] is not None and 0 < best["test_accuracy"] <= 1 and best["measured"]["parity"]["ok"]
@@ -342,3 +346,67 @@ def test_optimize_space_supernet_searches_subnets_with_inherited_weights(tmp_pat
     assert r.returncode == 2 and "unknown search space" in r.stderr
     r = run_cli("optimize", "--space", "supernet", "--supernet", tmp_path / "none", "--run", tmp_path / "bad")
     assert r.returncode == 2 and "no supernet at" in r.stderr and not (tmp_path / "bad").exists()
+
+
+def _model(name: str, hits, latency_ms: float):
+    from hwai.measure.accuracy import Accuracy
+    from hwai.nas.dominance import Model
+
+    return Model(name, Accuracy.of(np.asarray(hits, dtype=bool)), latency_ms)
+
+
+def _flip(hits: np.ndarray, lose: int, gain: int) -> np.ndarray:
+    """`hits` with its first `lose` right samples made wrong and its first `gain` wrong ones made right."""
+    out = hits.copy()
+    out[np.flatnonzero(hits)[:lose]] = False
+    out[np.flatnonzero(~hits)[:gain]] = True
+    return out
+
+
+def test_dominance_needs_lower_latency_and_no_loss_the_paired_test_calls_real():
+    from hwai.errors import UserError
+    from hwai.nas.dominance import dominates, share_dominated
+
+    base = np.arange(200) >= 20  # 180 of 200 right
+    point = _model("trial", base, 10.0)
+    expected = {  # name: (hits, latency, dominates the point)
+        "same, faster": (base, 9.0, True),
+        "same, slower": (base, 11.0, False),
+        "same, equally fast": (base, 10.0, False),
+        "3 lost (p=0.125), faster": (_flip(base, 3, 0), 9.0, True),  # lower point accuracy, not a real loss
+        "8 lost (p=0.004), faster": (_flip(base, 8, 0), 9.0, False),
+        "8 lost and 8 gained, faster": (_flip(base, 8, 8), 9.0, True),
+        "8 gained, faster": (_flip(base, 0, 8), 9.0, True),
+    }
+    for name, (hits, latency, verdict) in expected.items():
+        assert dominates(_model(name, hits, latency), point) == verdict, name
+    with pytest.raises(UserError, match="same validation samples"):
+        dominates(_model("other split", base[:100], 1.0), point)
+    # the per-trial front is the two Pareto points (a slower, less accurate model is not on it)
+    others = [point, _model("fast", _flip(base, 30, 0), 2.0), _model("off the front", _flip(base, 10, 0), 12.0)]
+    won = share_dominated([_model("subnet", base, 5.0)], others)
+    assert (won["front"], won["dominated"], won["share"]) == (2, 1, 0.5)
+    assert won["pairs"] == [["trial", "subnet"], ["fast", None]]
+
+
+def test_retest_remeasures_the_same_subnets_with_other_recalibration_batches(tmp_path, trained):
+    from scipy.stats import kendalltau
+
+    from hwai.nas import predictor
+
+    net, _, data = trained
+    space = net.space
+    rows = np.vstack([space.largest(), space.smallest(), space.sample(np.random.default_rng(3), 10)])
+    records = predictor.measure(net, data, rows, progress=False)
+    assert all(r["val_accuracy_n"] == len(data.val[1]) and r["recalibration_seed"] == 0 for r in records)
+    records = records[::-1]  # paired by subnet, in any order
+    again = predictor.retest(net, data, records, tmp_path / "retest.json", progress=False)
+    second = json.loads((tmp_path / "retest.json").read_text())["subnets"]
+    assert [s["genes"] for s in second] == [r["genes"] for r in records]
+    assert all(s["recalibration_seed"] == predictor.RETEST_SEED != 0 for s in second)
+    first_acc, second_acc = [r["val_accuracy"] for r in records], [s["val_accuracy"] for s in second]
+    assert again["mean_abs_change"] > 0  # other batches: other BatchNorm statistics, other predictions
+    assert again["kendall_tau"] == pytest.approx(kendalltau(first_acc, second_acc).statistic)
+    assert -1 <= again["kendall_tau"] < 1 and again["subnets"] == 12 and again["val_samples"] == len(data.val[1])
+    with pytest.raises(ValueError, match="other recalibration batches"):
+        predictor.retest(net, data, records, seed=0, progress=False)

@@ -15,14 +15,17 @@ from hwai import io
 from hwai.nas.space import NasSpace
 
 HELD_OUT = 0.25  # fraction of measured subnets kept out of the fit to judge the ranking
+RETEST_SEED = 1  # recalibration batches of the retest (the first measurement uses seed 0's)
 
 
-def measure(supernet, data, idx: np.ndarray, path: str | Path | None = None, progress: bool = True) -> list[dict]:
+def measure(supernet, data, idx: np.ndarray, path: str | Path | None = None, progress: bool = True,
+            seed: int = 0) -> list[dict]:
     """Validation accuracy of each subnet (rows of `idx`): extracted, BatchNorm recalibrated on a few
-    training batches, evaluated on the whole val split. With `path`, records are saved as they come
-    (atomically) and a rerun continues where the last one stopped."""
+    training batches (those `seed` draws), evaluated on the whole val split (with its sample count and Wilson
+    interval). With `path`, records are saved as they come (atomically) and a rerun continues where the last one
+    stopped."""
+    from hwai.measure.accuracy import score
     from hwai.nas.training import progress_bar, subnet
-    from hwai.train import evaluate
 
     path = Path(path) if path is not None else None
     done: list[dict] = []
@@ -36,14 +39,35 @@ def measure(supernet, data, idx: np.ndarray, path: str | Path | None = None, pro
         for row in idx[len(done):]:
             t0 = time.perf_counter()
             arch = space.arch(row)
-            model, view = subnet(supernet, arch, data)
-            acc = evaluate(model, view, "val")
-            done.append({"genes": [int(i) for i in row], "arch": arch, "val_accuracy": acc,
-                         "wall_s": time.perf_counter() - t0})
+            scored = score(*subnet(supernet, arch, data, seed=seed), "val")
+            acc = scored.value
+            done.append({"genes": [int(i) for i in row], "arch": arch, **scored.fields("val_accuracy"),
+                         "recalibration_seed": seed, "wall_s": time.perf_counter() - t0})
             if path is not None:
                 io.write_json(path, {"kind": "measured", "split": "val", "subnets": done})
             bar.update(task, advance=1, status=f"last: val accuracy {acc:.1%} (measured)")
     return done
+
+
+def retest(supernet, data, records: list[dict], path: str | Path | None = None, progress: bool = True,
+           seed: int = RETEST_SEED) -> dict:
+    """The measurement against itself: the subnets of `records` measured again with BatchNorm recalibrated on
+    other training batches (`seed`; same weights, same validation samples), and Kendall's tau between the two
+    measurements. A predictor judged against one measurement per subnet cannot rank much better than the
+    measurement agrees with itself: this tau is its ceiling, and the validation split must be large enough
+    for it to be high (hwai.data's val_fraction). With `path`, resumable as `measure` is."""
+    from scipy.stats import kendalltau
+
+    used = {r.get("recalibration_seed", 0) for r in records}
+    if seed in used:
+        raise ValueError(f"a retest needs other recalibration batches than the first measurement (seed {seed})")
+    again = measure(supernet, data, np.array([r["genes"] for r in records]), path, progress, seed=seed)
+    first = np.array([r["val_accuracy"] for r in records])
+    second = np.array([r["val_accuracy"] for r in again])
+    return {"kendall_tau": float(kendalltau(first, second).statistic), "subnets": len(records),
+            "recalibration_seed": seed, "mean_abs_change": float(np.abs(first - second).mean()),
+            "val_samples": int(records[0].get("val_accuracy_n", 0)) if records else 0,
+            "wall_s": sum(r["wall_s"] for r in again)}
 
 
 class AccuracyPredictor:
@@ -81,7 +105,7 @@ def fit(space: NasSpace, records: list[dict], seed: int = 0, held_out: float = H
     return predictor, {"model": predictor.name, "fit_subnets": len(train), "held_out_subnets": len(test),
                        "kendall_tau": float(tau), "mae": float(np.abs(predicted - acc[test]).mean()),
                        "measured_range": [float(acc.min()), float(acc.max())],
-                       "held_out": [{"genes": [int(i) for i in idx[i]], "measured": float(acc[i]),
+                       "held_out": [{"record": int(i), "genes": [int(i) for i in idx[i]], "measured": float(acc[i]),
                                      "predicted": float(p)} for i, p in zip(test, predicted)]}
 
 

@@ -2,8 +2,9 @@
 build the cost table, search on predictions, then extract, fine-tune, measure and export the best.
 
 A run directory holds every stage's result, written atomically, so rerunning with the same --run resumes
-after the last finished step: config.json, supernet.pt, cost_table.json, measured.json, search.json,
-candidates/N/{metrics.json, model.pt}, best/{model.onnx, model.pt}, results.json.
+after the last finished step: config.json, supernet.pt, cost_table.json, measured.json, retest.json (the
+held-out subnets measured again with other BatchNorm recalibration batches: the measurement's own retest tau),
+search.json, candidates/N/{metrics.json, model.pt}, best/{model.onnx, model.pt}, results.json.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hwai import io
+from hwai.data.formats import check_val_fraction
 from hwai.errors import UserError
 from hwai.measure import environment
 from hwai.nas.search import SearchConfig
@@ -23,6 +25,7 @@ from hwai.nas.training import SupernetConfig
 
 PRECISIONS = ("int8", "fp32")
 FINETUNE_LR = 1e-3  # fine-tuning inherited weights: half of AdamW's default peak rate
+VAL_FRACTION = 0.5  # mnist: 2,500 val samples, retest tau 0.935 (0.1: 500, tau 0.78); docs/guides/nas.md
 CHECKED_SUBNETS = 12  # subnets whose cost-table composition is checked against cost.predict on the whole graph
 
 
@@ -41,12 +44,15 @@ class NasConfig:
     candidates: int = 6  # subnets of the predicted front extracted, fine-tuned and measured
     finetune_epochs: int = 2  # per candidate, from inherited weights, distilled from the largest subnet
     measure_seconds: float = 1.0  # time cap per host latency measurement
+    val_fraction: float = VAL_FRACTION  # share of every class held out for validation: subnets are ranked on it,
+    # and it must be large enough for that ranking to repeat (retest tau, see hwai.nas.predictor.retest)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}: use {' or '.join(PRECISIONS)}")
         if self.input_size < 8 or self.subnets < 8 or self.candidates < 1 or self.finetune_epochs < 0:
             raise UserError("nas: input size >= 8, subnets >= 8, candidates >= 1, fine-tune epochs >= 0")
+        check_val_fraction(self.val_fraction)
         self.space  # an unknown family or a bad space fails here, before any work
 
     @property
@@ -144,10 +150,11 @@ def _candidate(run_dir: Path, n: int, row: list[int], cfg: NasConfig, supernet, 
     """Extract, fine-tune, (quantize,) measure and save one picked subnet."""
     from hwai import cost, measure
     from hwai import graph as hgraph
+    from hwai.measure.accuracy import score
     from hwai.nas import supernet as hsn
     from hwai.nas.training import subnet
     from hwai.runtimes import export
-    from hwai.train import TrainConfig, default_augmentation, evaluate, save_checkpoint, train
+    from hwai.train import TrainConfig, default_augmentation, save_checkpoint, train
 
     folder = run_dir / "candidates" / str(n)
     if (folder / "metrics.json").is_file():
@@ -156,7 +163,7 @@ def _candidate(run_dir: Path, n: int, row: list[int], cfg: NasConfig, supernet, 
     space, idx = cfg.space, np.array([row])
     arch = space.arch(row)
     model, view = subnet(supernet, arch, data)
-    inherited = evaluate(model, view, "val")
+    inherited = score(model, view, "val")
     if cfg.finetune_epochs:  # the teacher: the largest subnet at the candidate's resolution (as in training)
         teacher, _ = subnet(supernet, {**space.arch(space.largest()), "resolution": arch["resolution"]}, data)
         tcfg = TrainConfig(epochs=cfg.finetune_epochs, lr=FINETUNE_LR, warmup_epochs=0.0, seed=cfg.supernet.seed,
@@ -184,7 +191,8 @@ def _candidate(run_dir: Path, n: int, row: list[int], cfg: NasConfig, supernet, 
                          "fits": bool(predicted["fits"])},
            "cost_predict": {"latency_ms": p.latency_ms, "energy_mj": p.energy_mj, "sram_kb": p.sram_bytes_needed / 1024,
                             "fits": p.fits, "fit_message": p.fit_message},
-           "measured": {"inherited_val_accuracy": inherited, "val_accuracy": evaluate(final, view, "val"),
+           "measured": {**inherited.fields("inherited_val_accuracy"),
+                        **score(final, view, "val").fields("val_accuracy", outcomes=True),
                         "host_latency_ms": stats.median_ms, "host_latency_iqr_ms": stats.iqr_ms,
                         "host_threads": stats.threads, "size_kb": onnx_path.stat().st_size / 1024,
                         "parity": parity.to_dict(),
@@ -236,15 +244,19 @@ def nas(cfg: NasConfig = NasConfig(), run_dir: str | Path | None = None, progres
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_config(run_dir, cfg)
     target = targets.load(cfg.target)
-    data = hdata.load(cfg.data, input_size=cfg.input_size)
+    data = hdata.load(cfg.data, input_size=cfg.input_size, val_fraction=cfg.val_fraction)
     log(f"run directory: {run_dir} (the same --run resumes); {cfg.family} supernet, "
         f"{cfg.space.size():.3g} subnets, target {target.name}")
     supernet, trained = train_supernet(cfg.space, data, cfg.supernet, run_dir / "supernet.pt", progress)
     table, table_info = _cost_table(run_dir, cfg, target, supernet, progress)
     (records, measured_spent) = _timed(lambda: _measured(run_dir, cfg, supernet, data, progress))
     (fitted, report), fit_spent = _timed(lambda: predictor.fit(cfg.space, records, cfg.supernet.seed))
+    retested, retest_spent = _timed(lambda: predictor.retest(
+        supernet, data, [records[h["record"]] for h in report["held_out"]], run_dir / "retest.json", progress))
+    report["retest"] = retested
     log(f"accuracy predictor: Kendall tau {report['kendall_tau']:.3f} on {report['held_out_subnets']} held-out "
-        f"measured subnets (fit on {report['fit_subnets']})")
+        f"measured subnets (fit on {report['fit_subnets']}); the measurement's retest tau on the same subnets "
+        f"{retested['kendall_tau']:.3f} ({retested['val_samples']} val samples; goal >= 0.9 each)")
     scorer = predictor.Scorer(fitted, table)
     throughput = scorer.throughput()
     found = _search(run_dir, cfg, scorer, progress)
@@ -279,7 +291,9 @@ def nas(cfg: NasConfig = NasConfig(), run_dir: str | Path | None = None, progres
     spent = {"supernet": {"wall_s": trained["wall_s"], "cpu_s": trained["cpu_s"]},
              "cost_table": {"wall_s": table_info["wall_s"] + table_info["check_wall_s"], "cpu_s": table_info["cpu_s"]},
              "measure_subnets": {"wall_s": sum(r["wall_s"] for r in records), "cpu_s": measured_spent["cpu_s"]},
-             "predictor_fit": fit_spent, "search": {"wall_s": found["wall_s"], "cpu_s": found["cpu_s"]},
+             "predictor_fit": fit_spent,
+             "retest": {"wall_s": retested["wall_s"], "cpu_s": retest_spent["cpu_s"]},
+             "search": {"wall_s": found["wall_s"], "cpu_s": found["cpu_s"]},
              "candidates": {"wall_s": sum(c["wall_s"] for c in candidates),
                             "cpu_s": sum(c["cpu_s"] for c in candidates)}}
     results = {
@@ -297,7 +311,8 @@ def nas(cfg: NasConfig = NasConfig(), run_dir: str | Path | None = None, progres
         "total_cpu_s": sum(s["cpu_s"] for s in spent.values()),
         "kinds": {"predicted": "accuracy (predictor), latency_ms, energy_mj, sram_kb, fits (cost table; cost_predict: "
                                "hwai.cost.predict on the whole extracted subnet)",
-                  "measured": "val_accuracy (after fine-tuning, quantized where precision is int8), "
+                  "measured": "val_accuracy (after fine-tuning, quantized where precision is int8; with its n, Wilson "
+                              "95% interval and per-sample outcomes), "
                               "inherited_val_accuracy (extracted + BatchNorm recalibrated, FP32), host latency "
                               "(ONNX Runtime, 1 thread, batch 1, median and IQR), ONNX size, parity, times"},
     }
