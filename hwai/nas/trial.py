@@ -14,15 +14,20 @@ from hwai.models import ModelSpec
 from hwai.nas.supernet import Supernet
 
 
-def load_supernet(path: str | Path) -> Supernet:
-    """A trained supernet: a `hwai nas` run directory (its supernet.pt) or a supernet checkpoint file."""
-    from hwai.nas.training import load
-
+def supernet_file(path: str | Path) -> Path:
+    """The supernet checkpoint of a `hwai nas` run directory (its supernet.pt), or the file given."""
     path = Path(path)
     file = path / "supernet.pt" if path.is_dir() else path
     if not file.is_file():
         raise UserError(f"no supernet at {path}: give a `hwai nas` run directory or its supernet.pt")
-    return load(file)[0]
+    return file
+
+
+def load_supernet(path: str | Path) -> Supernet:
+    """A trained supernet: a `hwai nas` run directory (its supernet.pt) or a supernet checkpoint file."""
+    from hwai.nas.training import load
+
+    return load(supernet_file(path))[0]
 
 
 def sample_subnet(trial, supernet: Supernet, data: DataBundle) -> tuple[nn.Module, ModelSpec, DataBundle]:

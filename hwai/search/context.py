@@ -138,10 +138,12 @@ def _supernet(cfg, run_dir: Path, progress: bool):
     from hwai.errors import UserError
 
     if cfg.supernet:
-        from hwai.nas.trial import load_supernet
+        from hwai.nas.training import load
+        from hwai.nas.trial import supernet_file
 
-        net = load_supernet(cfg.supernet)
-        return net, hdata.load(cfg.data, input_size=max(net.space.resolutions))
+        net, meta = load(supernet_file(cfg.supernet))  # the split it was trained with: its validation samples unseen
+        fraction = (meta.get("data") or {}).get("val_fraction")
+        return net, hdata.load(cfg.data, input_size=max(net.space.resolutions), val_fraction=fraction)
     from hwai.nas.run import NasConfig
     from hwai.nas.training import SupernetConfig, train_supernet
 
