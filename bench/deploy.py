@@ -17,12 +17,14 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.table import Table
 
 from hwai.cli.common import show
-from hwai.measure import MeasureConfig, environment, physical_cores, time_callable
-from hwai.measure.verdict import compare
+from hwai.measure import MeasureConfig, environment, ort_session, physical_cores
+from hwai.measure.timing import time_rounds
+from hwai.measure.verdict import Fresh, compare
 from hwai.runtimes import get
 from hwai.search import Constraints, OptimizeConfig, optimize
 from hwai.search import candidate as hc
@@ -47,39 +49,41 @@ def main() -> None:
     if best.get("trial") is None:
         raise SystemExit(f"no best model: {best['reason']}")
     ctx = prepare(cfg, args.run, progress=False)
-    rec = best["candidate"]
     from hwai.models import ModelSpec
     from hwai.train import load_checkpoint
 
+    shipped_model, meta = load_checkpoint(args.run / "best" / "model.pt")
+    rec = meta["metrics"]["candidate"]  # the trial's candidate, as the search stored it with the checkpoint
     cand = Candidate(ModelSpec.from_dict(rec["spec"]), rec["same_architecture"], rec["prune"],
                      {k: int(v) for k, v in rec["bits"].items()}, rec["fuse"], rec["epochs"])
     bundle = hc.data_at(ctx.data, cand.spec)
-    model = hc.finish(load_checkpoint(args.run / "best" / "model.pt")[0], cand, bundle)
+    model = hc.finish(shipped_model, cand, bundle)
     example = bundle.example(1)
     x = example.numpy()
     threads = sorted({1, physical_cores()})
-    runners = {}
+    makers, side_by_side = {}, {}  # a fresh runner per round; for the verdict, ONNX Runtime without spinning
     for runtime in ("onnxruntime", "openvino"):
         artifact = get(runtime).export(model, example, args.run / "bench" / runtime, int8=cand.quantized, calib=bundle)
         for t in threads:
-            runners[(runtime, t)] = get(runtime).load(artifact, t)
+            makers[(runtime, t)] = lambda r=runtime, a=artifact, t=t: (lambda run=get(r).load(a, t): run(x))
+            side_by_side[(runtime, t)] = (lambda a=artifact, t=t: (
+                lambda s=ort_session(a, t, spin=False): s.run(None, {s.get_inputs()[0].name: x}))) \
+                if runtime == "onnxruntime" else makers[(runtime, t)]
     cfg_t = MeasureConfig(max_seconds=args.seconds)
-    medians: dict = {k: [] for k in runners}
-    for _ in range(ROUNDS):
-        for key, run in runners.items():
-            medians[key].append(time_callable(lambda run=run: run(x), cfg_t, key[0], key[1], 1).median_ms)
+    rounds = time_rounds(makers, cfg_t, max(threads), ROUNDS)  # one option at a time, in random order per round
+    medians = {k: [float(np.median(r)) for r in rounds.times[k]] for k in makers}
     typical = {k: sorted(v)[len(v) // 2] for k, v in medians.items()}
     shipped = (best["runtime"], best["threads"])
     fastest = min(typical, key=typical.get)
     table = Table(title=f"resnet8 best trial {best['trial']} ({'INT8' if cand.quantized else 'FP32'}), batch 1, "
-                        f"median of {ROUNDS} interleaved rounds (measured here, after the search)")
+                        f"median of {ROUNDS} rounds, a fresh session each (measured here, after the search)")
     for col in ("runtime", "threads", "median ms", "round medians ms", "shipped", "fastest here"):
         table.add_column(col)
     for (runtime, t), ms in typical.items():
         table.add_row(runtime, str(t), f"{ms:.4f}", ", ".join(f"{m:.4f}" for m in medians[(runtime, t)]),
                       "yes" if (runtime, t) == shipped else "", "yes" if (runtime, t) == fastest else "")
     show(table)
-    verdict = compare(lambda: runners[fastest](x), lambda: runners[shipped](x), torch.from_numpy(x),
+    verdict = compare(Fresh(side_by_side[fastest]), Fresh(side_by_side[shipped]), torch.from_numpy(x),
                       MeasureConfig(max_seconds=2.0), runtime=f"{shipped[0]} vs {fastest[0]}")
     out.print(f"shipped vs fastest, interleaved: {verdict.describe()}")
     out.print(f"environment: {json.dumps(environment())}")

@@ -140,3 +140,18 @@ def test_compare_opens_a_fresh_onnx_runtime_session_in_every_block(tmp_path, mon
     result = compare(path, path, torch.randn(1, 8), cfg, baseline=path)
     assert len(opened) >= 4 * 4 and all(a[1] == 1 for a in opened)  # 4 arms x 4 blocks (more if one was wide)
     assert result.baseline_ratio is not None and result.baseline_ms > 0 and result.threads == 1
+
+
+def test_sessions_timed_side_by_side_do_not_spin(tmp_path):
+    """In a block every model's session is alive at once: ONNX Runtime's idle intra-op workers must sleep, not spin
+    on the cores the running session needs (at 2 threads on 2 cores spinning made A/A blocks differ by +-25-40%);
+    a session timed alone keeps ONNX Runtime's default."""
+    from hwai.runtimes.export import to_onnx
+
+    path = to_onnx(nn.Sequential(nn.Linear(8, 8), nn.ReLU()).eval(), torch.randn(1, 8), tmp_path / "m.onnx")
+    run = hverdict.maker(path, torch.randn(1, 8), "onnxruntime", 2)()
+    session = next(c.cell_contents for c in run.__closure__ if hasattr(c.cell_contents, "get_session_options"))
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    alone = timing.ort_session(path, 2).get_session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # not set: ONNX Runtime's default (spin)
+        alone.get_session_config_entry("session.intra_op.allow_spinning")

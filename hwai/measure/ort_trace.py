@@ -62,10 +62,12 @@ def resolve(name: str, aliases: dict) -> str | None:
     return None
 
 
-def session(model, threads: int, profile: bool = False):
+def session(model, threads: int, profile: bool = False, spin: bool = True):
     """An ONNX Runtime CPU session as hwai measures: full graph optimisation, sequential, `threads` intra-op
     threads; `profile` writes a JSON trace into the temp folder (read it with `end_trace`). `model`: a path or
-    the serialized bytes."""
+    the serialized bytes. spin=False: the intra-op workers sleep when idle instead of spinning (ONNX Runtime's
+    default keeps them spinning after a run, on cores another live session then needs: sessions timed side by side,
+    as in a verdict's blocks, need it off)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -74,6 +76,8 @@ def session(model, threads: int, profile: bool = False):
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"hwai_ort_{os.getpid()}")

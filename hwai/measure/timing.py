@@ -227,12 +227,13 @@ def time_callable(fn: Callable[[], object], cfg: MeasureConfig, runtime: str, th
     return time_rounds({0: lambda: fn}, cfg, threads).stats(0, runtime, batch)
 
 
-def ort_session(model: str | Path | bytes, threads: int | None = None, profile: bool = False):
-    """An ONNX Runtime CPU session with a fixed thread count and full graph optimisation (hwai.measure.ort_trace)."""
+def ort_session(model: str | Path | bytes, threads: int | None = None, profile: bool = False, spin: bool = True):
+    """An ONNX Runtime CPU session with a fixed thread count and full graph optimisation (hwai.measure.ort_trace;
+    spin=False: idle intra-op workers sleep, for sessions timed side by side)."""
     from hwai.measure.ort_trace import session
 
     try:
-        return session(model, threads or physical_cores(), profile)
+        return session(model, threads or physical_cores(), profile, spin)
     except Exception as exc:
         raise UserError(f"ONNX Runtime cannot load {model if not isinstance(model, bytes) else 'the model'}: "
                         f"{str(exc).splitlines()[0][:200]}") from None

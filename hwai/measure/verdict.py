@@ -119,7 +119,8 @@ def margin_for(aa_low: float | None, aa_high: float | None, floor: float) -> flo
 def protocol(cfg: MeasureConfig) -> str:
     """How `compare` measures, in words (for results files and tables)."""
     return (f"{cfg.blocks} blocks (each a fresh session of every model, {cfg.warmup} warm-up runs, runs interleaved in "
-            "random order; the model before in two sessions: the A/A check); 95% t interval of the ratio across "
+            "random order; the model before in two sessions: the A/A check; ONNX Runtime's idle workers sleep instead "
+            "of spinning, so no live session takes the cores of the one running); 95% t interval of the ratio across "
             f"blocks; faster/slower only beyond ±{cfg.margin:.0%} or the A/A spread, whichever is wider "
             "(hwai.measure.verdict)")
 
@@ -146,8 +147,8 @@ def maker(model: Runnable, example: torch.Tensor, runtime: str, threads: int) ->
     if isinstance(model, (str, Path, bytes)):
         x = example.detach().cpu().numpy()
 
-        def fresh() -> Callable[[], object]:
-            session = ort_session(model if isinstance(model, bytes) else Path(model), threads)
+        def fresh() -> Callable[[], object]:  # spinning off: the other live sessions of the block would steal its cores
+            session = ort_session(model if isinstance(model, bytes) else Path(model), threads, spin=False)
             feed = {session.get_inputs()[0].name: x}
             return lambda: session.run(None, feed)
 
