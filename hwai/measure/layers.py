@@ -65,16 +65,18 @@ def _layer_times(spans: list[tuple[str, float, float]], method: str, whole: list
 
 
 @contextlib.contextmanager
-def quiet_stderr():
-    """Silence the C++ profiler's start/stop banner, which it writes straight to file descriptor 2."""
+def quiet_stderr(into=None):
+    """File descriptor 2, where C++ code writes straight (the ORT profiler's start/stop banner, TFLite Micro's
+    reports), silenced while inside, or written into the open file `into`."""
     saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with contextlib.ExitStack() as stack:
+        target = into if into is not None else stack.enter_context(open(os.devnull, "w"))
+        os.dup2(target.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _fx_runner(model: torch.nn.Module, names: set[str], record_function) -> Callable:

@@ -8,9 +8,7 @@ Without a TFLite converter the bundle keeps the INT8 QDQ ONNX and the planned ar
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 from hwai import io
 from hwai.errors import UserError
+from hwai.measure import quiet_stderr
 from hwai.runtimes import litert
 from hwai.runtimes.common import artifact_name, float_model, per_row, require
 
@@ -67,7 +66,7 @@ def measured_arena_bytes(tflite: bytes, arena_bytes: int) -> int | None:
         return True
 
     recorded = allocations(tflite, arena_bytes)["total"]
-    with tempfile.TemporaryFile(mode="w+") as log, _fd2_into(log):  # failed allocations report on descriptor 2
+    with tempfile.TemporaryFile(mode="w+") as log, quiet_stderr(log):  # failed allocations report on descriptor 2
         lo, hi = recorded - 16, arena_bytes  # lo: taken as too small; hi: fits
         while hi - lo > 16:
             mid = (lo + hi) // 32 * 16
@@ -83,7 +82,7 @@ def allocations(tflite: bytes, arena_bytes: int) -> dict[str, int]:
 
     with tempfile.TemporaryFile(mode="w+") as log:
         try:
-            with _fd2_into(log):  # TFLite Micro reports on file descriptor 2
+            with quiet_stderr(log):  # TFLite Micro reports on file descriptor 2
                 runtime.Interpreter.from_bytes(tflite, arena_size=arena_bytes).print_allocations()
         except RuntimeError as exc:
             log.seek(0)
@@ -92,18 +91,6 @@ def allocations(tflite: bytes, arena_bytes: int) -> dict[str, int]:
         log.seek(0)
         text = log.read()
     return {part: int(re.search(rf"Arena allocation {part} (\d+) bytes", text)[1]) for part in ("total", "head", "tail")}
-
-
-@contextlib.contextmanager
-def _fd2_into(file):
-    """File descriptor 2 (where TFLite Micro's C++ code reports) written into `file` while inside."""
-    saved = os.dup(2)
-    os.dup2(file.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def resolver_calls(tflite: Path) -> list[str]:
