@@ -86,7 +86,8 @@ class Context:
     def measurement(self) -> str:
         c = self.mcfg
         deploy = ("; every candidate measured on each deployment option (" + ", ".join(o.label() for o in self.deploy)
-                  + ") in 3 rounds (a fresh session each) and shipped on the fastest, whose runtime and thread count "
+                  + ") in 3 rounds (a fresh session each) and shipped on the fastest when it beats ONNX Runtime at "
+                  f"{c.threads or 'all'} thread(s) in every round (else on that default), whose runtime and thread count "
                   f"are shown beside its latency; the ONNX Runtime figure at {c.threads} thread(s), which the host cost "
                   "model predicts, is kept for the feedback" if self.deploy else "")
         return (f"host latency measured with ONNX Runtime (CPU), batch 1, {c.threads} thread(s), {c.rounds} rounds "
