@@ -22,9 +22,9 @@ import torch
 from rich.table import Table
 
 from hwai.cli.common import show
-from hwai.measure import MeasureConfig, environment, ort_session, physical_cores
+from hwai.measure import MeasureConfig, environment, physical_cores
 from hwai.measure.timing import time_rounds
-from hwai.measure.verdict import Fresh, compare
+from hwai.measure.verdict import Fresh, compare, maker
 from hwai.runtimes import get
 from hwai.search import Constraints, OptimizeConfig, optimize
 from hwai.search import candidate as hc
@@ -66,9 +66,8 @@ def main() -> None:
         artifact = get(runtime).export(model, example, args.run / "bench" / runtime, int8=cand.quantized, calib=bundle)
         for t in threads:
             makers[(runtime, t)] = lambda r=runtime, a=artifact, t=t: (lambda run=get(r).load(a, t): run(x))
-            side_by_side[(runtime, t)] = (lambda a=artifact, t=t: (
-                lambda s=ort_session(a, t, spin=False): s.run(None, {s.get_inputs()[0].name: x}))) \
-                if runtime == "onnxruntime" else makers[(runtime, t)]
+            side_by_side[(runtime, t)] = maker(artifact, example, runtime, t) if runtime == "onnxruntime" \
+                else makers[(runtime, t)]  # hwai.measure.verdict's own session maker: spinning off
     cfg_t = MeasureConfig(max_seconds=args.seconds)
     rounds = time_rounds(makers, cfg_t, max(threads), ROUNDS)  # one option at a time, in random order per round
     medians = {k: [float(np.median(r)) for r in rounds.times[k]] for k in makers}

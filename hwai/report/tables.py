@@ -108,7 +108,7 @@ def _technique(run: Run, i: int, t: dict[str, Any]) -> str:
     for m in run.figures([before, after]):
         key = f"techniques.{i}"
         if m == "host_latency_ms" and number(verdict.get("ratio")) is not None:
-            rows.append(_verdict_row(run, key, verdict, before, after))
+            rows.append(_verdict_row(key, verdict))
             continue
         rows.append(f"<tr><td>{escape(label(m))}</td><td>{badge(run.kind(m))}</td>"
                     f"{cell(m, before.get(m), f'{key}.metric_before.{m}')}{cell(m, after.get(m), f'{key}.metric_after.{m}')}"
@@ -118,7 +118,7 @@ def _technique(run: Run, i: int, t: dict[str, Any]) -> str:
             f"{reason}{table}</div>")
 
 
-def _verdict_row(run: Run, key: str, v: dict[str, Any], before: dict, after: dict) -> str:
+def _verdict_row(key: str, v: dict[str, Any]) -> str:
     """A step's host latency as the decision measured it: both models timed in blocks (a fresh session each,
     runs interleaved), the ratio with its interval across blocks and the equivalence margin it was judged by."""
     found = change("host_latency_ms", v.get("before_ms"), v.get("after_ms"), v.get("ratio"), v.get("verdict"))
