@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Callable
 
 from hwai import io
 from hwai.errors import UserError
-from hwai.measure import quiet_stderr
 from hwai.runtimes import litert
 from hwai.runtimes.common import artifact_name, float_model, per_row, require
 
@@ -58,6 +57,8 @@ def measured_arena_bytes(tflite: bytes, arena_bytes: int) -> int | None:
         return None
     from tflite_micro.python.tflite_micro import runtime
 
+    from hwai.measure import quiet_stderr  # here: the module stays light to import (no torch)
+
     def fits(size: int) -> bool:
         try:
             runtime.Interpreter.from_bytes(tflite, arena_size=size)
@@ -79,6 +80,8 @@ def allocations(tflite: bytes, arena_bytes: int) -> dict[str, int]:
     activations and scratch buffers; tail: what persists, such as tensor structs and per-channel quantization)."""
     check()
     from tflite_micro.python.tflite_micro import runtime
+
+    from hwai.measure import quiet_stderr
 
     with tempfile.TemporaryFile(mode="w+") as log:
         try:
