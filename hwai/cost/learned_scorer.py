@@ -37,7 +37,7 @@ class LearnedScorer:
             list[Slot], list[tuple[np.ndarray, np.ndarray]], list[str], int]:
         """Detected kernel slots of B candidates; per slot (candidates where present, predicted profiled us, with
         the candidate's cache factor: hwai.cost.whole); each slot's kernel type; B. Distinct kernels are
-        predicted once (a slot's features are fixed by its element counts)."""
+        predicted once (a slot's features are fixed by its element counts and its model's weight bytes)."""
         out_s, _, dt, _ = cands or self.roofline.candidates(channel_scale, bits)
         channels = np.maximum(np.rint(self.c0[:, None] * out_s), 1).T.astype(np.int64)
         int8 = (dt == DTYPES.index("int8")).T  # after the target's dtype fallback (int4 -> int8, fp16 -> fp32)
@@ -54,7 +54,8 @@ class LearnedScorer:
                 by_type.setdefault(keys[-1], []).append((j, b, _elems(slot.in_shape, b), _elems(slot.out_shape, b),
                                                         res, const))
         times: list = [(np.zeros(0, dtype=np.intp), np.zeros(0))] * len(slots)
-        weights = np.zeros(batch)  # each candidate's weight bytes as run
+        weights = np.zeros(batch)  # each candidate's weight bytes as run: the context of its kernels
+        typed = []
         for key, parts in by_type.items():
             part = np.concatenate([np.full(len(p[1]), n) for n, p in enumerate(parts)])
             ie, oe, res = (np.concatenate([p[k] for p in parts]) for k in (2, 3, 4))
@@ -62,9 +63,15 @@ class LearnedScorer:
                                           return_index=True, return_inverse=True)
             const = {c: np.array([p[5][c] for p in parts])[part[first]] for c in parts[0][5]}
             x, lin = F.matrices(key.split("/")[0], F.raw(ie[first], oe[first], res[first], const))
-            us = self.model.kernel_us(key, x, lin)[inverse]
             rows_b = np.concatenate([p[1] for p in parts])
             weights += np.bincount(rows_b, weights=(lin[:, 3] * F.weight_itemsize(key))[inverse], minlength=batch)
+            typed.append((key, parts, x, lin, inverse.ravel(), rows_b))
+        step = np.rint(np.log2(np.maximum(weights, 1.0)) / F.CONTEXT_STEP).astype(np.int64)
+        for key, parts, x, lin, inverse, rows_b in typed:  # each distinct (kernel, model weight bytes) once
+            _, first, again = np.unique((inverse.astype(np.int64) << 20) + step[rows_b], return_index=True,
+                                        return_inverse=True)
+            at = inverse[first]
+            us = self.model.kernel_us(key, F.context(x[at], weights[rows_b[first]]), lin[at])[again.ravel()]
             start = 0
             for j, b, *_ in parts:
                 times[j] = (b, us[start:start + len(b)])

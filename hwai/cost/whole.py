@@ -98,8 +98,17 @@ def fit(sums: np.ndarray, counts: np.ndarray, io: np.ndarray, weight_bytes: np.n
     upper = np.concatenate([[1e4, 1e3, 10.0, 10.0, 2.0, 50.0], np.full(t, 2.0), np.full(t, 50.0), np.full(k, 1.0)])
     start = np.concatenate([[max(float(np.median(whole - sums.sum(1))), 0.0), 0, 0, 0, 1.0, -1.0],
                             np.zeros(2 * t + k)])
-    p = least_squares(residuals, np.clip(start, lower, upper), bounds=(lower, upper), loss="soft_l1",
-                      f_scale=0.05).x
+    free = np.ones(len(start), dtype=bool)  # a term no model shows (e.g. a file without shapes) stays 0
+    free[1:4] = [np.any(col) for col in (np.maximum(io[:, 0] - 1, 0), io[:, 1], io[:, 2])]
+
+    def fill(q):
+        p = np.clip(start, lower, upper)
+        p[free] = q
+        return p
+
+    q = least_squares(lambda q: residuals(fill(q)), np.clip(start, lower, upper)[free], bounds=(lower[free],
+                      upper[free]), loss="soft_l1", f_scale=0.05).x
+    p = fill(q)
     scale = {"_any": float(p[4]), **{key: float(max(p[4] + d, 0.05)) for key, d in zip(types, p[6:6 + t])}}
     term = {"_any": float(p[5]), **{key: float(p[5] + d) for key, d in zip(types, p[6 + t:c])}}
     return Terms(float(p[0]), float(p[1]), float(p[2]), float(p[3]), scale, term, tuple(float(g) for g in p[c:]))
