@@ -1,24 +1,28 @@
 """Deployment as search knobs: on the host, a candidate ships on the runtime and intra-op thread count that run it
 fastest here. Every (runtime, threads) option is measured on the candidate as built (training does not depend on
 them, so the options are measured, not sampled): each runtime's artifact is exported once through the runtime
-registry (hwai.runtimes) and checked against PyTorch, then all options are timed in rounds at batch 1, a fresh
-session of each option per round (hwai.measure.timing.time_rounds, as every hwai latency). The lowest median ships
-when it beats the default deployment (ONNX Runtime at the measurement's thread count) in every round: options a few
-percent apart swap places between sessions, so a lower median alone would ship a slower option about half the time;
-otherwise the default ships (`host_choice` says which rule decided).
+registry (hwai.runtimes) and checked against PyTorch, then all options are timed in ROUNDS rounds at batch 1, one
+option at a time with a fresh session of each per round, in random order (hwai.measure.timing.time_rounds, as
+every hwai latency). Options a few percent apart swap places between sessions, so a lower median alone would ship
+the slower one about half the time; rounds pair the options instead (`choose`): an option is as fast as the leader
+(lowest median) unless the interval of its per-round ratio to the leader lies beyond the equivalence margin
+(hwai.measure.verdict's rule), and among those as fast the fewest threads ship (the same speed with a core left
+free, and latency that repeats better on shared cores), then the lowest median. `host_choice` says why.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from hwai.data import DataBundle
-from hwai.measure import MeasureConfig, physical_cores
+from hwai.measure import MeasureConfig
 from hwai.measure.timing import time_rounds
 
-ROUNDS = 3  # rounds over the options, a fresh session each: a burst of load elsewhere hits every option, not one
+ROUNDS = 6  # rounds over the options, a fresh session each (the time cap is shared by the rounds): a burst of
+# load elsewhere hits every option, not one; the per-round ratios give `choose` its interval
 PARITY_SAMPLES = 256
 
 
@@ -69,23 +73,33 @@ def measure(model: nn.Module, bundle: DataBundle, folder: Path, int8: bool, choi
     timed = [r for r in rows if "median_ms" in r]
     if not timed:  # every artifact disagrees with PyTorch: nothing deployable (measure_host's parity says why)
         return {"host_deployments": rows}
-    best, why = choose(timed, Option("onnxruntime", cfg.threads or physical_cores()))
+    best, why = choose(timed, cfg.margin)
     return {"host_latency_ms": best["median_ms"], "host_latency_iqr_ms": best["iqr_ms"],
             "host_runtime": best["runtime"], "host_threads": best["threads"], "host_artifact": best["artifact"],
             "host_choice": why, "host_deployments": rows}
 
 
-def choose(timed: list[dict], default: Option) -> tuple[dict, str]:
-    """The row that ships: the lowest median when every one of its round medians lies below every round median of
-    the default option's row (faster in every round, not by one lucky session), else the default; and why."""
-    best = min(timed, key=lambda r: r["median_ms"])
-    base = next((r for r in timed if (r["runtime"], r["threads"]) == (default.runtime, default.threads)), None)
-    if base is None or best is base:
+def choose(timed: list[dict], margin: float = 0.03) -> tuple[dict, str]:
+    """The row that ships and why: among the options not measurably slower than the leader (lowest median) — the
+    95% interval of their per-round ratio to it not beyond +`margin` — the fewest threads, then the lowest median."""
+    from hwai.measure.verdict import interval
+
+    leader = min(timed, key=lambda r: r["median_ms"])
+    lead = np.log(leader["round_medians_ms"])
+
+    def as_fast(row: dict) -> bool:
+        if row is leader:
+            return True
+        _, low, _ = interval(np.log(row["round_medians_ms"]) - lead)
+        return low <= 1 + margin
+
+    tied = [r for r in timed if as_fast(r)]
+    best = min(tied, key=lambda r: (r["threads"], r["median_ms"]))
+    if best is leader:
         return best, "the fastest (lowest median of the round medians)"
-    if max(best["round_medians_ms"]) < min(base["round_medians_ms"]):
-        return best, f"the fastest: faster than the default ({default.label()}) in every round"
-    return base, (f"the default ({default.label()}): {best['runtime']} at {best['threads']} thread(s) had a lower median "
-                  "but was not faster in every round")
+    return best, (f"as fast as the lowest median ({leader['runtime']}, {leader['threads']} thread(s), "
+                  f"{leader['median_ms']:.4f} ms: no measurable difference over {len(lead)} paired rounds, margin "
+                  f"±{margin:.0%}) with fewer threads")
 
 
 def _time_options(options: list[Option], artifacts: dict, x, cfg: MeasureConfig) -> list[dict]:
