@@ -180,6 +180,19 @@ def limits(console: Console, cases, measured, pred, shares, meas, best: str) -> 
     console.print(worst)
 
 
+def drift(cases, measured: np.ndarray, meas) -> str:
+    """How the candidates the calibration also measured repeat its figures (minutes apart, same protocol): the
+    ceiling of any prediction fitted to the calibration, in words."""
+    cal = dict(zip(meas.models["case"], meas.models["us"]))
+    both = [(m, cal[c.label]) for c, m in zip(cases, measured) if c.label in cal]
+    if not both:
+        return "no candidate was also measured by the calibration"
+    r = np.array([m / c for m, c in both])
+    return (f"{np.mean(np.abs(r - 1) <= 0.10):.0%} of the {len(r)} candidates also measured by the calibration "
+            f"repeat its figure within +-10% (median ratio {np.median(r):.3f}, 5-95% {np.percentile(r, 5):.3f}-"
+            f"{np.percentile(r, 95):.3f}): the machine's speed drifts between the calibration and the candidates")
+
+
 def run(threads: int, args, work: Path, console: Console) -> str:
     """Calibrate (or load), measure, predict and report at one thread count; returns its P2 line."""
     # long: one benchmark recipe per thread count, tables in the order they print
@@ -261,6 +274,7 @@ def run(threads: int, args, work: Path, console: Console) -> str:
                  f"calibration); export + measurement {measure_s:.0f} s, fits + predictions {predict_s:.0f} s")
     info.add_row("noise ceiling", f"{(repeat <= 0.10).mean():.0%} of candidates repeat within +-10% across the two "
                  f"passes (median difference {np.median(repeat):.1%})")
+    info.add_row("repeat since the calibration", drift(cases, measured, meas))
     for name, n, kind, rates, cpu in speed:
         info.add_row(f"scored candidates/s ({name}, {n} nodes, {kind})", f"median {np.median(rates):,.0f} "
                      f"(min {min(rates):,.0f}, max {max(rates):,.0f}; {len(rates)} repeats of 10,000); by CPU time "
