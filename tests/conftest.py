@@ -11,7 +11,7 @@ import pytest
 # case 11.8 s wall, 10.7 s CPU -> 2.5 s, 2.1 s); results do not depend on it. A policy set by the caller wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-import torch  # noqa: E402
+import torch
 
 torch.set_num_threads(2)
 # A user's own ~/.config/hwai/targets (e.g. a calibrated or broken host.yaml) must not change what the tests
