@@ -15,6 +15,7 @@ and keeps the roofline's energy and memory terms.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -38,6 +39,23 @@ def _regressor(method: str):
         return HistGradientBoostingRegressor(max_iter=300, max_depth=4, learning_rate=0.1, min_samples_leaf=8,
                                              random_state=0)
     return RandomForestRegressor(n_estimators=80, min_samples_leaf=5, max_features=0.7, random_state=0, n_jobs=1)
+
+
+@functools.lru_cache(maxsize=1)
+def _threadpools():
+    """This process's BLAS / OpenMP thread pools (threadpoolctl), sklearn's OpenMP runtime loaded first so it is
+    among them; found once, since looking them up costs more than a small prediction."""
+    import sklearn.ensemble  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_thread():
+    """A context in which BLAS and OpenMP run one thread. The fits and predictions here are small: a gradient-boosted
+    predict over a few thousand kernels takes ~13 ms on one thread but ~1.2 s with OpenMP's two threads on a 2-core
+    machine other processes also use (its threads spin-wait for each other; measured 2026-12-06)."""
+    return _threadpools().limit(limits=1)
 
 
 SPREAD = 0.2  # a measurement whose rounds spread by this fraction of its time counts half (`trust`)
@@ -149,9 +167,7 @@ class KernelModel:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}")
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):  # small problems: extra BLAS / OpenMP threads only wait for each other
+        with _one_thread():  # small problems: extra BLAS / OpenMP threads only wait for each other
             self._fit()
 
     def _fit(self) -> None:
@@ -268,7 +284,8 @@ class KernelModel:
         reg, types = self.regressors.get(key, self.regressors.get(group_of(key), (None, [])))
         if reg is None or key not in types or not len(x):
             return base
-        return base * np.exp(reg.predict(self._inputs(key, types, x)))
+        with _one_thread():  # see `_one_thread`: OpenMP threads of sklearn's predict cost 100x on a busy machine
+            return base * np.exp(reg.predict(self._inputs(key, types, x)))
 
     def contribution_us(self, key: str, profiled_us: np.ndarray) -> np.ndarray:
         """What kernels of one type add to a whole model's latency, from their predicted profiled times."""
