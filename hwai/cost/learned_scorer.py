@@ -68,8 +68,8 @@ class LearnedScorer:
             typed.append((key, parts, x, lin, inverse.ravel(), rows_b))
         step = np.rint(np.log2(np.maximum(weights, 1.0)) / F.CONTEXT_STEP).astype(np.int64)
         for key, parts, x, lin, inverse, rows_b in typed:  # each distinct (kernel, model weight bytes) once
-            _, first, again = np.unique((inverse.astype(np.int64) << 20) + step[rows_b], return_index=True,
-                                        return_inverse=True)
+            pair = inverse.astype(np.int64) * (int(step.max()) + 1) + step[rows_b]
+            _, first, again = np.unique(pair, return_index=True, return_inverse=True)
             at = inverse[first]
             us = self.model.kernel_us(key, F.context(x[at], weights[rows_b[first]]), lin[at])[again.ravel()]
             start = 0
