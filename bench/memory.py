@@ -168,7 +168,7 @@ def _tflm_table(graph, meta: dict, target) -> None:
     planner_tflm = scoring.predict(graph, memory.plan(graph, "int8", inplace=False, split=planner.split,
                                                       grid=planner.grid), a["whole_model_tail_bytes"])
     chosen = memory.plan(graph, "int8", split=meta["split"], grid=meta["grid"])
-    base_ms, patch_ms = memory.predict_latency(graph, chosen, target)
+    base_ms, patch_ms = cost.patch_latency(graph, chosen, target)
     kib = lambda n: f"{n / KIB:.1f}"  # noqa: E731
     _table(["", "measured by TFLM, KiB", "predicted, KiB"], [
         ["whole int8 model", kib(a["whole_model_bytes"]),
