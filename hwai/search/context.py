@@ -84,12 +84,15 @@ class Context:
         return dict(KINDS)
 
     def measurement(self) -> str:
+        from hwai.search.deploy import ROUNDS
+
         c = self.mcfg
         deploy = ("; every candidate measured on each deployment option (" + ", ".join(o.label() for o in self.deploy)
-                  + ") in 3 rounds (a fresh session each) and shipped on the fastest when it beats ONNX Runtime at "
-                  f"{c.threads or 'all'} thread(s) in every round (else on that default), whose runtime and thread count "
-                  f"are shown beside its latency; the ONNX Runtime figure at {c.threads} thread(s), which the host cost "
-                  "model predicts, is kept for the feedback" if self.deploy else "")
+                  + f") in {ROUNDS} rounds (one at a time, a fresh session each) and shipped on the fastest: among "
+                  f"the options not measurably slower than the lowest median over the paired rounds (margin "
+                  f"±{c.margin:.0%}) the one with the fewest threads ships, its runtime and thread count shown beside "
+                  f"its latency; the ONNX Runtime figure at {c.threads} thread(s), which the host cost model predicts, "
+                  "is kept for the feedback" if self.deploy else "")
         return (f"host latency measured with ONNX Runtime (CPU), batch 1, {c.threads} thread(s), {c.rounds} rounds "
                 f"with a fresh session each, {c.warmup} warm-up runs, {c.min_repeats}..{c.max_repeats} repeats in all, "
                 f"a round until its median is stable within {c.rel_tol:.0%} or {c.max_seconds:g} s; median of the "

@@ -82,18 +82,12 @@ def measure(model: nn.Module, bundle: DataBundle, folder: Path, int8: bool, choi
 def choose(timed: list[dict], margin: float = 0.03) -> tuple[dict, str]:
     """The row that ships and why: among the options not measurably slower than the leader (lowest median) — the
     95% interval of their per-round ratio to it not beyond +`margin` — the fewest threads, then the lowest median."""
-    from hwai.measure.verdict import interval
+    from hwai.measure.verdict import interval, verdict_of
 
     leader = min(timed, key=lambda r: r["median_ms"])
     lead = np.log(leader["round_medians_ms"])
-
-    def as_fast(row: dict) -> bool:
-        if row is leader:
-            return True
-        _, low, _ = interval(np.log(row["round_medians_ms"]) - lead)
-        return low <= 1 + margin
-
-    tied = [r for r in timed if as_fast(r)]
+    tied = [r for r in timed if r is leader or verdict_of(
+        *interval(np.log(r["round_medians_ms"]) - lead)[1:], margin) != "slower"]
     best = min(tied, key=lambda r: (r["threads"], r["median_ms"]))
     if best is leader:
         return best, "the fastest (lowest median of the round medians)"
