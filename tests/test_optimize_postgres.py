@@ -14,7 +14,9 @@ import pytest
 
 URL = os.environ.get("HWAI_TEST_POSTGRES_URL")
 CTL = os.environ.get("HWAI_TEST_POSTGRES_CTL")  # e.g. "pg_ctlcluster 15 main": + stop / start (.ci/run sets it)
-pytestmark = pytest.mark.skipif(not URL, reason="HWAI_TEST_POSTGRES_URL not set (CI sets it; see .ci/run)")
+# one server for the module, stopped mid-trial by one test: under pytest-xdist (make test) both tests run on one worker
+pytestmark = [pytest.mark.skipif(not URL, reason="HWAI_TEST_POSTGRES_URL not set (CI sets it; see .ci/run)"),
+              pytest.mark.xdist_group("postgres")]
 
 
 def _storage():
