@@ -13,8 +13,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import torch
 
-# 2 threads in one process; 1 in each pytest-xdist worker (`make test` runs 2 workers on CI's 2 cores)
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+# 2 threads, in one process and in each pytest-xdist worker alike: the session's trained models (and the tests'
+# tolerances around them) depend on the thread count (measured: at 1 thread the resnet8 fixture's INT4 export agreed
+# with PyTorch on 62 of 64 inputs, below verified()'s 97%)
+torch.set_num_threads(2)
 # A user's own ~/.config/hwai/targets (e.g. a calibrated or broken host.yaml) must not change what the tests
 # test: every test, and every CLI it starts, sees an empty user target folder of its own.
 os.environ["HWAI_TARGET_DIR"] = tempfile.mkdtemp(prefix="hwai-test-targets-")
