@@ -36,8 +36,8 @@ demo: $(STAMP)
 	$(BIN)/hwai optimize
 
 # two pytest-xdist workers (the 2 cores CI has; the PostgreSQL tests keep to one, xdist_group). Measured 2026-12-06
-# evening on 2 cores: test_optimize + test_nas + test_snn 414 s in one process, 182 s in two; the whole suite 1544 s
-# in one (the tests wait on subprocesses, files and sessions a good part of the time). `pytest` alone runs in one.
+# evening on 2 cores: the whole suite 1544 s in one process, 812 s in two (fresh-clone CI; the tests wait on
+# subprocesses, files and sessions a good part of the time). `pytest` alone runs in one.
 TEST_JOBS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup
