@@ -105,7 +105,8 @@ class _OnDemand(dict):
 def page_runs(request, tmp_path_factory):
     """Every selected page's run. In one process: started together (JOBS at a time, the pages with most commands
     first). Under pytest-xdist (`make test`): each page when its test runs; the workers are the parallelism (pages
-    started together there ran 3 wide beside the other worker's tests on 2 cores: 830 s, against 214 s in one process)."""
+    started together there ran 3 wide beside the other worker's tests on 2 cores: 830 s, against 214 s in one
+    process)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         yield _OnDemand(tmp_path_factory)
         return
